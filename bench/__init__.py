@@ -1,0 +1,18 @@
+"""musicbench: adversarial robustness benchmark for music models.
+
+The core harness lives here; built-in plugins live in :mod:`musicbench_plugins` and are
+discovered through the ``musicbench`` entry-point group like any third-party package.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("musicbench")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]
+
+from musicbench.hookspecs import hookimpl  # noqa: E402  (the one name plugin authors need)
+
+__all__ += ["hookimpl"]

@@ -1,0 +1,225 @@
+"""The ``musicbench`` command line (typer + rich). Commands are thin: each calls one library
+function. Tables and progress go to stderr; machine-readable output to stdout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from musicbench.errors import ConfigError, MusicbenchError
+from musicbench.ui import stderr
+
+app = typer.Typer(
+    name="musicbench",
+    help="Adversarial robustness benchmark for music models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: config)")
+]
+
+
+def _fail_config(exc: ConfigError) -> None:
+    stderr.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML config; default: embedded")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="run the small version (CI)")] = False,
+    device: DeviceOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output folder")] = None,
+    only: Annotated[
+        Optional[list[str]], typer.Option("--only", help="KIND=NAME, repeatable")
+    ] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local")] = None,
+) -> None:
+    """Run every (dataset, model, defense, attack) cell of CONFIG; resumes if rerun."""
+    from musicbench.plugins import get_plugins
+    from musicbench.session import RunOptions, execute
+    from musicbench.ui import RichProgress
+
+    options = RunOptions(config=config, quick=quick, device=device, out=out,
+                         only=list(only or []), executor=executor)
+    plugins = get_plugins()
+    try:
+        with RichProgress() as progress:
+            outcome = execute(options, plugins, progress=progress, argv=sys.argv)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    _print_summary(outcome)
+    if outcome.failed:
+        raise typer.Exit(code=1)
+
+
+def _print_summary(outcome) -> None:  # noqa: ANN001 (RunOutcome, imported lazily)
+    from musicbench.leaderboard import cell_row
+
+    table = Table(title=f"musicbench run → {outcome.out}", show_lines=False)
+    for col in ("dataset", "model", "defense", "attack", "status", "clean acc", "ASR",
+                "robust acc", "LSD", "SNR dB", "s"):
+        table.add_column(col)
+    for rec in outcome.records:
+        r = cell_row(rec)
+
+        def pct(x: float | None) -> str:
+            return "—" if x is None else f"{100 * x:.1f}%"
+
+        status = "[green]ok" if r["status"] == "ok" else f"[red]failed[/]: {r['error']}"
+        table.add_row(r["dataset"], r["model"], r["defense"], r["attack"], status,
+                      pct(r["clean_accuracy"]), pct(r["asr"]), pct(r["robust_accuracy"]),
+                      "—" if r["lsd"] is None else f"{r['lsd']:.3f}",
+                      "—" if r["snr_db"] is None else f"{r['snr_db']:.1f}",
+                      f"{rec.seconds:.1f}")
+    stderr.print(table)
+    stderr.print(f"{outcome.planned} cells planned, {outcome.skipped} already done, "
+                 f"{len(outcome.failed)} failed. Leaderboard: {outcome.leaderboard}")
+
+
+@app.command("list")
+def list_(
+    kind: Annotated[Optional[str], typer.Argument(help="attack, model, defense, dataset, ...")]
+    = None,
+) -> None:
+    """List registered plugins: name, provider, status, summary."""
+    from musicbench.hookspecs import REGISTER_HOOKS
+    from musicbench.plugins import get_plugins
+
+    plugins = get_plugins()
+    kinds = list(REGISTER_HOOKS)
+    if kind is not None:
+        kind = kind.rstrip("s")
+        if kind not in kinds:
+            stderr.print(f"[bold red]error:[/] unknown kind '{kind}'; kinds: {', '.join(kinds)}")
+            raise typer.Exit(code=2)
+        kinds = [kind]
+    table = Table(title="musicbench plugins")
+    for col in ("kind", "name", "provider", "status", "summary"):
+        table.add_column(col, overflow="fold")
+    for k in kinds:
+        for entry in plugins.registry(k):
+            status = plugins.plugins[entry.plugin].status
+            aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
+            table.add_row(k, entry.name + aliases, entry.provider, status, entry.doc_summary)
+    for info in plugins.plugins.values():
+        if info.status != "loaded":
+            table.add_row("plugin", info.name, info.provider,
+                          "[red]failed" if info.status == "failed" else "disabled",
+                          info.error or "")
+    from rich.console import Console
+
+    Console().print(table)
+
+
+@app.command()
+def leaderboard(
+    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write to FILE")]
+    = None,
+    fmt: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
+) -> None:
+    """Render the leaderboard of a stored run."""
+    from musicbench.leaderboard import RENDERERS, render
+    from musicbench.store import Store
+
+    if fmt not in RENDERERS:
+        stderr.print(f"[bold red]error:[/] --format must be one of {', '.join(RENDERERS)}")
+        raise typer.Exit(code=2)
+    db = out if out.suffix == ".sqlite" else out / "results.sqlite"
+    if not db.exists():
+        stderr.print(f"[bold red]error:[/] no results at {db}; run `musicbench run --out {out}`")
+        raise typer.Exit(code=2)
+    store = Store(db)
+    try:
+        text = render(store, fmt)
+    except FileNotFoundError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    finally:
+        store.close()
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        stderr.print(f"wrote {output}")
+
+
+@app.command()
+def validate(
+    name: Annotated[str, typer.Argument(help="a registered plugin name")],
+    kind: Annotated[Optional[str], typer.Option("--kind", help="when NAME is ambiguous")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Run the conformance checks for one plugin (shapes, dtypes, determinism, budgets)."""
+    from musicbench.validate import validate_plugin
+
+    try:
+        report = validate_plugin(name, kind=kind, device=device)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    for check in report.checks:
+        mark = "[green]✓" if check.ok else "[red]✗"
+        stderr.print(f"{mark}[/] {check.name}" + ("" if check.ok else f": {check.detail}"))
+    if not report.ok:
+        stderr.print(f"[red]{report.kind} '{report.name}' failed validation")
+        raise typer.Exit(code=1)
+    stderr.print(f"[green]{report.kind} '{report.name}' passed {len(report.checks)} checks")
+
+
+@app.command()
+def train(
+    name: Annotated[str, typer.Argument(help="a trainable model (e.g. style-cnn)")],
+    device: DeviceOpt = None,
+) -> None:
+    """Train a model (or other trainable plugin) and save its weights in the cache."""
+    from musicbench.cache import cache_dir
+    from musicbench.environment import resolve_device
+    from musicbench.plugins import get_plugins
+    from musicbench.ui import RichProgress
+    from musicbench.workspace import Workspace
+
+    plugins = get_plugins()
+    try:
+        dev = resolve_device(device or "auto")
+        with RichProgress() as progress:
+            ws = Workspace(plugins, cache_dir=cache_dir(), device=dev, progress=progress)
+            component = ws.make("model", name)
+            fit = getattr(component, "fit", None)
+            if fit is None:
+                raise ConfigError(f"model '{name}' has nothing to train (it ships its weights)")
+            summary = fit(ws.ctx)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    stderr.print(f"[green]trained {name}[/]: {summary}")
+
+
+def _add_plugin_commands() -> None:
+    from musicbench.plugins import get_plugins
+
+    plugins = get_plugins()
+    for impl in plugins.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:  # a broken plugin command must not take the CLI down
+            stderr.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}")
+
+
+def main() -> None:
+    _add_plugin_commands()
+    try:
+        app()
+    except MusicbenchError as exc:  # raised outside a command's own handling
+        stderr.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)

@@ -1,0 +1,133 @@
+"""Run configuration (TOML, DESIGN.md section 7): parsing and structural validation.
+
+Plugin names and parameters are checked against the registries by :mod:`musicbench.planner`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from musicbench.errors import ConfigError
+from musicbench.params import build_params
+
+KINDS = ("dataset", "model", "defense", "attack")
+TABLES = {"dataset": "datasets", "model": "models", "defense": "defenses", "attack": "attacks"}
+DEFAULT_CONFIG = "<embedded default>"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The ``[run]`` table."""
+
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    samples: int = 64
+    quick_samples: int = 16
+    batch_size: int = 32
+    keep_audio: int = 2
+    executor: str = "local"
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.quick_samples < 1:
+            raise ValueError("samples and quick_samples must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.keep_audio < 0:
+            raise ValueError("keep_audio must be >= 0")
+        if self.executor != "local":
+            raise ValueError(
+                f"executor '{self.executor}' is not available; this version has 'local'"
+            )
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One ``[[datasets]]``/``[[models]]``/``[[defenses]]``/``[[attacks]]`` entry, unresolved."""
+
+    kind: str
+    name: str
+    params: dict[str, Any]
+    table: str
+    datasets: tuple[str, ...] | None = None  # models only: which datasets they are run on
+
+
+@dataclass
+class RunConfig:
+    """A parsed config: settings plus the components of each kind, in file order."""
+
+    run: RunSettings
+    components: dict[str, list[ComponentSpec]]
+    source: str = DEFAULT_CONFIG
+    text: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_config_text() -> str:
+    return resources.files("musicbench").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: Path | None) -> RunConfig:
+    """Read ``path`` (or the embedded default) and check its structure."""
+    if path is None:
+        text, source = default_config_text(), DEFAULT_CONFIG
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from exc
+        source = str(path)
+    return parse_config(text, source=source)
+
+
+def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
+    """Parse TOML ``text``; structure errors raise :class:`ConfigError` naming table and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    allowed = {"run", *TABLES.values()}
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown table in {source}. Tables are: {', '.join(sorted(allowed))}.",
+                table=key,
+            )
+    run_values = data.get("run", {})
+    if not isinstance(run_values, dict):
+        raise ConfigError("must be a table", table="run")
+    run = build_params(RunSettings, run_values, table="run")
+    components: dict[str, list[ComponentSpec]] = {}
+    for kind, table in TABLES.items():
+        entries = data.get(table, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ConfigError(f"must be an array of tables ([[{table}]])", table=table)
+        if not entries:
+            raise ConfigError(
+                f"a run needs at least one [[{table}]] entry"
+                + (" (use name = \"none\" for no defense)" if kind == "defense" else ""),
+                table=table,
+            )
+        specs = []
+        for entry in entries:
+            entry = dict(entry)
+            name = entry.pop("name", None)
+            if not isinstance(name, str) or not name:
+                raise ConfigError("every entry needs name = \"...\"", table=table, key="name")
+            datasets = None
+            if kind == "model" and "datasets" in entry:
+                datasets = entry.pop("datasets")
+                if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+                    raise ConfigError(
+                        "expected a list of dataset names", table=f"{table}.{name}", key="datasets"
+                    )
+                datasets = tuple(datasets)
+            specs.append(ComponentSpec(kind, name, entry, f"{table}.{name}", datasets))
+        components[kind] = specs
+    return RunConfig(run=run, components=components, source=source, text=text)

@@ -1,0 +1,50 @@
+"""Exceptions the harness raises, each carrying what was wrong and what to do instead."""
+
+from __future__ import annotations
+
+
+class MusicbenchError(Exception):
+    """Base class of every error musicbench raises on purpose."""
+
+
+class ConfigError(MusicbenchError):
+    """A config (or command line) asks for something impossible; nothing has been run.
+
+    The CLI turns it into exit code 2.
+    """
+
+    def __init__(self, message: str, *, table: str | None = None, key: str | None = None):
+        self.table = table
+        self.key = key
+        where = ""
+        if table is not None:
+            where = f"[{table}]" + (f" key '{key}'" if key is not None else "") + ": "
+        super().__init__(where + message)
+
+
+class UnknownNameError(ConfigError):
+    """A plugin name that no registry holds; the message lists the closest matches."""
+
+
+class DuplicateNameError(MusicbenchError):
+    """Two providers registered the same name in one registry."""
+
+
+class PluginLoadError(MusicbenchError):
+    """A registered factory string could not be imported."""
+
+
+class AttackContractError(MusicbenchError):
+    """An attack returned audio that breaks the Attack contract (shape, range, bound, finiteness)."""
+
+
+class GradientRefusedError(MusicbenchError):
+    """A black-box attack asked a Victim for gradients."""
+
+
+class QueryBudgetExceededError(MusicbenchError):
+    """An attack tried to query a Victim past its query budget."""
+
+
+class NotTrainedError(MusicbenchError):
+    """A target model has no checkpoint in the cache and was asked not to train one."""

@@ -1,0 +1,95 @@
+"""Metric computations of the leaderboard contract (DESIGN.md section 5).
+
+Per-sample distances are batched torch code on (clean, adv) pairs; set-level rates come with
+95% bootstrap confidence intervals over samples (fixed seed, percentile method).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+LSD_N_FFT = 2048
+LSD_HOP = 512
+LSD_FLOOR = 1e-10
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def lsd(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """Log-spectral distance ``[B]`` of ``clean[B, T]`` and ``adv[B, T]``.
+
+    mean over frames t of sqrt(mean over bins f of (log10 P - log10 P_hat)^2), with
+    P = |STFT|^2 + 1e-10, Hann window, n_fft 2048, hop 512, centred frames (reflect padding)
+    over the whole clip. Clips shorter than n_fft are zero-padded to n_fft.
+    """
+    if clean.shape != adv.shape:
+        raise ValueError(f"lsd needs equal shapes, got {tuple(clean.shape)} {tuple(adv.shape)}")
+    x = torch.stack([clean, adv]).to(torch.float64).flatten(0, 1)
+    if x.shape[-1] < LSD_N_FFT:
+        x = torch.nn.functional.pad(x, (0, LSD_N_FFT - x.shape[-1]))
+    window = torch.hann_window(LSD_N_FFT, dtype=torch.float64, device=x.device)
+    spec = torch.stft(x, LSD_N_FFT, LSD_HOP, window=window, center=True, return_complex=True)
+    logp = torch.log10(spec.abs().square() + LSD_FLOOR)  # [2B, F, frames]
+    logp = logp.reshape(2, clean.shape[0], *logp.shape[1:])
+    per_frame = (logp[0] - logp[1]).square().mean(dim=1).sqrt()  # [B, frames]
+    return per_frame.mean(dim=1)
+
+
+def snr_db(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """``[B]``: 10 log10(||x||^2 / ||x_hat - x||^2) in dB (inf where adv == clean)."""
+    x = clean.to(torch.float64).flatten(1)
+    noise = (adv.to(torch.float64).flatten(1) - x).square().sum(1)
+    return 10 * torch.log10(x.square().sum(1) / noise)
+
+
+def linf(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """``[B]``: max |x_hat - x|."""
+    return (adv - clean).flatten(1).abs().amax(1).to(torch.float64)
+
+
+def l2(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """``[B]``: ||x_hat - x||_2."""
+    return (adv - clean).flatten(1).to(torch.float64).norm(dim=1)
+
+
+def bootstrap_ci(values: np.ndarray, *, seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values[N]`` (NaNs if N == 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))
+    means = values[idx].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+def rate(values: np.ndarray) -> float:
+    """Mean of a 0/1 array, NaN when empty."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else math.nan
+
+
+def classification_summary(
+    clean_correct: np.ndarray, attacked_success: np.ndarray
+) -> dict[str, float | tuple[float, float]]:
+    """Clean accuracy, ASR and robust accuracy (with CIs) of one cell.
+
+    :param clean_correct: ``bool[N]`` the model is right on the clean clip.
+    :param attacked_success: ``bool[N]`` the attack made a clean-correct clip wrong (False for
+        clean-wrong clips, which are never attacked).
+    """
+    clean_correct = np.asarray(clean_correct, dtype=bool)
+    success = np.asarray(attacked_success, dtype=bool) & clean_correct
+    robust = clean_correct & ~success
+    asr_values = success[clean_correct].astype(np.float64)
+    return {
+        "clean_accuracy": rate(clean_correct),
+        "asr": rate(asr_values),
+        "asr_ci": bootstrap_ci(asr_values),
+        "robust_accuracy": rate(robust),
+        "robust_accuracy_ci": bootstrap_ci(robust.astype(np.float64)),
+    }

@@ -1,0 +1,118 @@
+"""Validate plugin parameters from config mappings against each plugin's ``Params`` dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from musicbench.errors import ConfigError
+
+
+def build_params(params_type: type, values: Mapping[str, Any], *, table: str) -> Any:
+    """Instantiate ``params_type`` from ``values``; unknown keys and wrong types raise.
+
+    :param table: where the values came from, for messages (e.g. ``"attacks.pgd"``).
+    :raises ConfigError: naming the table and key, with the accepted keys or expected type.
+    """
+    if not dataclasses.is_dataclass(params_type):
+        raise TypeError(f"Params of {table} must be a dataclass, got {params_type!r}")
+    fields = {f.name: f for f in dataclasses.fields(params_type) if f.init}
+    hints = typing.get_type_hints(params_type)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            accepted = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(
+                f"unknown parameter.{hint} Accepted parameters: {accepted}.", table=table, key=key
+            )
+        kwargs[key] = coerce(value, hints[key], table=table, key=key)
+    try:
+        return params_type(**kwargs)
+    except (TypeError, ValueError) as exc:  # __post_init__ range checks land here
+        raise ConfigError(str(exc), table=table) from exc
+
+
+def coerce(value: Any, annotation: Any, *, table: str, key: str) -> Any:
+    """Check ``value`` against ``annotation``; int -> float is the only conversion allowed."""
+    ok, converted = _check(value, annotation)
+    if not ok:
+        raise ConfigError(
+            f"expected {_type_name(annotation)}, got {type(value).__name__} {value!r}",
+            table=table,
+            key=key,
+        )
+    return converted
+
+
+def _check(value: Any, ann: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if ann is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, conv = _check(value, arg)
+            if ok:
+                return True, conv
+        return False, None
+    if ann is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args), value
+    if ann is bool:
+        return isinstance(value, bool), value
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if ann is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if ann is str:
+        return isinstance(value, str), value
+    if origin in (tuple, list) or ann in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        if not args:
+            return True, tuple(value) if origin is tuple or ann is tuple else list(value)
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                return False, None
+            items = [_check(v, a) for v, a in zip(value, args, strict=True)]
+        else:
+            items = [_check(v, args[0]) for v in value]
+        if not all(ok for ok, _ in items):
+            return False, None
+        conv = [c for _, c in items]
+        return True, tuple(conv) if origin is tuple else conv
+    if origin is dict or ann is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, ann) if isinstance(ann, type) else True, value
+
+
+def _type_name(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(ann))
+    if ann is type(None):
+        return "nothing"
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann)
+
+
+def params_schema(params_type: type) -> list[tuple[str, str, Any]]:
+    """(name, type, default) of each parameter, for ``musicbench list`` and docs."""
+    hints = typing.get_type_hints(params_type)
+    rows = []
+    for f in dataclasses.fields(params_type):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        rows.append((f.name, _type_name(hints[f.name]), default))
+    return rows

@@ -1,0 +1,186 @@
+"""The plugin manager: entry-point discovery, per-plugin load status, and the registries.
+
+This module holds the only global state of musicbench: one lazily built :class:`PluginSystem`.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
+
+import pluggy
+
+from musicbench import hookspecs
+from musicbench.errors import DuplicateNameError
+from musicbench.registry import Entry, Registry
+
+DISABLE_ENV = "MUSICBENCH_DISABLE_PLUGINS"
+"""Comma-separated plugin (entry-point) names that are not loaded."""
+
+Status = Literal["loaded", "failed", "disabled"]
+
+
+@dataclass
+class PluginInfo:
+    """What happened to one plugin: where it came from and whether it loaded."""
+
+    name: str
+    provider: str
+    status: Status
+    error: str | None = None
+    traceback: str | None = None
+    registered: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+
+
+class PluginSystem:
+    """A pluggy manager plus one :class:`Registry` per component kind.
+
+    Build with :func:`get_plugins` (entry points) or directly with ``discover=False`` and
+    :meth:`add_plugin` (tests).
+    """
+
+    def __init__(self, *, discover: bool = True):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.plugins: dict[str, PluginInfo] = {}
+        self.registries: dict[str, Registry] = {k: Registry(k) for k in hookspecs.REGISTER_HOOKS}
+        if discover:
+            self._discover()
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _discover(self) -> None:
+        disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+        # We walk the entry points ourselves instead of pm.load_setuptools_entrypoints so that
+        # one plugin failing to import is recorded and skipped rather than aborting discovery.
+        eps = sorted(metadata.entry_points(group=hookspecs.PROJECT_NAME), key=lambda e: e.name)
+        seen: set[str] = set()
+        for ep in eps:
+            if ep.name in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add(ep.name)
+            provider = _distribution_name(ep)
+            if ep.name in disabled:
+                self.plugins[ep.name] = PluginInfo(ep.name, provider, "disabled")
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:
+                self.plugins[ep.name] = PluginInfo(
+                    ep.name, provider, "failed", f"import failed: {type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+                continue
+            self.add_plugin(module, ep.name, provider=provider)
+
+    def add_plugin(self, plugin: Any, name: str, *, provider: str = "local") -> PluginInfo:
+        """Register ``plugin`` (a module or object with hookimpls) and run its register hooks.
+
+        A plugin whose registration raises, or that registers a name already taken, is marked
+        ``failed``, none of its components are kept, and it is unregistered from pluggy.
+        """
+        info = PluginInfo(name, provider, "loaded")
+        self.plugins[name] = info
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except Exception as exc:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            info.traceback = traceback.format_exc()
+            return info
+        staged: list[Entry] = []
+        try:
+            for kind, hook_name in hookspecs.REGISTER_HOOKS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is plugin:
+                        impl.function(register=_stager(staged, kind, info))
+            self._commit(staged)
+        except Exception as exc:
+            self.pm.unregister(plugin)
+            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            info.traceback = traceback.format_exc()
+            info.registered = []
+            return info
+        info.registered = [(e.kind, e.name) for e in staged]
+        return info
+
+    def _commit(self, staged: list[Entry]) -> None:
+        added: list[Entry] = []
+        try:
+            for entry in staged:
+                self.registries[entry.kind].add(entry)
+                added.append(entry)
+        except DuplicateNameError:
+            for entry in added:  # roll back: a failed plugin contributes nothing
+                reg = self.registries[entry.kind]
+                reg._entries.pop(entry.name, None)
+                for alias in entry.aliases:
+                    reg._aliases.pop(alias, None)
+            raise
+
+    def remove_plugin(self, name: str) -> None:
+        """Unregister a plugin added with :meth:`add_plugin` and drop its components (tests)."""
+        info = self.plugins.pop(name, None)
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        for kind, comp in (info.registered if info else []):
+            reg = self.registries[kind]
+            entry = reg._entries.pop(comp, None)
+            for alias in entry.aliases if entry else ():
+                reg._aliases.pop(alias, None)
+
+    # -- lookup -----------------------------------------------------------------------------
+
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry of ``kind`` called ``name``; unknown names raise with suggestions."""
+        return self.registries[kind].get(name)
+
+    def notify_cell_finished(self, record: Any) -> list[str]:
+        """Call every ``cell_finished`` observer; returns the errors they raised (never raises)."""
+        errors = []
+        for impl in self.pm.hook.cell_finished.get_hookimpls():
+            try:
+                impl.function(record=record)
+            except Exception as exc:
+                errors.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
+        return errors
+
+
+def _stager(staged: list[Entry], kind: str, info: PluginInfo):
+    def register(
+        name: str, factory: Any, *, aliases: tuple[str, ...] = (), summary: str = ""
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{kind} names must be non-empty strings, got {name!r}")
+        staged.append(
+            Entry(kind, name, factory, info.provider, info.name, tuple(aliases), summary)
+        )
+
+    return register
+
+
+def _distribution_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is not None:
+        return f"{dist.metadata['Name']} {dist.version}"
+    return ep.value.split(":")[0]
+
+
+_SYSTEM: PluginSystem | None = None
+
+
+def get_plugins(*, reload: bool = False) -> PluginSystem:
+    """The process-wide plugin system, discovered from entry points on first use."""
+    global _SYSTEM
+    if _SYSTEM is None or reload:
+        _SYSTEM = PluginSystem()
+    return _SYSTEM

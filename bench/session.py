@@ -1,0 +1,123 @@
+"""One ``musicbench run``: plan, skip finished cells, execute the rest, write the leaderboard."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from musicbench.cache import cache_dir
+from musicbench.config import RunConfig, load_config
+from musicbench.environment import describe_environment, resolve_device
+from musicbench.executors import EXECUTORS
+from musicbench.interfaces import Progress
+from musicbench.interfaces.context import NullProgress
+from musicbench.planner import apply_only, cell_spec, model_dataset_pairs, resolve
+from musicbench.plugins import PluginSystem
+from musicbench.runner import now
+from musicbench.store import CellRecord, Store
+from musicbench.workspace import Workspace
+
+
+@dataclass
+class RunOptions:
+    """Command-line choices layered over the config."""
+
+    config: Path | None = None
+    quick: bool = False
+    device: str | None = None
+    out: Path | None = None
+    only: list[str] = field(default_factory=list)
+    executor: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    out: Path
+    planned: int
+    skipped: int
+    records: list[CellRecord]
+    leaderboard: Path
+
+    @property
+    def failed(self) -> list[CellRecord]:
+        return [r for r in self.records if r.status != "ok"]
+
+
+def output_dir(config: RunConfig, options: RunOptions) -> Path:
+    if options.out is not None:
+        return options.out
+    return Path("runs") / (config.run.name + ("-quick" if options.quick else ""))
+
+
+def execute(
+    options: RunOptions,
+    plugins: PluginSystem,
+    *,
+    progress: Progress | None = None,
+    argv: list[str] | None = None,
+) -> RunOutcome:
+    """Validate everything, then run every unfinished cell. Raises ConfigError before any work."""
+    from musicbench.leaderboard import write_leaderboard
+
+    progress = progress or NullProgress()
+    config = load_config(options.config)
+    resolved = apply_only(resolve(config, plugins), options.only)
+    pairs = model_dataset_pairs(resolved)
+    device = resolve_device(options.device or config.run.device)
+    executor_name = options.executor or config.run.executor
+    if executor_name not in EXECUTORS:
+        from musicbench.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown executor '{executor_name}'; available: {', '.join(EXECUTORS)}",
+            table="run", key="executor",
+        )
+    settings = config.run
+    samples = settings.quick_samples if options.quick else settings.samples
+    out = output_dir(config, options)
+    ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
+                   seed=settings.seed)
+
+    fingerprints = {}
+    for ds in resolved["dataset"]:
+        if any(d is ds for d, _ in pairs):
+            fingerprints[ds.name] = ws.dataset(ds.name, ds.params_dict()).fingerprint()
+    specs = [
+        cell_spec(ds, fingerprints[ds.name], model, defense, attack, seed=settings.seed,
+                  samples=samples, batch_size=settings.batch_size,
+                  keep_audio=settings.keep_audio)
+        for ds, model in pairs
+        for defense in resolved["defense"]
+        for attack in resolved["attack"]
+    ]
+    store = Store(out / "results.sqlite")
+    try:
+        done = store.finished_keys()
+        todo = [s for s in specs if s["key"] not in done]
+        for _, model in pairs:  # train or load before the cells, with its own progress bar
+            if any(s["model"]["name"] == model.name for s in todo):
+                ws.model(model.name, model.params_dict())
+        environment = describe_environment(device)
+        run_settings = asdict(settings) | {"samples_used": samples, "quick": options.quick,
+                                           "device": str(device), "executor": executor_name}
+        run_id = store.start_run(
+            started=now(), config_source=config.source, config_text=config.text,
+            argv=argv if argv is not None else sys.argv, settings=run_settings,
+            environment=environment, plan=[s["key"] for s in specs],
+        )
+
+        def on_record(record: CellRecord) -> None:
+            store.write_cell(record, run_id)
+            for err in plugins.notify_cell_finished(record):
+                from musicbench.ui import stderr
+
+                stderr.print(f"[yellow]cell_finished observer failed: {err}")
+
+        EXECUTORS[executor_name]().run(todo, ws, environment, on_record, progress)
+        store.finish_run(run_id, now())
+        records = store.cells([s["key"] for s in specs])
+        board = write_leaderboard(store, out / "leaderboard.md", fmt="md")
+    finally:
+        store.close()
+    return RunOutcome(out, len(specs), len(specs) - len(todo), records, board)

@@ -1,0 +1,302 @@
+"""The SQLite result store (DESIGN.md section 7): runs, cells, per-clip samples, cell metrics.
+
+A cell is written in one transaction when it finishes, so a killed run loses at most the cell
+in flight. WAL mode lets a leaderboard be read while a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started TEXT NOT NULL,
+    finished TEXT,
+    config_source TEXT NOT NULL,
+    config_text TEXT NOT NULL,
+    argv TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cells (
+    key TEXT PRIMARY KEY,
+    dataset TEXT NOT NULL, model TEXT NOT NULL, defense TEXT NOT NULL, attack TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started TEXT, finished TEXT,
+    seconds REAL, attack_seconds REAL, peak_memory_mb REAL,
+    info TEXT NOT NULL,
+    error TEXT, traceback TEXT,
+    environment TEXT NOT NULL,
+    run_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS samples (
+    cell_key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
+    sample_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    label INTEGER,
+    clean_pred INTEGER,
+    clean_correct INTEGER NOT NULL,
+    attacked INTEGER NOT NULL,
+    adv_pred INTEGER,
+    success INTEGER NOT NULL,
+    queries INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (cell_key, sample_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell_key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    value REAL,
+    ci_low REAL, ci_high REAL,
+    PRIMARY KEY (cell_key, name)
+);
+CREATE TABLE IF NOT EXISTS audio (
+    cell_key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
+    sample_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (cell_key, sample_id, kind)
+);
+"""
+
+
+@dataclass
+class SampleRecord:
+    """One clip of one cell. ``metrics`` holds per-sample metrics of attacked clips."""
+
+    sample_id: str
+    position: int
+    label: int | None
+    clean_pred: int | None
+    clean_correct: bool
+    attacked: bool
+    adv_pred: int | None
+    success: bool
+    queries: int
+    steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MetricValue:
+    value: float | None
+    ci: tuple[float, float] | None = None
+
+
+@dataclass
+class CellRecord:
+    """Everything one finished (or failed) cell produced. Plain data: picklable, JSON-able."""
+
+    key: str
+    spec: dict[str, Any]
+    status: str  # ok | failed
+    started: str
+    finished: str
+    seconds: float
+    attack_seconds: float = 0.0
+    peak_memory_mb: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # adaptive, flags, notes, fad encoder...
+    error: str | None = None
+    traceback: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    samples: list[SampleRecord] = field(default_factory=list)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+    audio: list[tuple[str, str, str]] = field(default_factory=list)  # (sample_id, kind, path)
+    # Clips to keep for listening, {(sample_id, "clean"|"adv"): float32[T]}; written as FLAC
+    # by the store, never kept in the database.
+    audio_data: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def names(self) -> tuple[str, str, str, str]:
+        s = self.spec
+        return (s["dataset"]["name"], s["model"]["name"], s["defense"]["name"],
+                s["attack"]["name"])
+
+
+def _num(x: float | None) -> float | None:
+    """SQLite stores NaN as NULL; keep inf (it means something: e.g. an SNR of identity)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+class Store:
+    """Opens (creating if needed) ``<out>/results.sqlite``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(_SCHEMA)
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            with self.conn:
+                self.conn.execute(
+                    "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema {row[0]}; this musicbench writes schema "
+                f"{SCHEMA_VERSION}. Use another --out folder."
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.conn:
+            yield self.conn
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        started: str,
+        config_source: str,
+        config_text: str,
+        argv: list[str],
+        settings: dict[str, Any],
+        environment: dict[str, Any],
+        plan: list[str],
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO runs (started, config_source, config_text, argv, settings,"
+                " environment, plan) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (started, config_source, config_text, json.dumps(argv), json.dumps(settings),
+                 json.dumps(environment), json.dumps(plan)),
+            )
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, finished: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET finished=? WHERE id=?", (finished, run_id))
+
+    def latest_run(self) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, started, finished, config_source, config_text, argv, settings,"
+            " environment, plan FROM runs ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ["id", "started", "finished", "config_source", "config_text", "argv",
+                "settings", "environment", "plan"]
+        run = dict(zip(keys, row, strict=True))
+        for k in ("argv", "settings", "environment", "plan"):
+            run[k] = json.loads(run[k])
+        return run
+
+    # -- cells -------------------------------------------------------------------------------
+
+    def finished_keys(self) -> set[str]:
+        """Keys of cells that completed successfully (a rerun skips them)."""
+        return {r[0] for r in self.conn.execute("SELECT key FROM cells WHERE status='ok'")}
+
+    def _write_audio(self, record: CellRecord) -> None:
+        if not record.audio_data:
+            return
+        import soundfile
+
+        rate = int(record.info.get("sample_rate", 16_000))
+        folder = self.path.parent / "audio" / record.key
+        folder.mkdir(parents=True, exist_ok=True)
+        record.audio = []
+        for (sid, kind), data in sorted(record.audio_data.items()):
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in sid)
+            path = folder / f"{safe}-{kind}.flac"
+            soundfile.write(path, data, rate, subtype="PCM_24")
+            record.audio.append((sid, kind, str(path.relative_to(self.path.parent))))
+
+    def write_cell(self, record: CellRecord, run_id: int | None = None) -> None:
+        """Replace any earlier record of this cell, all in one transaction.
+
+        FLAC files of kept clips are written first; a crash between them and the commit leaves
+        only files that the rerun overwrites.
+        """
+        self._write_audio(record)
+        d, m, df, a = record.names
+        with self._tx() as c:
+            c.execute("DELETE FROM cells WHERE key=?", (record.key,))
+            c.execute(
+                "INSERT INTO cells (key, dataset, model, defense, attack, spec, status, started,"
+                " finished, seconds, attack_seconds, peak_memory_mb, info, error, traceback,"
+                " environment, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.key, d, m, df, a, json.dumps(record.spec, sort_keys=True),
+                 record.status, record.started, record.finished, record.seconds,
+                 record.attack_seconds, record.peak_memory_mb, json.dumps(record.info),
+                 record.error, record.traceback, json.dumps(record.environment), run_id),
+            )
+            c.executemany(
+                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(record.key, s.sample_id, s.position, s.label, s.clean_pred,
+                  int(s.clean_correct), int(s.attacked), s.adv_pred, int(s.success),
+                  int(s.queries), int(s.steps),
+                  json.dumps({k: _num(v) for k, v in s.metrics.items()}))
+                 for s in record.samples],
+            )
+            c.executemany(
+                "INSERT INTO metrics VALUES (?,?,?,?,?)",
+                [(record.key, name, _num(mv.value),
+                  _num(mv.ci[0]) if mv.ci else None, _num(mv.ci[1]) if mv.ci else None)
+                 for name, mv in record.metrics.items()],
+            )
+            c.executemany(
+                "INSERT INTO audio VALUES (?,?,?,?)",
+                [(record.key, sid, kind, path) for sid, kind, path in record.audio],
+            )
+
+    def cells(self, keys: list[str] | None = None) -> list[CellRecord]:
+        """Cell records (with samples and metrics), in ``keys`` order when given."""
+        rows = self.conn.execute(
+            "SELECT key, spec, status, started, finished, seconds, attack_seconds,"
+            " peak_memory_mb, info, error, traceback, environment FROM cells"
+        ).fetchall()
+        by_key: dict[str, CellRecord] = {}
+        for r in rows:
+            by_key[r[0]] = CellRecord(
+                key=r[0], spec=json.loads(r[1]), status=r[2], started=r[3], finished=r[4],
+                seconds=r[5], attack_seconds=r[6] or 0.0, peak_memory_mb=r[7],
+                info=json.loads(r[8]), error=r[9], traceback=r[10],
+                environment=json.loads(r[11]),
+            )
+        for r in self.conn.execute(
+            "SELECT cell_key, sample_id, position, label, clean_pred, clean_correct, attacked,"
+            " adv_pred, success, queries, steps, metrics FROM samples ORDER BY cell_key, position"
+        ):
+            if r[0] in by_key:
+                metrics = {k: (math.nan if v is None else v) for k, v in json.loads(r[11]).items()}
+                by_key[r[0]].samples.append(SampleRecord(
+                    r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], bool(r[8]), r[9],
+                    r[10], metrics))
+        for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"):
+            if r[0] in by_key:
+                value = math.nan if r[2] is None else r[2]
+                ci = None
+                if r[3] is not None or r[4] is not None:
+                    ci = (math.nan if r[3] is None else r[3], math.nan if r[4] is None else r[4])
+                by_key[r[0]].metrics[r[1]] = MetricValue(value, ci)
+        for r in self.conn.execute("SELECT cell_key, sample_id, kind, path FROM audio"):
+            if r[0] in by_key:
+                by_key[r[0]].audio.append((r[1], r[2], r[3]))
+        if keys is None:
+            return list(by_key.values())
+        return [by_key[k] for k in keys if k in by_key]

@@ -1,0 +1,57 @@
+"""Rich progress bars on stderr, behind the :class:`~musicbench.interfaces.Progress` protocol."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr = Console(stderr=True)
+
+
+class _Task:
+    def __init__(self, bars: Progress, task_id: int):
+        self._bars, self._id = bars, task_id
+
+    def advance(self, n: float = 1) -> None:
+        self._bars.advance(self._id, n)
+
+    def update(self, *, description: str | None = None) -> None:
+        if description is not None:
+            self._bars.update(self._id, description=description)
+
+
+class RichProgress:
+    """One live display; each ``with progress(...)`` adds a bar that disappears when done."""
+
+    def __init__(self, console: Console = stderr):
+        self.bars = Progress(
+            SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+            MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            console=console, transient=False,
+        )
+
+    def __enter__(self) -> RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    @contextlib.contextmanager
+    def __call__(self, description: str, total: float | None = None) -> Iterator[_Task]:
+        task_id = self.bars.add_task(description, total=total)
+        try:
+            yield _Task(self.bars, task_id)
+        finally:
+            self.bars.stop_task(task_id)

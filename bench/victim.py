@@ -1,0 +1,206 @@
+"""The Victim: what attacks see of a target model (optionally behind a defense).
+
+It binds a model to its task, defines margin / loss / success the same way for every attack,
+counts forward queries and gradient calls per sample, enforces a query budget, refuses gradients
+to black-box attacks, and applies preprocessing defenses adaptively (EOT for randomized ones,
+BPDA through ``surrogate`` for non-differentiable ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from musicbench.errors import GradientRefusedError, QueryBudgetExceededError
+from musicbench.interfaces.defense import Preprocessor
+from musicbench.interfaces.model import TargetModel
+from musicbench.windows import score_windows
+
+
+class Victim:
+    """A classification victim. Rows of every call are attributed to batch samples by ``index``.
+
+    :param model: a loaded classification :class:`TargetModel`.
+    :param defense: a preprocessing defense applied before the model, or None.
+    :param allow_gradients: False for black-box attacks: a call that would build an autograd
+        graph through the model raises :class:`GradientRefusedError`.
+    :param budget: per-sample query budget (None: unlimited); exceeding it raises
+        :class:`QueryBudgetExceededError` before the model is run.
+    :param eot_samples: draws of a randomized defense averaged in each gradient call (EOT).
+    :param generator: randomness of randomized defenses.
+    """
+
+    def __init__(
+        self,
+        model: TargetModel,
+        *,
+        defense: Preprocessor | None = None,
+        allow_gradients: bool = True,
+        budget: int | None = None,
+        eot_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ):
+        if model.task != "classification":
+            raise NotImplementedError(
+                f"model '{model.name}' has task '{model.task}'; this Victim serves classification"
+            )
+        self.model = model
+        self.defense = defense
+        self.allow_gradients = allow_gradients
+        self.budget = budget
+        self.eot_samples = max(1, int(eot_samples))
+        self.generator = generator
+        self.labels = model.labels
+        self.sample_rate = model.sample_rate
+        self.task = model.task
+        self.queries = torch.zeros(0, dtype=torch.long)
+        self.gradient_calls = torch.zeros(0, dtype=torch.long)
+        self.used_eot = False
+        self.used_bpda = False
+
+    # -- counters ---------------------------------------------------------------------------
+
+    def reset_counters(self, batch: int, device: torch.device | str | None = None) -> None:
+        """Start counting for a new batch of ``batch`` samples."""
+        device = device if device is not None else "cpu"
+        self.queries = torch.zeros(batch, dtype=torch.long, device=device)
+        self.gradient_calls = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def _count(self, audio: torch.Tensor, index: torch.Tensor | None, draws: int, grad: bool):
+        if self.queries.device != audio.device:
+            self.queries = self.queries.to(audio.device)
+            self.gradient_calls = self.gradient_calls.to(audio.device)
+        if index is None:
+            if audio.shape[0] != self.queries.shape[0]:
+                raise ValueError(
+                    f"victim was reset for {self.queries.shape[0]} samples but got "
+                    f"{audio.shape[0]} rows; pass index= to say which samples they are"
+                )
+            if self.budget is not None and int(self.queries.max()) + draws > self.budget:
+                raise QueryBudgetExceededError(f"query budget of {self.budget} per sample spent")
+            self.queries += draws
+            if grad:
+                self.gradient_calls += 1
+            return
+        index = index.to(audio.device)
+        if self.budget is not None and int(self.queries[index].max()) + draws > self.budget:
+            raise QueryBudgetExceededError(f"query budget of {self.budget} per sample spent")
+        self.queries.index_add_(0, index, torch.full_like(index, draws))
+        if grad:
+            self.gradient_calls.index_add_(0, index, torch.ones_like(index))
+
+    # -- the model behind the defense ---------------------------------------------------------
+
+    def _defended(self, audio: torch.Tensor, grad: bool) -> torch.Tensor:
+        if self.defense is None:
+            return audio
+        gen = self.generator
+        if gen is None or gen.device != audio.device:
+            gen = torch.Generator(device=audio.device).manual_seed(0)
+            self.generator = gen
+        if grad and not self.defense.differentiable:
+            self.used_bpda = True
+            surrogate = self.defense.surrogate(audio)
+            with torch.no_grad():
+                out = self.defense.forward(audio.detach(), gen)
+            return surrogate + (out - surrogate).detach()
+        return self.defense.forward(audio, gen)
+
+    def _logits_draws(
+        self, audio: torch.Tensor, index: torch.Tensor | None, count: bool
+    ) -> torch.Tensor:
+        """Logits of every EOT draw: ``Tensor[D, B, K]``."""
+        grad = torch.is_grad_enabled() and audio.requires_grad
+        if grad and not self.allow_gradients:
+            raise GradientRefusedError(
+                "this victim serves a black-box attack and refuses gradients; "
+                "query scores without requires_grad"
+            )
+        randomized = self.defense is not None and self.defense.randomized
+        draws = self.eot_samples if grad and randomized else 1
+        if draws > 1:
+            self.used_eot = True
+        if count:
+            self._count(audio, index, draws, grad)
+        window = self.model.input_samples
+        outs = [
+            score_windows(self.model.forward, self._defended(audio, grad), window)
+            for _ in range(draws)
+        ]
+        return torch.stack(outs)
+
+    # -- what attacks use ---------------------------------------------------------------------
+
+    def scores(
+        self, audio: torch.Tensor, *, index: torch.Tensor | None = None, count: bool = True
+    ) -> torch.Tensor:
+        """``audio[B, T]`` -> ``logits[B, K]`` (mean over EOT draws)."""
+        return self._logits_draws(audio, index, count).mean(0)
+
+    def margin(
+        self,
+        audio: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
+        count: bool = True,
+    ) -> torch.Tensor:
+        """``[B]``: true logit minus the best other logit; > 0 while the model is still right."""
+        return margin_from_logits(self._logits_draws(audio, index, count), target).mean(0)
+
+    def loss(
+        self,
+        audio: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
+        count: bool = True,
+    ) -> torch.Tensor:
+        """``[B]``: cross-entropy of the true class, the quantity an untargeted attack raises."""
+        logits = self._logits_draws(audio, index, count)
+        d, b, k = logits.shape
+        ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
+        return ce.reshape(d, b).mean(0)
+
+    def loss_and_margin(
+        self,
+        audio: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss[B], margin[B])`` from one (counted) forward pass: attacks that step on the
+        loss learn for free whether the current iterate already succeeded (margin <= 0)."""
+        logits = self._logits_draws(audio, index, True)
+        d, b, k = logits.shape
+        ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
+        return ce.reshape(d, b).mean(0), margin_from_logits(logits, target).mean(0)
+
+    @torch.no_grad()
+    def success(
+        self,
+        audio: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
+        count: bool = True,
+    ) -> torch.Tensor:
+        """``bool[B]``: the model is no longer right (true logit not strictly the highest)."""
+        return self.margin(audio, target, index=index, count=count) <= 0
+
+    @torch.no_grad()
+    def predict(self, audio: torch.Tensor) -> torch.Tensor:
+        """``long[B]``: predicted label index; not counted (the harness's own scoring)."""
+        return self._logits_draws(audio, None, False).mean(0).argmax(-1)
+
+
+def margin_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits[..., B, K]``, ``target[B]`` -> ``[..., B]``: true logit minus best other logit.
+
+    The other-class maximum masks the true class with -inf (not 0), so it is right when every
+    logit is negative.
+    """
+    idx = target.reshape(*([1] * (logits.dim() - 2)), -1, 1).expand(*logits.shape[:-1], 1)
+    true = logits.gather(-1, idx).squeeze(-1)
+    other = logits.scatter(-1, idx, float("-inf")).amax(-1)
+    return true - other

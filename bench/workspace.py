@@ -1,0 +1,101 @@
+"""Builds components from (name, parameters) and keeps prepared datasets and loaded models.
+
+One Workspace lives for one process (driver or worker); nothing in it is global.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from musicbench.errors import ConfigError
+from musicbench.interfaces import Context, Dataset, Progress, TargetModel, TrainingDefense
+from musicbench.interfaces.context import NullProgress
+from musicbench.params import build_params
+from musicbench.plugins import PluginSystem
+
+KIND_TABLES = {"dataset": "datasets", "model": "models", "defense": "defenses",
+               "attack": "attacks", "metric": "metrics", "inpainter": "inpainters",
+               "encoder": "encoders"}
+
+
+class Workspace:
+    """Makes components and caches the expensive ones (datasets, models) by their parameters."""
+
+    def __init__(
+        self,
+        plugins: PluginSystem,
+        *,
+        cache_dir: Path,
+        device: torch.device,
+        progress: Progress | None = None,
+        allow_training: bool = True,
+        seed: int = 0,
+    ):
+        self.plugins = plugins
+        self.ctx = Context(
+            cache_dir=Path(cache_dir), device=device, progress=progress or NullProgress(),
+            dataset=self.dataset, allow_training=allow_training, seed=seed,
+        )
+        self._datasets: dict[str, Dataset] = {}
+        self._models: dict[str, TargetModel] = {}
+        self._defended: dict[str, TargetModel] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    def factory(self, kind: str, name: str) -> tuple[str, Any]:
+        """(canonical name, class) of a registered component; unknown names raise."""
+        entry = self.plugins.get(kind, name)
+        return entry.name, entry.load()
+
+    def make(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
+        """A fresh component with validated parameters."""
+        canonical, cls = self.factory(kind, name)
+        table = f"{KIND_TABLES[kind]}.{name}"
+        params_type = getattr(cls, "Params", None)
+        if params_type is None:
+            if params:
+                raise ConfigError(f"{kind} '{name}' takes no parameters", table=table)
+            obj = cls()
+        else:
+            obj = cls(build_params(params_type, params or {}, table=table))
+        obj.name = canonical
+        return obj
+
+    def dataset(self, name: str, params: dict[str, Any] | None = None) -> Dataset:
+        """The prepared dataset (rendered or loaded from the cache once per process)."""
+        key = _key("dataset", self.plugins.get("dataset", name).name, params)
+        if key not in self._datasets:
+            ds = self.make("dataset", name, params)
+            ds.prepare(self.ctx)
+            self._datasets[key] = ds
+        return self._datasets[key]
+
+    def model(self, name: str, params: dict[str, Any] | None = None) -> TargetModel:
+        """The loaded model (trained on first use if it has no cached checkpoint)."""
+        key = _key("model", self.plugins.get("model", name).name, params)
+        if key not in self._models:
+            model = self.make("model", name, params)
+            model.load(self.ctx)
+            self._models[key] = model
+        return self._models[key]
+
+
+    def defended_model(
+        self, defense: TrainingDefense, base: TargetModel, data: Dataset
+    ) -> TargetModel:
+        """``defense.fit(base, data)`` once per process (the defense caches on disk itself)."""
+        key = json.dumps([defense.describe(), base.describe(), data.name, data.fingerprint()],
+                         sort_keys=True)
+        if key not in self._defended:
+            self._defended[key] = defense.fit(base, data, ctx=self.ctx)
+        return self._defended[key]
+
+
+def _key(kind: str, name: str, params: dict[str, Any] | None) -> str:
+    return kind + ":" + name + ":" + json.dumps(params or {}, sort_keys=True)

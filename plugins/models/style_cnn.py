@@ -1,0 +1,227 @@
+"""``style-cnn``: a log-mel CNN that classifies the musical style of 4 s clips.
+
+The log-mel front end is inside the network, so the model is differentiable from the waveform.
+Trained by our own code on a dataset's train split (``m21-styles`` by default), selected on its
+valid split, and cached as safetensors keyed by (version, parameters, dataset fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from musicbench.checkpoints import load_module, save_module
+from musicbench.errors import NotTrainedError
+from musicbench.interfaces import Context, Dataset, TargetModel
+from musicbench_plugins.models.frontends import LogMel
+
+
+@dataclass(frozen=True)
+class StyleCNNParams:
+    """Architecture and training recipe; every field changes the checkpoint key."""
+
+    train_dataset: str = "m21-styles"
+    width: int = 16
+    n_mels: int = 64
+    epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("width", "n_mels", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class StyleCNNNet(nn.Module):
+    """``audio[B, T]`` -> ``logits[B, K]``. ``features.3`` is the last conv block (Grad-CAM)."""
+
+    def __init__(self, n_classes: int, width: int = 16, n_mels: int = 64,
+                 sample_rate: int = 16_000):
+        super().__init__()
+        self.frontend = LogMel(sample_rate=sample_rate, n_fft=1024, hop=256, n_mels=n_mels)
+        self.input_norm = nn.BatchNorm2d(1)
+        w = width
+        self.features = nn.Sequential(
+            _block(1, w, True), _block(w, 2 * w, True), _block(2 * w, 4 * w, True),
+            _block(4 * w, 8 * w, False),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(16 * w, n_classes)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(self.frontend(audio))  # [B, 1, mels, frames]
+        x = self.features(x)  # [B, 8w, mels/8, frames/8]
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        return self.head(self.dropout(pooled))
+
+
+class StyleCNN(TargetModel):
+    """Log-mel CNN style classifier (4 s at 16 kHz), trained on first use."""
+
+    task = "classification"
+    sample_rate = 16_000
+    input_seconds = 4.0
+    cam_layer = "features.3"
+    version = "1"
+    Params = StyleCNNParams
+
+    def __init__(self, params: StyleCNNParams | None = None):
+        super().__init__(params)
+        self.net: StyleCNNNet | None = None
+        self.training_summary: dict[str, Any] = {}
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def _dataset(self, ctx: Context) -> Dataset:
+        if ctx.dataset is None:
+            raise RuntimeError("style-cnn needs a Context that can resolve datasets")
+        ds = ctx.dataset(self.params.train_dataset, {})
+        if ds.task != "classification" or ds.sample_rate != self.sample_rate:
+            raise ValueError(
+                f"style-cnn trains on a {self.sample_rate} Hz classification dataset; "
+                f"'{ds.name}' is {ds.task} at {ds.sample_rate} Hz"
+            )
+        return ds
+
+    def _checkpoint(self, ctx: Context, ds: Dataset) -> Path:
+        blob = json.dumps([self.version, asdict(self.params), ds.fingerprint()], sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return ctx.cache_dir / "models" / f"style-cnn-{key}.safetensors"
+
+    def _build(self, n_classes: int, device: torch.device) -> StyleCNNNet:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.params.seed)
+            net = StyleCNNNet(n_classes, self.params.width, self.params.n_mels, self.sample_rate)
+        return net.to(device)
+
+    def load(self, ctx: Context) -> None:
+        ds = self._dataset(ctx)
+        self.labels = tuple(ds.labels)
+        path = self._checkpoint(ctx, ds)
+        if not path.exists():
+            if not ctx.allow_training:
+                raise NotTrainedError(f"no style-cnn checkpoint at {path}; run "
+                                      "`musicbench train style-cnn`")
+            self.fit(ctx)
+            return
+        net = self._build(len(self.labels), ctx.device)
+        self.training_summary = load_module(net, path, ctx.device)
+        self._freeze(net)
+
+    def _freeze(self, net: StyleCNNNet) -> None:
+        net.eval()
+        for p in net.parameters():  # attacks need input gradients only
+            p.requires_grad_(False)
+        self.net = net
+
+    def module(self) -> nn.Module:
+        if self.net is None:
+            raise RuntimeError("style-cnn is not loaded; call load(ctx) first")
+        return self.net
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.module()(audio)
+
+    def checkpoint_key(self) -> str:
+        return json.dumps(asdict(self.params), sort_keys=True)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def fit(self, ctx: Context) -> dict[str, Any]:
+        """Train on the train split, keep the best epoch on the valid split, save, and return
+        a summary (accuracies on valid and test)."""
+        p = self.params
+        ds = self._dataset(ctx)
+        self.labels = tuple(ds.labels)
+        device = ctx.device
+        train = ds.examples("train")
+        x_train = torch.stack([e.audio for e in train])
+        y_train = torch.tensor([e.label for e in train])
+        net = self._build(len(self.labels), device)
+        opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
+        batches = (len(train) + p.batch_size - 1) // p.batch_size
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.learning_rate,
+                                                    total_steps=p.epochs * batches)
+        gen = torch.Generator().manual_seed(p.seed)
+        best_acc, best_state, best_epoch = -1.0, None, -1
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]), ctx.progress(
+            f"training style-cnn on {ds.name}", total=p.epochs * batches
+        ) as task:
+            torch.manual_seed(p.seed)  # dropout draws
+            for epoch in range(p.epochs):
+                net.train()
+                order = torch.randperm(len(train), generator=gen)
+                for b in range(batches):
+                    idx = order[b * p.batch_size : (b + 1) * p.batch_size]
+                    xb = _augment(x_train[idx], gen).to(device)
+                    loss = F.cross_entropy(net(xb), y_train[idx].to(device),
+                                           label_smoothing=0.05)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    task.advance()
+                acc = _accuracy(net, ds, "valid", device, p.batch_size)
+                task.update(description=f"training style-cnn: epoch {epoch + 1}/{p.epochs}, "
+                                        f"valid acc {100 * acc:.1f}%")
+                if acc > best_acc:
+                    best_acc, best_epoch = acc, epoch
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        assert best_state is not None
+        net.load_state_dict(best_state)
+        summary = {
+            "dataset": ds.name, "dataset_fingerprint": ds.fingerprint(),
+            "best_epoch": best_epoch + 1, "valid_accuracy": round(best_acc, 4),
+            "test_accuracy": round(_accuracy(net, ds, "test", device, p.batch_size), 4),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "params": asdict(p),
+        }
+        path = self._checkpoint(ctx, ds)
+        save_module(net, path, summary)
+        self._freeze(net)
+        self.training_summary = summary
+        return summary | {"checkpoint": str(path)}
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random gain (-6..0 dB) and circular time shift: style is neither loudness nor phase."""
+    b, t = x.shape
+    gain = 10 ** (-6 * torch.rand(b, 1, generator=gen) / 20)
+    shift = torch.randint(0, t, (b,), generator=gen)
+    idx = (torch.arange(t)[None] + shift[:, None]) % t
+    return x.gather(1, idx) * gain
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, ds: Dataset, split: str, device: torch.device, bs: int) -> float:
+    net.eval()
+    examples = ds.examples(split)  # type: ignore[arg-type]
+    correct = 0
+    for i in range(0, len(examples), bs):
+        chunk = examples[i : i + bs]
+        x = torch.stack([e.audio for e in chunk]).to(device)
+        y = torch.tensor([e.label for e in chunk], device=device)
+        correct += int((net(x).argmax(-1) == y).sum())
+    return correct / max(1, len(examples))
