@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class StyleCNNParams:
     """Architecture and training recipe; every field changes the checkpoint key."""
 
     train_dataset: str = "m21-styles"
+    train_dataset_params: dict[str, Any] = field(default_factory=dict)
     width: int = 16
     n_mels: int = 64
     epochs: int = 30
@@ -96,7 +97,7 @@ class StyleCNN(TargetModel):
     def _dataset(self, ctx: Context) -> Dataset:
         if ctx.dataset is None:
             raise RuntimeError("style-cnn needs a Context that can resolve datasets")
-        ds = ctx.dataset(self.params.train_dataset, {})
+        ds = ctx.dataset(self.params.train_dataset, dict(self.params.train_dataset_params))
         if ds.task != "classification" or ds.sample_rate != self.sample_rate:
             raise ValueError(
                 f"style-cnn trains on a {self.sample_rate} Hz classification dataset; "

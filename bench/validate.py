@@ -1,0 +1,258 @@
+"""Conformance checks for one plugin (``musicbench validate NAME``), the same checks the
+contract tests apply to every built-in. Odd lengths, determinism, budgets, ranges."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from musicbench.cache import cache_dir
+from musicbench.environment import resolve_device
+from musicbench.errors import ConfigError, UnknownNameError
+from musicbench.hookspecs import REGISTER_HOOKS
+from musicbench.plugins import PluginSystem, get_plugins
+from musicbench.testing import TinyClassifier, tone_batch
+from musicbench.victim import Victim
+from musicbench.workspace import Workspace
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class ValidationReport:
+    kind: str
+    name: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def check(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; an AssertionError or any exception fails the check with its message."""
+        try:
+            value = fn()
+        except AssertionError as exc:
+            self.checks.append(Check(name, False, str(exc) or "assertion failed"))
+            return None
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+            self.checks.append(Check(name, False, detail))
+            return None
+        self.checks.append(Check(name, True))
+        return value
+
+
+def find_kind(plugins: PluginSystem, name: str, kind: str | None) -> str:
+    if kind is not None:
+        kind = kind.rstrip("s")
+        if kind not in REGISTER_HOOKS:
+            raise ConfigError(f"unknown kind '{kind}'; kinds: {', '.join(REGISTER_HOOKS)}")
+        plugins.get(kind, name)
+        return kind
+    kinds = [k for k in REGISTER_HOOKS if name in plugins.registry(k)]
+    if not kinds:
+        names = sorted({n for k in REGISTER_HOOKS for n in plugins.registry(k).names()})
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"no plugin called '{name}'.{hint}")
+    if len(kinds) > 1:
+        raise ConfigError(f"'{name}' is a {' and a '.join(kinds)}; pass --kind")
+    return kinds[0]
+
+
+def validate_plugin(
+    name: str,
+    *,
+    kind: str | None = None,
+    device: str | None = None,
+    plugins: PluginSystem | None = None,
+    params: dict[str, Any] | None = None,
+) -> ValidationReport:
+    plugins = plugins or get_plugins()
+    kind = find_kind(plugins, name, kind)
+    ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
+    report = ValidationReport(kind, name)
+    checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
+              "metric": _metric}
+    if kind not in checks:
+        report.check("instantiates", lambda: ws.make(kind, name, params))
+        return report
+    checks[kind](ws, name, params or {}, report)
+    return report
+
+
+def _attack(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
+    device = ws.device
+    attack = report.check("instantiates with default parameters",
+                          lambda: ws.make("attack", name, params))
+    if attack is None:
+        return
+    model = TinyClassifier()
+    model.load(ws.ctx)
+    x = tone_batch(4, model.input_samples + 37, seed=1, device=device)  # odd length: windows
+    probe = Victim(model)
+    with torch.no_grad():
+        y = probe.predict(x)
+    y[0] = (y[0] + 1) % len(model.labels)  # sample 0 is already misclassified
+    black_box = attack.threat == "black-box"
+    budget = getattr(attack.params, "budget", None)
+
+    def run(seed: int):
+        victim = Victim(model, allow_gradients=not black_box,
+                        budget=budget if black_box else None)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return victim, attack(victim, x, y, generator=gen)
+
+    # __call__ checks shape, dtype, device, finiteness, [-1, 1], bound and autograd state.
+    first = report.check("output contract (shape, dtype, device, finite, [-1, 1], bound)",
+                         lambda: run(0))
+    if first is None:
+        return
+    victim, res = first
+    report.check("deterministic for a fixed seed",
+                 lambda: _assert(torch.equal(run(0)[1].adv, res.adv), "two runs differ"))
+    report.check("counts its queries", lambda: _assert(
+        bool((res.queries > 0).all()), f"queries {res.queries.tolist()}"))
+    if budget is not None:
+        report.check(f"queries within budget {budget}", lambda: _assert(
+            int(res.queries.max()) <= budget, f"max queries {int(res.queries.max())}"))
+    report.check("stops early on a sample that is already wrong", lambda: _assert(
+        int(res.queries[0]) <= 2, f"{int(res.queries[0])} queries on an already-wrong sample"))
+    if black_box:
+        def refuses() -> None:
+            v = Victim(model, allow_gradients=False)
+            v.reset_counters(x.shape[0])
+            try:
+                v.loss(x.clone().requires_grad_(True), y)
+            except Exception as exc:
+                assert "refuses gradients" in str(exc), str(exc)
+                return
+            raise AssertionError("a black-box victim handed out gradients")
+        report.check("black-box: victim refuses gradients", refuses)
+
+
+def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
+    model = report.check("loads (training it if it must)", lambda: _loaded(ws, name, params))
+    if model is None:
+        return
+    device = ws.device
+    for label, length in (("input length", model.input_samples),
+                          ("odd longer length", int(model.input_samples * 1.5) + 7),
+                          ("shorter length", model.input_samples // 2 + 3)):
+        x = tone_batch(3, length, seed=2, device=device)
+        victim = Victim(model)
+        out = report.check(f"scores [B, K] at {label} ({length} samples)",
+                           lambda x=x, victim=victim: _scores(victim, x, model))
+        if out is None:
+            return
+    x = tone_batch(2, model.input_samples, seed=3, device=device)
+    victim = Victim(model)
+    with torch.no_grad():
+        a, b = victim.scores(x, count=False), victim.scores(x, count=False)
+    report.check("deterministic", lambda: _assert(torch.equal(a, b), "two forwards differ"))
+
+    def grad() -> None:
+        xg = x.clone().requires_grad_(True)
+        victim.reset_counters(2)
+        loss = victim.loss(xg, a.argmax(-1))
+        (g,) = torch.autograd.grad(loss.sum(), xg)
+        assert torch.isfinite(g).all(), "non-finite input gradient"
+        assert g.abs().sum() > 0, "zero input gradient: is the front end inside the model?"
+    report.check("differentiable from the waveform", grad)
+
+
+def _loaded(ws: Workspace, name: str, params: dict[str, Any]):
+    return ws.model(name, params)
+
+
+def _scores(victim: Victim, x: torch.Tensor, model) -> None:  # noqa: ANN001
+    with torch.no_grad():
+        out = victim.scores(x, count=False)
+    k = len(model.labels)
+    assert out.shape == (x.shape[0], k), f"got {tuple(out.shape)}, expected ({x.shape[0]}, {k})"
+    assert out.dtype == torch.float32, f"dtype {out.dtype}"
+    assert torch.isfinite(out).all(), "non-finite logits"
+
+
+def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
+    ds = report.check("prepares", lambda: ws.dataset(name, params))
+    if ds is None:
+        return
+    works: dict[str, str] = {}
+    for split in ("train", "valid", "test"):
+        examples = report.check(f"split '{split}' is not empty", lambda s=split: _nonempty(ds, s))
+        if examples is None:
+            continue
+
+        def clips(examples=examples, split=split) -> None:
+            for e in examples:
+                a = e.audio
+                assert a.dim() == 1 and a.dtype == torch.float32, f"{e.id}: {a.dtype} {a.shape}"
+                assert torch.isfinite(a).all(), f"{e.id}: non-finite samples"
+                assert a.abs().max() <= 1.0, f"{e.id}: outside [-1, 1]"
+                if ds.task == "classification":
+                    assert e.label is not None and 0 <= e.label < len(ds.labels), f"{e.id} label"
+                work = e.work_id or e.id
+                other = works.setdefault(work, split)
+                assert other == split, f"work '{work}' is in splits {other} and {split}"
+        report.check(f"split '{split}': clips are float32 mono in [-1, 1], split by work", clips)
+    fresh = ws.make("dataset", name, params)
+
+    def stable() -> None:
+        fresh.prepare(ws.ctx)
+        assert fresh.fingerprint() == ds.fingerprint(), "fingerprint changed on re-prepare"
+    report.check("fingerprint is stable", stable)
+
+
+def _nonempty(ds, split: str):  # noqa: ANN001
+    examples = ds.examples(split)
+    assert len(examples) > 0, f"split '{split}' has no examples"
+    return examples
+
+
+def _defense(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
+    defense = report.check("instantiates", lambda: ws.make("defense", name, params))
+    if defense is None or defense.kind != "preprocessor":
+        return
+    x = tone_batch(3, 4001, seed=4, device=ws.device)
+
+    def out(seed: int) -> torch.Tensor:
+        return defense.forward(x, torch.Generator(device=ws.device).manual_seed(seed))
+
+    def contract() -> None:
+        y = out(0)
+        assert y.shape == x.shape and y.dtype == x.dtype, f"{tuple(y.shape)} {y.dtype}"
+        assert torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]"
+    report.check("keeps shape and dtype, finite, in [-1, 1]", contract)
+    report.check("deterministic for a fixed seed",
+                 lambda: _assert(torch.equal(out(0), out(0)), "two draws with one seed differ"))
+
+
+def _metric(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
+    metric = report.check("instantiates", lambda: ws.make("metric", name, params))
+    if metric is None or getattr(metric, "level", "sample") != "sample":
+        return
+    x = tone_batch(3, 8000, seed=5)
+    y = (x + 0.01 * tone_batch(3, 8000, seed=6)).clamp(-1, 1)
+
+    def shape() -> None:
+        v = metric.compute(x, y, 16_000)
+        assert v.shape == (3,), f"shape {tuple(v.shape)}"
+        assert torch.isfinite(v).all(), "non-finite values"
+    report.check("one finite value per pair", shape)
+
+
+def _assert(cond: bool, message: str) -> None:
+    assert cond, message

@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated cache, plugin systems with the toy plugins, entry-point sites."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from musicbench.plugins import PluginSystem
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets a private MUSICBENCH_HOME unless it asks for the shared one."""
+    monkeypatch.setenv("MUSICBENCH_HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture
+def toy_plugins() -> PluginSystem:
+    import toyplugins
+
+    system = PluginSystem()  # the installed entry points, as a user has them
+    system.add_plugin(toyplugins, "toy", provider="toy-plugins 0")
+    return system
+
+
+def make_site(root: Path, dist: str, entry_points: dict[str, str], files: dict[str, str]) -> Path:
+    """A folder that, on PYTHONPATH, looks like an installed distribution with entry points."""
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{dist.replace('-', '_')}-0.0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    eps = "[musicbench]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(eps)
+    for name, text in files.items():
+        (root / name).write_text(textwrap.dedent(text))
+    return root
+
+
+@pytest.fixture
+def toy_site(tmp_path) -> Path:
+    """A site folder exposing tests/toyplugins.py as the entry point ``toy``."""
+    return make_site(tmp_path / "site", "toy-plugins", {"toy": "toyplugins"}, {})
+
+
+def cli(*args: str, sites: tuple[Path, ...] = (), cwd: Path | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the musicbench CLI in a subprocess with extra sites (and tests/) on PYTHONPATH."""
+    env = dict(os.environ)
+    paths = [str(s) for s in sites] + [str(TESTS)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["COLUMNS"] = "200"
+    cmd = [sys.executable, "-c", "from musicbench.cli import main; main()", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)

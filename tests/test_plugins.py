@@ -1,0 +1,118 @@
+"""Plugin discovery: provider tracking, duplicates, did-you-mean, broken plugins skipped."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import cli, make_site
+
+from musicbench import hookimpl
+from musicbench.errors import UnknownNameError
+from musicbench.plugins import PluginSystem
+
+
+def test_builtins_are_discovered_through_entry_points():
+    system = PluginSystem()
+    assert {"builtin-attacks", "builtin-models", "builtin-datasets"} <= set(system.plugins)
+    entry = system.get("attack", "pgd")
+    assert entry.provider.startswith("musicbench ")
+    assert entry.plugin == "builtin-attacks"
+
+
+def test_duplicate_name_fails_the_later_plugin_and_names_both_providers():
+    class Dup:
+        @hookimpl
+        def register_attacks(self, register):
+            register("fresh-name", object)
+            register("pgd", object)
+
+    system = PluginSystem()
+    info = system.add_plugin(Dup(), "dup", provider="dup-dist 1.0")
+    assert info.status == "failed"
+    assert "dup-dist 1.0" in info.error and "musicbench" in info.error
+    assert "fresh-name" not in system.registry("attack")  # nothing of a failed plugin is kept
+    assert system.get("attack", "pgd").provider.startswith("musicbench")
+
+
+def test_unknown_name_suggests_closest():
+    system = PluginSystem()
+    with pytest.raises(UnknownNameError, match="Did you mean 'pgd'"):
+        system.get("attack", "pgdd")
+
+
+def test_aliases_resolve_to_the_entry():
+    class Aliased:
+        @hookimpl
+        def register_attacks(self, register):
+            register("long-attack-name", object, aliases=("lan",), summary="s")
+
+    system = PluginSystem(discover=False)
+    system.add_plugin(Aliased(), "aliased")
+    assert system.get("attack", "lan").name == "long-attack-name"
+    system.remove_plugin("aliased")
+    assert "lan" not in system.registry("attack")
+
+
+def test_plugin_raising_in_register_is_failed_and_others_work():
+    class Broken:
+        @hookimpl
+        def register_models(self, register):
+            raise RuntimeError("boom")
+
+    system = PluginSystem()
+    info = system.add_plugin(Broken(), "broken")
+    assert info.status == "failed" and "boom" in info.error
+    assert "style-cnn" in system.registry("model")
+
+
+def test_misspelled_hook_is_an_error():
+    class Typo:
+        @hookimpl
+        def register_atacks(self, register):
+            pass
+
+    info = PluginSystem(discover=False).add_plugin(Typo(), "typo")
+    assert info.status == "failed" and "register_atacks" in info.error
+
+
+def test_plugin_failing_at_import_is_listed_and_run_still_works(tmp_path, toy_site):
+    site = make_site(tmp_path / "broken", "broken-plugin", {"broken": "broken_mod"},
+                     {"broken_mod.py": "raise ImportError('this plugin cannot import')\n"})
+    listed = cli("list", sites=(site, toy_site))
+    assert listed.returncode == 0, listed.stderr
+    assert "broken" in listed.stdout and "failed" in listed.stdout
+    assert "this plugin cannot import" in listed.stdout
+    assert "pgd" in listed.stdout  # the others still load
+    config = tmp_path / "run.toml"
+    config.write_text(TOY_CONFIG)
+    result = cli("run", str(config), "--out", str(tmp_path / "out"), sites=(site, toy_site))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "leaderboard.md").exists()
+
+
+def test_disabled_plugins_are_not_loaded(monkeypatch):
+    monkeypatch.setenv("MUSICBENCH_DISABLE_PLUGINS", "builtin-attacks")
+    system = PluginSystem()
+    assert system.plugins["builtin-attacks"].status == "disabled"
+    assert "pgd" not in system.registry("attack")
+
+
+TOY_CONFIG = """
+[run]
+name = "toy"
+samples = 8
+batch_size = 4
+device = "cpu"
+
+[[datasets]]
+name = "toy-tones"
+
+[[models]]
+name = "toy-model"
+
+[[defenses]]
+name = "none"
+
+[[attacks]]
+name = "fgsm"
+eps = 0.01
+"""
