@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from musicbench.errors import ConfigError, MusicbenchError
-from musicbench.ui import stderr
+from musicbench.ui import print_error, print_note, stderr
 
 app = typer.Typer(
     name="musicbench",
@@ -27,7 +28,7 @@ DeviceOpt = Annotated[
 
 
 def _fail_config(exc: ConfigError) -> None:
-    stderr.print(f"[bold red]error:[/] {exc}")
+    print_error(exc)
     raise typer.Exit(code=2)
 
 
@@ -74,7 +75,7 @@ def _print_summary(outcome) -> None:  # noqa: ANN001 (RunOutcome, imported lazil
         def pct(x: float | None) -> str:
             return "—" if x is None else f"{100 * x:.1f}%"
 
-        status = "[green]ok" if r["status"] == "ok" else f"[red]failed[/]: {r['error']}"
+        status = "[green]ok" if r["status"] == "ok" else f"[red]failed[/]: {escape(r['error'])}"
         table.add_row(r["dataset"], r["model"], r["defense"], r["attack"], status,
                       pct(r["clean_accuracy"]), pct(r["asr"]), pct(r["robust_accuracy"]),
                       "—" if r["lsd"] is None else f"{r['lsd']:.3f}",
@@ -99,7 +100,7 @@ def list_(
     if kind is not None:
         kind = kind.rstrip("s")
         if kind not in kinds:
-            stderr.print(f"[bold red]error:[/] unknown kind '{kind}'; kinds: {', '.join(kinds)}")
+            print_error(f"unknown kind '{kind}'; kinds: {', '.join(kinds)}")
             raise typer.Exit(code=2)
         kinds = [kind]
     table = Table(title="musicbench plugins")
@@ -114,7 +115,7 @@ def list_(
         if info.status != "loaded":
             table.add_row("plugin", info.name, info.provider,
                           "[red]failed" if info.status == "failed" else "disabled",
-                          info.error or "")
+                          escape(info.error or ""))
     from rich.console import Console
 
     Console().print(table)
@@ -132,17 +133,17 @@ def leaderboard(
     from musicbench.store import Store
 
     if fmt not in RENDERERS:
-        stderr.print(f"[bold red]error:[/] --format must be one of {', '.join(RENDERERS)}")
+        print_error(f"--format must be one of {', '.join(RENDERERS)}")
         raise typer.Exit(code=2)
     db = out if out.suffix == ".sqlite" else out / "results.sqlite"
     if not db.exists():
-        stderr.print(f"[bold red]error:[/] no results at {db}; run `musicbench run --out {out}`")
+        print_error(f"no results at {db}; run `musicbench run --out {out}`")
         raise typer.Exit(code=2)
     store = Store(db)
     try:
         text = render(store, fmt)
     except FileNotFoundError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         raise typer.Exit(code=2) from None
     finally:
         store.close()
@@ -170,7 +171,7 @@ def validate(
         return
     for check in report.checks:
         mark = "[green]✓" if check.ok else "[red]✗"
-        stderr.print(f"{mark}[/] {check.name}" + ("" if check.ok else f": {check.detail}"))
+        stderr.print(f"{mark}[/] " + escape(check.name + ("" if check.ok else f": {check.detail}")))
     if not report.ok:
         stderr.print(f"[red]{report.kind} '{report.name}' failed validation")
         raise typer.Exit(code=1)
@@ -202,7 +203,7 @@ def train(
     except ConfigError as exc:
         _fail_config(exc)
         return
-    stderr.print(f"[green]trained {name}[/]: {summary}")
+    print_note(f"trained {name}: {summary}", "green")
 
 
 def _add_plugin_commands() -> None:
@@ -213,7 +214,7 @@ def _add_plugin_commands() -> None:
         try:
             impl.function(app=app)
         except Exception as exc:  # a broken plugin command must not take the CLI down
-            stderr.print(f"[yellow]plugin '{impl.plugin_name}' failed to add commands: {exc}")
+            print_note(f"plugin '{impl.plugin_name}' failed to add commands: {exc}", "yellow")
 
 
 def main() -> None:
@@ -221,5 +222,5 @@ def main() -> None:
     try:
         app()
     except MusicbenchError as exc:  # raised outside a command's own handling
-        stderr.print(f"[bold red]error:[/] {exc}")
+        print_error(exc)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)

@@ -56,6 +56,7 @@ class ComponentSpec:
     params: dict[str, Any]
     table: str
     datasets: tuple[str, ...] | None = None  # models only: which datasets they are run on
+    label: str = ""  # how tables name it; defaults to the name (needed when a name repeats)
 
 
 @dataclass
@@ -120,6 +121,10 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
             name = entry.pop("name", None)
             if not isinstance(name, str) or not name:
                 raise ConfigError("every entry needs name = \"...\"", table=table, key="name")
+            label = entry.pop("label", name)
+            if not isinstance(label, str) or not label:
+                raise ConfigError("expected a non-empty string", table=f"{table}.{name}",
+                                  key="label")
             datasets = None
             if kind == "model" and "datasets" in entry:
                 datasets = entry.pop("datasets")
@@ -128,6 +133,12 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                         "expected a list of dataset names", table=f"{table}.{name}", key="datasets"
                     )
                 datasets = tuple(datasets)
-            specs.append(ComponentSpec(kind, name, entry, f"{table}.{name}", datasets))
+            specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label))
+        labels = [s.label for s in specs]
+        for lab in labels:
+            if labels.count(lab) > 1:
+                raise ConfigError(
+                    f"'{lab}' appears {labels.count(lab)} times; give each entry its own "
+                    'label = "..." so tables can tell them apart', table=table)
         components[kind] = specs
     return RunConfig(run=run, components=components, source=source, text=text)

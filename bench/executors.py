@@ -16,7 +16,7 @@ from musicbench.workspace import Workspace
 
 
 def cell_label(spec: dict[str, Any]) -> str:
-    return " / ".join(spec[k]["name"] for k in ("dataset", "model", "defense", "attack"))
+    return " / ".join(spec[k].get("label", spec[k]["name"]) for k in ("dataset", "model", "defense", "attack"))
 
 
 class LocalExecutor:

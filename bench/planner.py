@@ -37,6 +37,7 @@ class Resolved:
     def ref(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "label": self.spec.label if self.spec.label != self.spec.name else self.name,
             "version": str(getattr(self.cls, "version", "1")),
             "params": self.params_dict(),
             "provider": self.provider,
@@ -96,7 +97,7 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
         wanted.setdefault(kind, set()).add(name.strip())
     out = dict(resolved)
     for kind, names in wanted.items():
-        present = {r.name for r in resolved[kind]} | {r.spec.name for r in resolved[kind]}
+        present = {r.name for r in resolved[kind]} | {r.spec.label for r in resolved[kind]}
         for name in names:
             if name not in present:
                 close = difflib.get_close_matches(name, sorted(present), n=1)
@@ -105,7 +106,7 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
                     f"--only {kind}={name}: no such {kind} in this config.{hint} "
                     f"The config has: {', '.join(sorted(present))}."
                 )
-        out[kind] = [r for r in resolved[kind] if r.name in names or r.spec.name in names]
+        out[kind] = [r for r in resolved[kind] if r.name in names or r.spec.label in names]
     return out
 
 
@@ -157,7 +158,8 @@ def cell_spec(
 
 
 def cell_key(spec: dict[str, Any]) -> str:
-    body = {k: v for k, v in spec.items() if k != "key"}
+    body = {k: ({kk: vv for kk, vv in v.items() if kk != "label"} if isinstance(v, dict) else v)
+            for k, v in spec.items() if k != "key"}
     # keep_audio changes only the listening material kept, not a result.
     body["run"] = {k: v for k, v in body["run"].items() if k != "keep_audio"}
     blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -168,6 +170,6 @@ def cell_seed(spec: dict[str, Any]) -> int:
     """The cell's RNG seed: from the run seed and the components, independent of cell order."""
     parts = [spec["run"]["seed"]] + [
         [spec[k]["name"], spec[k]["params"]] for k in ("dataset", "model", "defense", "attack")
-    ]
+    ]  # labels are presentation only: they change neither the key nor the seed
     blob = json.dumps(parts, sort_keys=True).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)

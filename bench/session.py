@@ -110,9 +110,9 @@ def execute(
         def on_record(record: CellRecord) -> None:
             store.write_cell(record, run_id)
             for err in plugins.notify_cell_finished(record):
-                from musicbench.ui import stderr
+                from musicbench.ui import print_note
 
-                stderr.print(f"[yellow]cell_finished observer failed: {err}")
+                print_note(f"cell_finished observer failed: {err}", "yellow")
 
         EXECUTORS[executor_name]().run(todo, ws, environment, on_record, progress)
         store.finish_run(run_id, now())

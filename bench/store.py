@@ -123,8 +123,8 @@ class CellRecord:
     @property
     def names(self) -> tuple[str, str, str, str]:
         s = self.spec
-        return (s["dataset"]["name"], s["model"]["name"], s["defense"]["name"],
-                s["attack"]["name"])
+        return tuple(s[k].get("label", s[k]["name"])  # type: ignore[return-value]
+                     for k in ("dataset", "model", "defense", "attack"))
 
 
 def _num(x: float | None) -> float | None:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +18,16 @@ from rich.progress import (
 )
 
 stderr = Console(stderr=True)
+
+
+def print_error(message: object) -> None:
+    """``error: message`` on stderr; the message is escaped (``[run]`` is not rich markup)."""
+    stderr.print(f"[bold red]error:[/] {escape(str(message))}")
+
+
+def print_note(message: object, style: str = "") -> None:
+    text = escape(str(message))
+    stderr.print(f"[{style}]{text}[/]" if style else text)
 
 
 class _Task:

@@ -1,0 +1,94 @@
+"""Config errors stop a run before any work, with exit code 2 and a message naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import cli
+from test_plugins import TOY_CONFIG
+
+from musicbench.config import parse_config
+from musicbench.errors import ConfigError
+from musicbench.params import build_params
+from musicbench_plugins.attacks.pgd import PGDParams
+
+
+def test_unknown_plugin_name_exits_2_with_suggestion_and_no_work(tmp_path, toy_site):
+    config = tmp_path / "run.toml"
+    config.write_text(TOY_CONFIG.replace('name = "fgsm"', 'name = "fgsmm"'))
+    out = tmp_path / "out"
+    result = cli("run", str(config), "--out", str(out), sites=(toy_site,))
+    assert result.returncode == 2, result.stderr
+    assert "unknown attack 'fgsmm'" in result.stderr and "Did you mean 'fgsm'" in result.stderr
+    assert not out.exists()  # no store, no leaderboard: nothing was done
+
+
+def test_wrong_parameter_type_exits_2_naming_table_and_key(tmp_path, toy_site):
+    config = tmp_path / "run.toml"
+    config.write_text(TOY_CONFIG.replace("eps = 0.01", 'eps = "small"'))
+    result = cli("run", str(config), "--out", str(tmp_path / "out"), sites=(toy_site,))
+    assert result.returncode == 2
+    assert "[attacks.fgsm] key 'eps'" in result.stderr
+    assert "expected float" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_parameter_exits_2_with_accepted_keys(tmp_path, toy_site):
+    config = tmp_path / "run.toml"
+    config.write_text(TOY_CONFIG.replace("eps = 0.01", "epsilon = 0.01"))
+    result = cli("run", str(config), "--out", str(tmp_path / "out"), sites=(toy_site,))
+    assert result.returncode == 2
+    assert "key 'epsilon'" in result.stderr and "Did you mean 'eps'" in result.stderr
+
+
+def test_only_filters_and_rejects_names_not_in_config(tmp_path, toy_site):
+    config = tmp_path / "run.toml"
+    config.write_text(TOY_CONFIG)
+    result = cli("run", str(config), "--only", "attack=pgd", "--out", str(tmp_path / "o"),
+                 sites=(toy_site,))
+    assert result.returncode == 2 and "no such attack in this config" in result.stderr
+
+
+@pytest.mark.parametrize("value,ok", [(3, True), (0.5, True), (True, False), ("1", False)])
+def test_float_params_accept_ints_but_not_bools_or_strings(value, ok):
+    if ok:
+        assert build_params(PGDParams, {"eps": value}, table="attacks.pgd").eps == float(value)
+    else:
+        with pytest.raises(ConfigError, match="key 'eps'"):
+            build_params(PGDParams, {"eps": value}, table="attacks.pgd")
+
+
+def test_range_checks_in_params_are_config_errors():
+    with pytest.raises(ConfigError, match="eps must be > 0"):
+        build_params(PGDParams, {"eps": -1.0}, table="attacks.pgd")
+
+
+def test_config_structure_errors():
+    with pytest.raises(ConfigError, match=r"\[atacks\]"):
+        parse_config(TOY_CONFIG + "\n[[atacks]]\nname='x'\n")
+    with pytest.raises(ConfigError, match="at least one"):
+        parse_config(TOY_CONFIG.replace('[[defenses]]\nname = "none"', ""))
+    with pytest.raises(ConfigError, match=r"\[run\] key 'sample'"):
+        parse_config(TOY_CONFIG.replace("samples = 8", "sample = 8"))
+
+
+def test_embedded_default_config_is_valid():
+    config = parse_config(__import__("musicbench.config").config.default_config_text())
+    assert [s.name for s in config.components["attack"]] == ["fgsm", "pgd"]
+
+
+def test_list_and_validate_commands(toy_site):
+    listed = cli("list", "attacks", sites=(toy_site,))
+    assert listed.returncode == 0 and "pgd" in listed.stdout and "style-cnn" not in listed.stdout
+    assert cli("list", "widgets").returncode == 2
+    ok = cli("validate", "pgd")
+    assert ok.returncode == 0, ok.stderr
+    assert "passed" in ok.stderr
+    bad = cli("validate", "out-of-range", sites=(toy_site,))
+    assert bad.returncode == 1 and "outside [-1, 1]" in bad.stderr
+    missing = cli("validate", "pgdd")
+    assert missing.returncode == 2 and "Did you mean 'pgd'" in missing.stderr
+
+
+def test_leaderboard_command_errors(tmp_path):
+    result = cli("leaderboard", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "no results" in result.stderr
