@@ -1,0 +1,94 @@
+"""The Victim: margins with negative logits, query counting by index, budgets, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from musicbench.errors import GradientRefusedError, QueryBudgetExceededError
+from musicbench.interfaces import Preprocessor
+from musicbench.testing import TinyClassifier, tone_batch
+from musicbench.victim import Victim, margin_from_logits
+from musicbench.windows import split_windows
+
+
+@pytest.fixture
+def model():
+    m = TinyClassifier()
+    m.load()
+    return m
+
+
+def test_margin_masks_true_class_with_minus_inf_for_negative_logits():
+    logits = torch.tensor([[-5.0, -1.0, -3.0], [-1.0, -2.0, -0.5]])
+    target = torch.tensor([1, 0])
+    # with a 0-mask the "other max" of row 0 would wrongly be 0 and the margin -1
+    assert margin_from_logits(logits, target).tolist() == [2.0, -0.5]
+
+
+def test_queries_are_counted_per_sample_by_index(model):
+    victim = Victim(model)
+    x = tone_batch(4, model.input_samples)
+    y = torch.zeros(4, dtype=torch.long)
+    victim.reset_counters(4)
+    victim.scores(x)
+    victim.loss(x[[1, 3]], y[[1, 3]], index=torch.tensor([1, 3]))
+    assert victim.queries.tolist() == [1, 2, 1, 2]
+    with pytest.raises(ValueError, match="pass index="):
+        victim.scores(x[:2])
+
+
+def test_gradient_calls_counted_and_refused_for_black_box(model):
+    x = tone_batch(2, model.input_samples).requires_grad_(True)
+    y = torch.zeros(2, dtype=torch.long)
+    white = Victim(model)
+    white.reset_counters(2)
+    white.loss(x, y).sum().backward()
+    assert white.gradient_calls.tolist() == [1, 1] and x.grad is not None
+    black = Victim(model, allow_gradients=False)
+    black.reset_counters(2)
+    with pytest.raises(GradientRefusedError):
+        black.loss(x, y)
+    assert black.margin(x.detach(), y).shape == (2,)  # scores are fine
+
+
+def test_budget_is_enforced_before_the_model_runs(model):
+    victim = Victim(model, budget=2, allow_gradients=False)
+    x = tone_batch(2, model.input_samples)
+    victim.reset_counters(2)
+    victim.scores(x)
+    victim.scores(x[:1], index=torch.tensor([0]))
+    with pytest.raises(QueryBudgetExceededError):
+        victim.scores(x[:1], index=torch.tensor([0]))
+    victim.scores(x[1:], index=torch.tensor([1]))  # sample 1 still has budget
+    assert victim.queries.tolist() == [2, 2]
+
+
+def test_long_clips_are_averaged_over_windows(model):
+    x = tone_batch(2, model.input_samples * 2 + 100)
+    windows, count = split_windows(x, model.input_samples)
+    assert count == 3 and windows.shape == (6, model.input_samples)
+    victim = Victim(model)
+    with torch.no_grad():
+        expected = model.forward(windows).reshape(2, 3, -1).mean(1)
+        assert torch.allclose(victim.scores(x, count=False), expected)
+
+
+class _Quantise(Preprocessor):
+    randomized = True
+    differentiable = False
+
+    def forward(self, audio, generator):
+        noise = torch.rand(audio.shape, generator=generator, device=audio.device) * 1e-3
+        return torch.round((audio + noise) * 64) / 64
+
+
+def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
+    victim = Victim(model, defense=_Quantise(), eot_samples=4,
+                    generator=torch.Generator().manual_seed(0))
+    x = tone_batch(2, model.input_samples).requires_grad_(True)
+    victim.reset_counters(2)
+    victim.loss(x, torch.zeros(2, dtype=torch.long)).sum().backward()
+    assert victim.used_eot and victim.used_bpda
+    assert victim.queries.tolist() == [4, 4]  # every EOT draw is a query
+    assert x.grad is not None and x.grad.abs().sum() > 0  # BPDA passed the gradient through
