@@ -110,10 +110,11 @@ def list_(
         for entry in plugins.registry(k):
             status = plugins.plugins[entry.plugin].status
             aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
-            table.add_row(k, entry.name + aliases, entry.provider, status, entry.doc_summary)
+            table.add_row(k, escape(entry.name + aliases), escape(entry.provider), status,
+                          escape(entry.doc_summary))
     for info in plugins.plugins.values():
         if info.status != "loaded":
-            table.add_row("plugin", info.name, info.provider,
+            table.add_row("plugin", escape(info.name), escape(info.provider),
                           "[red]failed" if info.status == "failed" else "disabled",
                           escape(info.error or ""))
     from rich.console import Console

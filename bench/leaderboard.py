@@ -31,9 +31,12 @@ DEFENSE_COST_POINTS = 0.10
 
 HIGHER_IS_BETTER = {
     "clean_accuracy": True, "robust_accuracy": True, "worst_case": True, "asr": True,
-    "lsd": False, "snr_db": True, "fad": False, "mean_queries": False,
-    "seconds_per_clip": False,
+    "fad": False, "mean_queries": False, "seconds_per_clip": False,
 }
+"""Directions of the harness's own columns; per-sample metrics declare theirs (the plugin's
+``higher_is_better``, stored with each cell)."""
+
+METRIC_COLUMNS = {"lsd": "lsd", "snr": "snr_db"}
 
 
 def _f(x: Any) -> float | None:
@@ -81,6 +84,7 @@ class Leaderboard:
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]  # per (dataset, model, defense)
     attacks: list[str]
+    higher_is_better: dict[str, bool]
 
 
 def build(store: Store) -> Leaderboard:
@@ -94,7 +98,11 @@ def build(store: Store) -> Leaderboard:
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     summary = _summaries(records, rows, attacks)
     header = _header(run, records)
-    return Leaderboard(header, rows, summary, attacks)
+    higher = dict(HIGHER_IS_BETTER)
+    for r in records:
+        for metric, better in r.info.get("higher_is_better", {}).items():
+            higher[METRIC_COLUMNS.get(metric, metric)] = better
+    return Leaderboard(header, rows, summary, attacks, higher)
 
 
 def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
@@ -196,11 +204,10 @@ def _num(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _arrow(col: str) -> str:
-    return "↑" if HIGHER_IS_BETTER.get(col, True) else "↓"
-
-
 def render_markdown(board: Leaderboard) -> str:
+    def _arrow(col: str) -> str:
+        return "↑" if board.higher_is_better.get(col, True) else "↓"
+
     h = board.header
     lines = ["# musicbench leaderboard", ""]
     lines.append(f"- date: {h['date']}")

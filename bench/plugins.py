@@ -56,13 +56,23 @@ class PluginSystem:
         disabled = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         # We walk the entry points ourselves instead of pm.load_setuptools_entrypoints so that
         # one plugin failing to import is recorded and skipped rather than aborting discovery.
-        eps = sorted(metadata.entry_points(group=hookspecs.PROJECT_NAME), key=lambda e: e.name)
-        seen: set[str] = set()
+        # Built-ins first: a third-party plugin that reuses a built-in name then fails on its
+        # own, instead of knocking a whole built-in family out.
+        eps = sorted(metadata.entry_points(group=hookspecs.PROJECT_NAME),
+                     key=lambda e: (_distribution(e) != hookspecs.PROJECT_NAME, e.name))
+        seen: dict[str, str] = {}  # entry-point name -> provider that took it
         for ep in eps:
-            if ep.name in seen:  # the same distribution visible twice on sys.path
-                continue
-            seen.add(ep.name)
             provider = _distribution_name(ep)
+            if ep.name in seen:
+                if _distribution(ep) == seen[ep.name].split(" ")[0]:
+                    continue  # the same distribution visible twice on sys.path
+                self.plugins[f"{ep.name} ({provider})"] = PluginInfo(
+                    ep.name, provider, "failed",
+                    f"entry-point name '{ep.name}' is already used by {seen[ep.name]}; "
+                    "one of the two packages must rename its entry point",
+                )
+                continue
+            seen[ep.name] = provider
             if ep.name in disabled:
                 self.plugins[ep.name] = PluginInfo(ep.name, provider, "disabled")
                 continue
@@ -161,11 +171,18 @@ def _stager(staged: list[Entry], kind: str, info: PluginInfo):
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{kind} names must be non-empty strings, got {name!r}")
+        if isinstance(aliases, str):  # a lone string would otherwise split into letters
+            aliases = (aliases,)
         staged.append(
             Entry(kind, name, factory, info.provider, info.name, tuple(aliases), summary)
         )
 
     return register
+
+
+def _distribution(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else ep.value.split(":")[0]
 
 
 def _distribution_name(ep: metadata.EntryPoint) -> str:

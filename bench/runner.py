@@ -24,10 +24,6 @@ from musicbench.store import CellRecord, MetricValue, SampleRecord
 from musicbench.victim import Victim
 from musicbench.workspace import Workspace
 
-SAMPLE_METRIC_COLUMNS = {"lsd": "lsd", "snr": "snr_db"}
-"""Per-sample metrics whose cell means have fixed leaderboard columns (name -> column)."""
-
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -172,6 +168,7 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
         "labels": list(dataset.labels),
         "sample_rate": dataset.sample_rate,
         "device": str(device),
+        "higher_is_better": {m.name: bool(m.higher_is_better) for m in sample_metrics},
     })
 
 

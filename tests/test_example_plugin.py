@@ -27,7 +27,8 @@ from musicbench.params import build_params
 from musicbench.plugins import PluginSystem
 from musicbench.victim import Victim
 
-EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "docs" / "examples" / "musicbench-example-plugin"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_DIR = ROOT / "docs" / "examples" / "musicbench-example-plugin"
 DIST_NAME = "musicbench-example-plugin"
 PACKAGE = "musicbench_example_plugin"
 
@@ -164,6 +165,15 @@ def test_installed_entry_point_builds_the_attack_from_config_in_a_subprocess(
     assert "attacks.noise" in out["wrong_type"] and "tries" in out["wrong_type"]
 
 
+def test_installed_attack_passes_musicbench_validate(
+    example_plugin_site: Path, tmp_path: Path
+) -> None:
+    proc = _musicbench(example_plugin_site, "validate", "noise", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "attack 'noise' passed" in proc.stderr
+    assert "black-box: victim refuses gradients" in proc.stderr
+
+
 def test_wrong_parameter_type_for_the_installed_attack_stops_musicbench_run_with_exit_2(
     example_plugin_site: Path, tmp_path: Path
 ) -> None:
@@ -182,7 +192,8 @@ def test_wrong_parameter_type_for_the_installed_attack_stops_musicbench_run_with
     out = tmp_path / "out"
     proc = _musicbench(example_plugin_site, "run", str(config), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert "[attacks.noise] key 'tries': expected int, got str 'ten'" in " ".join(proc.stderr.split())
+    message = " ".join(proc.stderr.split())  # rich may wrap long lines
+    assert "[attacks.noise] key 'tries': expected int, got str 'ten'" in message
     assert not out.exists()  # rejected before any work
 
 

@@ -116,3 +116,25 @@ name = "none"
 name = "fgsm"
 eps = 0.01
 """
+
+
+def test_third_party_reusing_a_builtin_name_fails_alone(tmp_path):
+    site = make_site(tmp_path / "early", "aaa-plugin", {"aaa": "aaa_mod"}, {"aaa_mod.py": """
+        from musicbench import hookimpl
+
+        @hookimpl
+        def register_attacks(register):
+            register("pgd", "aaa_mod:X")
+        """})
+    listed = cli("list", "attack", sites=(site,))
+    assert "fgsm" in listed.stdout  # the built-in family survived
+    assert "aaa" in listed.stdout and "failed" in listed.stdout
+
+
+def test_two_distributions_with_one_entry_point_name_are_reported(tmp_path):
+    one = make_site(tmp_path / "one", "one-plugin", {"example": "one_mod"},
+                    {"one_mod.py": "X = 1\n"})
+    two = make_site(tmp_path / "two", "two-plugin", {"example": "two_mod"},
+                    {"two_mod.py": "X = 2\n"})
+    listed = cli("list", sites=(one, two))
+    assert "already used by" in listed.stdout
