@@ -109,50 +109,14 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
     ]
     batch_size = spec["run"]["batch_size"]
     keep = spec["run"]["keep_audio"]
-    attack_seconds = 0.0
     samples: list[SampleRecord] = []
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start : start + batch_size]
-        x = torch.stack([e.audio for e in batch]).to(device=device, dtype=torch.float32)
-        y = torch.tensor([e.label for e in batch], device=device)
-        clean_pred = victim.predict(x)
-        correct = clean_pred == y
-        idx = correct.nonzero().squeeze(1)
-        adv_pred = clean_pred.clone()
-        success = torch.zeros_like(correct)
-        queries = torch.zeros(len(batch), dtype=torch.long, device=device)
-        steps = torch.zeros(len(batch), dtype=torch.long, device=device)
-        per_sample: dict[str, torch.Tensor] = {}
-        if idx.numel():
-            xa, ya = x[idx], y[idx]
-            _sync(device)
-            t = time.perf_counter()
-            result = attack(victim, xa, ya, generator=generator)
-            _sync(device)
-            attack_seconds += time.perf_counter() - t
-            adv_pred[idx] = victim.predict(result.adv)
-            success[idx] = result.success
-            queries[idx] = result.queries.to(device)
-            steps[idx] = result.steps.to(device)
-            for metric in sample_metrics:
-                values = torch.full((len(batch),), math.nan, dtype=torch.float64, device=device)
-                values[idx] = metric.compute(xa, result.adv, dataset.sample_rate).to(
-                    device=device, dtype=torch.float64)
-                per_sample[metric.name] = values
-            for j, row in enumerate(idx.tolist()):
-                if result.success[j] and len(record.audio_data) < 2 * keep:
-                    sid = batch[row].id
-                    record.audio_data[(sid, "clean")] = xa[j].cpu().numpy()
-                    record.audio_data[(sid, "adv")] = result.adv[j].cpu().numpy()
-        cols = {k: v.cpu().tolist() for k, v in per_sample.items()}
-        for i, ex in enumerate(batch):
-            samples.append(SampleRecord(
-                sample_id=ex.id, position=start + i, label=int(y[i]),
-                clean_pred=int(clean_pred[i]), clean_correct=bool(correct[i]),
-                attacked=bool(correct[i]), adv_pred=int(adv_pred[i]),
-                success=bool(success[i]), queries=int(queries[i]), steps=int(steps[i]),
-                metrics={k: float(v[i]) for k, v in cols.items()} if correct[i] else {},
-            ))
+    label = " / ".join(spec[k].get("label", spec[k]["name"]) for k in ("model", "attack"))
+    with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
+        for start in range(0, len(examples), batch_size):
+            _run_batch(examples[start : start + batch_size], start, victim, attack, generator,
+                       sample_metrics, dataset.sample_rate, keep, record, samples, device)
+            bar.advance(min(batch_size, len(examples) - start))
+    attack_seconds = record.attack_seconds
     record.samples = samples
     record.attack_seconds = round(attack_seconds, 4)
     record.metrics = _cell_metrics(samples, [m.name for m in sample_metrics], attack_seconds)
@@ -170,6 +134,62 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
         "device": str(device),
         "higher_is_better": {m.name: bool(m.higher_is_better) for m in sample_metrics},
     })
+
+
+def _run_batch(
+    batch: list[Example],
+    start: int,
+    victim: Victim,
+    attack: Attack,
+    generator: torch.Generator,
+    sample_metrics: list[Any],
+    sample_rate: int,
+    keep: int,
+    record: CellRecord,
+    samples: list[SampleRecord],
+    device: torch.device,
+) -> None:
+    """Score one batch clean, attack its clean-correct clips, append their sample records."""
+    x = torch.stack([e.audio for e in batch]).to(device=device, dtype=torch.float32)
+    y = torch.tensor([e.label for e in batch], device=device)
+    clean_pred = victim.predict(x)
+    correct = clean_pred == y
+    idx = correct.nonzero().squeeze(1)
+    adv_pred = clean_pred.clone()
+    success = torch.zeros_like(correct)
+    queries = torch.zeros(len(batch), dtype=torch.long, device=device)
+    steps = torch.zeros(len(batch), dtype=torch.long, device=device)
+    per_sample: dict[str, torch.Tensor] = {}
+    if idx.numel():
+        xa, ya = x[idx], y[idx]
+        _sync(device)
+        t = time.perf_counter()
+        result = attack(victim, xa, ya, generator=generator)
+        _sync(device)
+        record.attack_seconds += time.perf_counter() - t
+        adv_pred[idx] = victim.predict(result.adv)
+        success[idx] = result.success
+        queries[idx] = result.queries.to(device)
+        steps[idx] = result.steps.to(device)
+        for metric in sample_metrics:
+            values = torch.full((len(batch),), math.nan, dtype=torch.float64, device=device)
+            values[idx] = metric.compute(xa, result.adv, sample_rate).to(
+                device=device, dtype=torch.float64)
+            per_sample[metric.name] = values
+        for j, row in enumerate(idx.tolist()):
+            if result.success[j] and len(record.audio_data) < 2 * keep:
+                sid = batch[row].id
+                record.audio_data[(sid, "clean")] = xa[j].cpu().numpy()
+                record.audio_data[(sid, "adv")] = result.adv[j].cpu().numpy()
+    cols = {k: v.cpu().tolist() for k, v in per_sample.items()}
+    for i, ex in enumerate(batch):
+        samples.append(SampleRecord(
+            sample_id=ex.id, position=start + i, label=int(y[i]),
+            clean_pred=int(clean_pred[i]), clean_correct=bool(correct[i]),
+            attacked=bool(correct[i]), adv_pred=int(adv_pred[i]),
+            success=bool(success[i]), queries=int(queries[i]), steps=int(steps[i]),
+            metrics={k: float(v[i]) for k, v in cols.items()} if correct[i] else {},
+        ))
 
 
 def _cell_metrics(
