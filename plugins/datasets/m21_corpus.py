@@ -10,7 +10,9 @@ Style classes, in label order, and where their works come from (paths relative t
 
 ===================== ==============================================================
 ``bach-chorale``       ``bach/*.mxl`` (the four-part chorale harmonisations)
-``palestrina``         ``palestrina/*.krn`` (mass movements)
+``palestrina``         ``palestrina/*.krn``: one movement per mass (the first in sorted
+                       order), since movements of one mass share their material and would
+                       leak across splits
 ``monteverdi-madrigal`` ``monteverdi/*.mxl`` (not the ``.rntxt`` analyses)
 ``trecento``           ``trecento/*.xml`` and ``trecento/*.mxl``
 ``essen-folk``         every tune (``X:`` entry) of the ``essenFolksong/*.abc`` opuses,
@@ -51,6 +53,7 @@ CLASSES: tuple[str, ...] = (
 MIN_NOTES = 16
 
 _ESSEN_EXCLUDE = re.compile(r"^(test.*|variant0)\.abc$")
+_KERN_OPR = re.compile(rb"^!!!OPR:(.*)$", re.MULTILINE)  # the parent work (the mass)
 _X_LINE = re.compile(rb"^X:\s*(\d+)", re.MULTILINE)
 
 
@@ -122,7 +125,15 @@ def list_works(style: str) -> tuple[WorkRef, ...]:
     if style == "bach-chorale":
         return tuple(WorkRef(style, p) for p in _files("bach", "*.mxl"))
     if style == "palestrina":
-        return tuple(WorkRef(style, p) for p in _files("palestrina", "*.krn"))
+        # Each file is one movement (or section) of a mass, named in its "!!!OPR:" header:
+        # keep one movement per mass so that no mass lands in two splits.
+        root = corpus_root()
+        first_of_mass: dict[str, str] = {}
+        for p in _files("palestrina", "*.krn"):
+            found = _KERN_OPR.search((root / p).read_bytes())
+            mass = found.group(1).strip().decode("utf-8", "replace") if found else p
+            first_of_mass.setdefault(mass, p)
+        return tuple(WorkRef(style, p) for p in sorted(first_of_mass.values()))
     if style == "monteverdi-madrigal":
         return tuple(WorkRef(style, p) for p in _files("monteverdi", "*.mxl"))
     if style == "trecento":

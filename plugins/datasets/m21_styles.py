@@ -73,7 +73,7 @@ class Params:
     """
 
     works_per_class: int = 60
-    clips_per_work: int = 4
+    clips_per_work: int = 8
     clip_seconds: float = 4.0
     valid_fraction: float = 0.15
     test_fraction: float = 0.2
@@ -236,7 +236,7 @@ class M21Styles(Dataset):
     """
 
     task: ClassVar[str] = "classification"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: one Palestrina movement per mass
     Params: ClassVar[type] = Params
     sample_rate: int = 16_000
     labels: tuple[str, ...] = m21_corpus.CLASSES

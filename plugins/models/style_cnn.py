@@ -30,12 +30,13 @@ class StyleCNNParams:
 
     train_dataset: str = "m21-styles"
     train_dataset_params: dict[str, Any] = field(default_factory=dict)
-    width: int = 16
+    width: int = 8
     n_mels: int = 64
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    mel_shift: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,8 +72,11 @@ class StyleCNNNet(nn.Module):
         self.head = nn.Linear(16 * w, n_classes)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(self.frontend(audio))  # [B, 1, mels, frames]
-        x = self.features(x)  # [B, 8w, mels/8, frames/8]
+        return self.classify(self.frontend(audio))
+
+    def classify(self, logmel: torch.Tensor) -> torch.Tensor:
+        """``log-mel[B, 1, mels, frames]`` -> ``logits[B, K]``."""
+        x = self.features(self.input_norm(logmel))  # [B, 8w, mels/8, frames/8]
         pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
         return self.head(self.dropout(pooled))
 
@@ -177,7 +181,8 @@ class StyleCNN(TargetModel):
                 for b in range(batches):
                     idx = order[b * p.batch_size : (b + 1) * p.batch_size]
                     xb = _augment(x_train[idx], gen).to(device)
-                    loss = F.cross_entropy(net(xb), y_train[idx].to(device),
+                    logmel = _shift_bands(net.frontend(xb), p.mel_shift, gen)
+                    loss = F.cross_entropy(net.classify(logmel), y_train[idx].to(device),
                                            label_smoothing=0.05)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -213,6 +218,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = torch.randint(0, t, (b,), generator=gen)
     idx = (torch.arange(t)[None] + shift[:, None]) % t
     return x.gather(1, idx) * gain
+
+
+def _shift_bands(logmel: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Roll ``log-mel[B, 1, mels, frames]`` by up to ``max_shift`` bands (one draw per batch):
+    a cheap stand-in for transposition, since style does not depend on the key."""
+    if max_shift == 0:
+        return logmel
+    shift = int(torch.randint(-max_shift, max_shift + 1, (1,), generator=gen))
+    return torch.roll(logmel, shift, dims=2)
 
 
 @torch.no_grad()
