@@ -33,8 +33,8 @@ class RunSettings:
     executor: str = "local"
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.quick_samples < 1:
-            raise ValueError("samples and quick_samples must be >= 1")
+        if self.samples < 0 or self.quick_samples < 0:
+            raise ValueError("samples and quick_samples must be >= 0 (0: the whole test split)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if self.keep_audio < 0:

@@ -30,8 +30,10 @@ def now() -> str:
 
 def select_examples(examples: list[Example] | Any, samples: int, seed: int) -> list[Example]:
     """``samples`` clips of a split drawn with ``seed`` (the same for every cell of a run),
-    kept in dataset order."""
+    kept in dataset order. 0 (or more than the split holds) means the whole split."""
     n = len(examples)
+    if samples == 0 or samples >= n:
+        return list(examples)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(n, generator=g)[: min(samples, n)].sort().values.tolist()
     return [examples[i] for i in pick]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -62,7 +63,15 @@ class RichProgress:
     @contextlib.contextmanager
     def __call__(self, description: str, total: float | None = None) -> Iterator[_Task]:
         task_id = self.bars.add_task(description, total=total)
+        logged = not self.bars.console.is_terminal  # no live display: log lines instead
+        if logged:
+            self.bars.console.print(f"{escape(description.strip())} ...", highlight=False)
+        t0 = time.perf_counter()
         try:
             yield _Task(self.bars, task_id)
         finally:
             self.bars.stop_task(task_id)
+            if logged:
+                final = self.bars.tasks[task_id].description.strip()
+                self.bars.console.print(f"{escape(final)}: done in {time.perf_counter() - t0:.1f} s",
+                                        highlight=False)

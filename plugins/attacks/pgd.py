@@ -66,27 +66,32 @@ class PGD(Attack):
             adv = (audio + (2 * noise - 1) * eps).clamp(-1, 1)
         else:
             adv = audio.clone()
+        # The projection onto the eps-ball and [-1, 1] is one clamp between these bounds.
+        lo, hi = (audio - eps).clamp_(min=-1), (audio + eps).clamp_(max=1)
         done = torch.zeros(batch, dtype=torch.bool, device=audio.device)
         steps = torch.zeros(batch, dtype=torch.long, device=audio.device)
         active = torch.arange(batch, device=audio.device)
         for _ in range(p.steps):
-            x = adv[active].requires_grad_(True)
+            everyone = active.numel() == batch  # no gather/scatter copies while all are active
+            x = (adv if everyone else adv[active]).detach().requires_grad_(True)
             loss, margin = victim.loss_and_margin(x, target[active], index=active)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
+            (grad, ) = torch.autograd.grad(loss.sum(), x)
             with torch.no_grad():
                 hit = margin <= 0  # these iterates already fool the model: keep them
-                done[active[hit]] = True
-                keep = ~hit
-                rows, g, x = active[keep], grad[keep], x.detach()[keep]
-                stepped = x + alpha * g.sign()
-                clean = audio[rows]
-                adv[rows] = (clean + (stepped - clean).clamp(-eps, eps)).clamp(-1, 1)
-                steps[rows] += 1
-                active = rows
+                if bool(hit.any()):
+                    done[active[hit]] = True
+                    keep = ~hit
+                    active, grad, x = active[keep], grad[keep], x.detach()[keep]
+                    everyone = False
+                stepped = torch.add(x.detach(), grad.sign_(), alpha=alpha)
+                if everyone:
+                    torch.clamp(stepped, lo, hi, out=adv)
+                else:
+                    adv[active] = torch.clamp(stepped, lo[active], hi[active])
+                steps[active] += 1
             if active.numel() == 0:
                 break
-        if active.numel():  # the last step's iterates have not been scored yet
-            with torch.no_grad():
-                done[active] = victim.success(adv[active], target[active], index=active)
+        # The last step's iterates are not scored here: Attack.__call__ re-scores every
+        # returned clip anyway, so a check of our own would be a wasted forward pass.
         return AttackResult(adv=adv.detach(), success=done, queries=victim.queries.clone(),
                             steps=steps)

@@ -32,7 +32,7 @@ class StyleCNNParams:
     train_dataset_params: dict[str, Any] = field(default_factory=dict)
     width: int = 8
     n_mels: int = 64
-    epochs: int = 25
+    epochs: int = 30
     batch_size: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
