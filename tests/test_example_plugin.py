@@ -197,6 +197,43 @@ def test_wrong_parameter_type_for_the_installed_attack_stops_musicbench_run_with
     assert not out.exists()  # rejected before any work
 
 
+def test_installed_attack_runs_in_a_musicbench_run(
+    example_plugin_site: Path, tmp_path: Path, toy_site: Path
+) -> None:
+    """Installed next to the built-ins: named in a config, run, and on the leaderboard."""
+    config = tmp_path / "noise.toml"
+    config.write_text(textwrap.dedent("""
+        [run]
+        samples = 8
+        device = "cpu"
+        [[datasets]]
+        name = "toy-tones"
+        [[models]]
+        name = "toy-model"
+        [[defenses]]
+        name = "none"
+        [[attacks]]
+        name = "noise"
+        eps = 0.05
+        tries = 5
+        [[attacks]]
+        name = "pgd"
+        eps = 0.05
+        steps = 5
+    """))
+    out = tmp_path / "out"
+    tests_dir = str(Path(__file__).parent)
+    proc = _musicbench(example_plugin_site, "run", str(config), "--out", str(out), cwd=tmp_path,
+                       PYTHONPATH=os.pathsep.join([str(example_plugin_site), str(toy_site),
+                                                   tests_dir]))
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(_musicbench(example_plugin_site, "leaderboard", str(out), "--format",
+                                  "json", cwd=tmp_path).stdout)
+    noise = next(r for r in rows if r["attack"] == "noise")
+    assert noise["status"] == "ok" and noise["n"] == 8
+    assert noise["mean_queries"] <= 5  # black-box: one query per draw, at most `tries`
+
+
 # -- imported in-process from the source folder ----------------------------------------------
 
 
