@@ -157,10 +157,7 @@ class Victim:
         count: bool = True,
     ) -> torch.Tensor:
         """``[B]``: cross-entropy of the true class, the quantity an untargeted attack raises."""
-        logits = self._logits_draws(audio, index, count)
-        d, b, k = logits.shape
-        ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
-        return ce.reshape(d, b).mean(0)
+        return _cross_entropy(self._logits_draws(audio, index, count), target)
 
     def loss_and_margin(
         self,
@@ -172,9 +169,7 @@ class Victim:
         """``(loss[B], margin[B])`` from one (counted) forward pass: attacks that step on the
         loss learn for free whether the current iterate already succeeded (margin <= 0)."""
         logits = self._logits_draws(audio, index, True)
-        d, b, k = logits.shape
-        ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
-        return ce.reshape(d, b).mean(0), margin_from_logits(logits, target).mean(0)
+        return _cross_entropy(logits, target), margin_from_logits(logits, target).mean(0)
 
     @torch.no_grad()
     def success(
@@ -204,3 +199,10 @@ def margin_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     true = logits.gather(-1, idx).squeeze(-1)
     other = logits.scatter(-1, idx, float("-inf")).amax(-1)
     return true - other
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits[D, B, K]`` (EOT draws), ``target[B]`` -> ``[B]``: mean over draws."""
+    d, b, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
+    return ce.reshape(d, b).mean(0)

@@ -1,6 +1,8 @@
 """Fast gradient sign method: one signed L-inf step of size eps on the waveform.
 
 Goodfellow, Shlens, Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015.
+FGSM is PGD with one step of size eps from the clean input (no random start), so it is
+implemented as exactly that.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.interfaces import Attack, AttackResult, Bound
+from musicbench.interfaces import AttackResult
 from musicbench.victim import Victim
+from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
 
 @dataclass(frozen=True)
@@ -22,18 +25,14 @@ class FGSMParams:
             raise ValueError(f"eps must be > 0, got {self.eps}")
 
 
-class FGSM(Attack):
-    """One gradient-sign step; clean-correct inputs only (the harness guarantees that).
+class FGSM(PGD):
+    """One gradient-sign step, one query per clip.
 
     Shape: audio ``[B, T]`` in [-1, 1], target ``[B]`` -> adv ``[B, T]``.
     """
 
-    threat = "white-box"
     version = "1"
     Params = FGSMParams
-
-    def bound(self) -> Bound:
-        return Bound("linf", self.params.eps)
 
     def run(
         self,
@@ -43,11 +42,6 @@ class FGSM(Attack):
         *,
         generator: torch.Generator,
     ) -> AttackResult:
-        x = audio.clone().requires_grad_(True)
-        loss = victim.loss(x, target)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        adv = (audio + self.params.eps * grad.sign()).clamp(-1, 1).detach()
-        # One query per clip: success is re-scored by the harness, not by a second query here.
-        success = torch.zeros(audio.shape[0], dtype=torch.bool, device=audio.device)
-        steps = torch.ones(audio.shape[0], dtype=torch.long, device=audio.device)
-        return AttackResult(adv=adv, success=success, queries=victim.queries.clone(), steps=steps)
+        eps = self.params.eps
+        one_step = PGD(PGDParams(eps=eps, steps=1, step_size=eps, random_start=False))
+        return one_step.run(victim, audio, target, generator=generator)
