@@ -38,6 +38,13 @@ class Dataset(Component, abc.ABC):
 
     ``prepare`` builds or loads the data (cached under ``ctx.cache_dir``) and must be called
     before ``examples``; ``fingerprint`` is a hash of the prepared content.
+
+    Retrieval datasets (``task = "retrieval"``) give every clip a ``work_id`` and split each
+    split's clips into a **query set** (the clips that are attacked) and a **reference set**
+    (what a query is matched against; at least one version of every query's work):
+    :meth:`queries` and :meth:`references`. Classification datasets need neither.
+
+    Datasets that read files skip broken ones and report each in :meth:`problems`.
     """
 
     task: ClassVar[Task] = "classification"
@@ -55,3 +62,17 @@ class Dataset(Component, abc.ABC):
     @abc.abstractmethod
     def fingerprint(self) -> str:
         """A hex hash of the prepared content; changes whenever any clip would change."""
+
+    def queries(self, split: Split) -> Sequence[Example]:
+        """Retrieval: the clips of ``split`` that are matched (and attacked)."""
+        if self.task != "retrieval":
+            return self.examples(split)
+        raise NotImplementedError(f"retrieval dataset '{self.name}' must define queries()")
+
+    def references(self, split: Split) -> Sequence[Example]:
+        """Retrieval: the clips of ``split`` that queries are matched against."""
+        raise NotImplementedError(f"dataset '{self.name}' ({self.task}) has no reference set")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """``(source, reason)`` of every input that was skipped (broken files), in order."""
+        return []
