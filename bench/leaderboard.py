@@ -72,7 +72,9 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "fad": val("fad"), "fad_encoder": record.info.get("fad_encoder"),
         "mean_queries": val("mean_queries"), "seconds_per_clip": val("seconds_per_clip"),
         "adaptive": record.info.get("adaptive", "none") if record.status == "ok" else None,
-        "flags": list(record.info.get("flags", [])),
+        "flags": list(record.info.get("flags", [])) + (
+            [f"FAD not computed: {record.info['fad_note']}"]
+            if record.info.get("fad_note") and val("fad") is None else []),
         "error": record.error,
         "map_clean": val("map_clean"), "map_adv": val("map_adv"), "mr1_adv": val("mr1_adv"),
     }
@@ -223,7 +225,9 @@ def render_markdown(board: Leaderboard) -> str:
     for name, fp in h["dataset_fingerprints"].items():
         lines.append(f"- dataset `{name}`: {h['samples'].get(name)} clips, fingerprint `{fp}`")
     lines += ["", "Accuracies in %, 95% bootstrap CI in brackets. ↑/↓: the better direction for "
-              "the column's subject (accuracy: the model; ASR, LSD, SNR, FAD: the attack).", ""]
+              "the column's subject (accuracy: the model; ASR, LSD, SNR, FAD: the attack). "
+              "Retrieval: a query is right when its nearest reference is of its work (top-1); "
+              "mAP over the reference set, MR1 = mean rank of the first correct reference.", ""]
     lines += ["## Robustness by model and defense", ""]
     head = (["dataset", "model", "defense", f"clean acc {_arrow('clean_accuracy')}"]
             + [f"robust acc: {a} ↑" for a in board.attacks]
@@ -238,26 +242,32 @@ def render_markdown(board: Leaderboard) -> str:
                  + [_pct(s["robust_accuracy"].get(a)) for a in board.attacks] + [worst])
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Every cell", ""]
+    retrieval = any(r["map_clean"] is not None for r in board.rows)
     head = ["dataset", "model", "defense", "attack", "n", f"ASR {_arrow('asr')}",
-            f"robust acc {_arrow('robust_accuracy')}", f"FAD {_arrow('fad')}",
-            f"LSD {_arrow('lsd')}", f"SNR dB {_arrow('snr_db')}",
-            f"queries {_arrow('mean_queries')}", f"s/clip {_arrow('seconds_per_clip')}",
-            "adaptive", "flags"]
+            f"robust acc {_arrow('robust_accuracy')}"]
+    if retrieval:
+        head += ["mAP clean → adv", "MR1 adv ↓"]
+    head += [f"FAD {_arrow('fad')}", f"LSD {_arrow('lsd')}", f"SNR dB {_arrow('snr_db')}",
+             f"queries {_arrow('mean_queries')}", f"s/clip {_arrow('seconds_per_clip')}",
+             "adaptive", "flags"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in board.rows:
         if r["status"] != "ok":
             err = (r["error"] or "").replace("|", "\\|").splitlines()[0][:120]
             cells = [r["dataset"], r["model"], r["defense"], r["attack"], "—",
-                     f"**failed**: {err}"] + ["—"] * 8
+                     f"**failed**: {err}"] + ["—"] * (len(head) - 6)
         else:
             fad = _num(r["fad"])
             if r["fad"] is not None and r["fad_encoder"]:
                 fad += f" ({r['fad_encoder']})"
             cells = [r["dataset"], r["model"], r["defense"], r["attack"], str(r["n"]),
                      _pct_ci(r["asr"], r["asr_ci"]),
-                     _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"]), fad,
-                     _num(r["lsd"], 3), _num(r["snr_db"], 1), _num(r["mean_queries"], 1),
+                     _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"])]
+            if retrieval:
+                cells += [f"{_num(r['map_clean'], 3)} → {_num(r['map_adv'], 3)}"
+                          if r["map_clean"] is not None else "—", _num(r["mr1_adv"], 2)]
+            cells += [fad, _num(r["lsd"], 3), _num(r["snr_db"], 1), _num(r["mean_queries"], 1),
                      _num(r["seconds_per_clip"], 3), r["adaptive"] or "none",
                      "; ".join(r["flags"]) or ""]
         lines.append("| " + " | ".join(cells) + " |")

@@ -93,3 +93,27 @@ def classification_summary(
         "robust_accuracy": rate(robust),
         "robust_accuracy_ci": bootstrap_ci(robust.astype(np.float64)),
     }
+
+
+def retrieval_ranking(
+    queries: torch.Tensor, query_works: torch.Tensor, refs: torch.Tensor, ref_works: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Rank references by cosine similarity for each query (embeddings L2-normalised).
+
+    :param queries: ``[Q, D]``; ``query_works[Q]`` their work indices.
+    :param refs: ``[R, D]``; ``ref_works[R]``.
+    :returns: ``ap[Q]`` average precision over the query's relevant references,
+        ``top1[Q]`` (nearest reference is of the query's work) and ``first_rank[Q]`` (1-based
+        rank of the first relevant reference; its mean is MR1). Every query must have at least
+        one relevant reference.
+    """
+    sims = queries.double() @ refs.double().T  # [Q, R]
+    order = sims.argsort(dim=1, descending=True, stable=True)
+    relevant = (ref_works[order] == query_works[:, None]).double()  # [Q, R] in rank order
+    if not bool((relevant.sum(1) > 0).all()):
+        raise ValueError("every query needs at least one reference of its work")
+    ranks = torch.arange(1, refs.shape[0] + 1, dtype=torch.float64)
+    precision = relevant.cumsum(1) / ranks
+    ap = (precision * relevant).sum(1) / relevant.sum(1)
+    first_rank = relevant.argmax(1).double() + 1
+    return {"ap": ap, "top1": relevant[:, 0].bool(), "first_rank": first_rank}

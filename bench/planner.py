@@ -68,6 +68,11 @@ def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved
             items.append(Resolved(spec, entry.name, cls, params, entry.provider))
         out[kind] = items
     _check_model_datasets(out)
+    if config.run.fad_encoder:
+        try:
+            plugins.get("encoder", config.run.fad_encoder)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), table="run", key="fad_encoder") from exc
     return out
 
 
@@ -142,6 +147,7 @@ def cell_spec(
     samples: int,
     batch_size: int,
     keep_audio: int,
+    fad_encoder: str = "",
 ) -> dict[str, Any]:
     """The plain-data spec of one cell, with its ``key``."""
     spec: dict[str, Any] = {
@@ -150,7 +156,7 @@ def cell_spec(
         "defense": defense.ref(),
         "attack": attack.ref(),
         "run": {"seed": seed, "samples": samples, "batch_size": batch_size,
-                "keep_audio": keep_audio},
+                "keep_audio": keep_audio, "fad_encoder": fad_encoder},
         "musicbench": musicbench.__version__,
     }
     spec["key"] = cell_key(spec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 import traceback
 from datetime import datetime, timezone
 from typing import Any
@@ -18,10 +19,11 @@ import torch
 from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Attack, Example, Preprocessor, TargetModel
 from musicbench.memory import PeakMemory
-from musicbench.metrics import classification_summary
+from musicbench.fad import fad
+from musicbench.metrics import classification_summary, retrieval_ranking
 from musicbench.planner import cell_seed
 from musicbench.store import CellRecord, MetricValue, SampleRecord
-from musicbench.victim import Victim
+from musicbench.victim import ReferenceSet, Victim, margin_from_logits
 from musicbench.workspace import Workspace
 
 def now() -> str:
@@ -63,6 +65,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class _CellData:
+    """The clips of a cell and what is right for each: ``targets[N]`` index the victim's
+    scores (labels, or works for retrieval)."""
+
+    examples: list[Example]
+    targets: torch.Tensor
+    victim_kwargs: dict[str, Any] = field(default_factory=dict)
+    pseudo_labels: bool = False
+    reference_works: list[str] = field(default_factory=list)
+
+
 def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
     device = ws.device
     ds_ref, model_ref = spec["dataset"], spec["model"]
@@ -79,13 +93,6 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
         preprocessor: Preprocessor | None = None
     else:
         preprocessor = None if spec["defense"]["name"] == "none" else defense
-    if model.task != "classification" or dataset.task != "classification":
-        raise MusicbenchError(f"task '{model.task}' is not supported by this runner yet")
-    if tuple(dataset.labels) != tuple(model.labels):
-        raise MusicbenchError(
-            f"model '{model.name}' labels {list(model.labels)} differ from dataset "
-            f"'{dataset.name}' labels {list(dataset.labels)}"
-        )
     if dataset.sample_rate != model.sample_rate:
         raise MusicbenchError(
             f"dataset '{dataset.name}' is at {dataset.sample_rate} Hz but model "
@@ -94,17 +101,21 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
     attack: Attack = ws.make("attack", spec["attack"]["name"], spec["attack"]["params"])
     black_box = attack.threat == "black-box"
     seed = cell_seed(spec)
-    victim = Victim(
-        model,
+    common = dict(
         defense=preprocessor,
-        allow_gradients=not black_box,
-        budget=getattr(attack.params, "budget", None) if black_box else None,
         eot_samples=getattr(attack.params, "eot_samples", 1),
         generator=torch.Generator(device=device).manual_seed(seed),
     )
+    samples_wanted, run_seed = spec["run"]["samples"], spec["run"]["seed"]
+    if model.task == "retrieval":
+        data = _retrieval_data(dataset, model, Victim, common, device, samples_wanted, run_seed,
+                               spec["run"]["batch_size"])
+    else:
+        data = _classification_data(dataset, model, samples_wanted, run_seed)
+    victim = Victim(model, allow_gradients=not black_box,
+                    budget=getattr(attack.params, "budget", None) if black_box else None,
+                    **common, **data.victim_kwargs)
     generator = torch.Generator(device=device).manual_seed(seed)
-    examples = select_examples(dataset.examples("test"), spec["run"]["samples"],
-                               spec["run"]["seed"])
     sample_metrics = [
         ws.make("metric", e.name) for e in ws.plugins.registry("metric")
         if getattr(e.load(), "level", "sample") == "sample"
@@ -112,35 +123,105 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
     batch_size = spec["run"]["batch_size"]
     keep = spec["run"]["keep_audio"]
     samples: list[SampleRecord] = []
+    embeddings: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
+    kept: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
     label = " / ".join(spec[k].get("label", spec[k]["name"]) for k in ("model", "attack"))
+    examples = data.examples
     with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
         for start in range(0, len(examples), batch_size):
-            _run_batch(examples[start : start + batch_size], start, victim, attack, generator,
-                       sample_metrics, dataset.sample_rate, keep, record, samples, device)
-            bar.advance(min(batch_size, len(examples) - start))
-    attack_seconds = record.attack_seconds
+            batch = _Batch(examples[start : start + batch_size],
+                           data.targets[start : start + batch_size], start)
+            _run_batch(batch, victim, attack, generator, sample_metrics, dataset.sample_rate,
+                       keep, record, samples, device, data.pseudo_labels, embeddings, kept)
+            bar.advance(len(batch.examples))
     record.samples = samples
-    record.attack_seconds = round(attack_seconds, 4)
-    record.metrics = _cell_metrics(samples, [m.name for m in sample_metrics], attack_seconds)
+    record.attack_seconds = round(record.attack_seconds, 4)
+    record.metrics = _cell_metrics(samples, [m.name for m in sample_metrics],
+                                   record.attack_seconds, data.pseudo_labels)
+    if model.task == "retrieval":
+        record.metrics.update(_retrieval_metrics(samples, embeddings, victim))
+    fad_encoder = _fad(spec, ws, kept, record)
     adaptive = [name for name, used in (("eot", victim.used_eot), ("bpda", victim.used_bpda))
                 if used]
     bound = attack.bound()
+    flags = ["pseudo-label mode: y = the model's clean top-1"] if data.pseudo_labels else []
     record.info.update({
         "n": len(samples),
+        "task": model.task,
         "threat": attack.threat,
         "bound": None if bound is None else {"norm": bound.norm, "eps": bound.eps},
         "adaptive": "+".join(adaptive) if adaptive else "none",
-        "flags": [],
-        "labels": list(dataset.labels),
+        "flags": flags,
+        "pseudo_labels": data.pseudo_labels,
+        "labels": list(model.labels) if model.task == "classification" else [],
         "sample_rate": dataset.sample_rate,
         "device": str(device),
+        "fad_encoder": fad_encoder,
         "higher_is_better": {m.name: bool(m.higher_is_better) for m in sample_metrics},
     })
 
 
+def _classification_data(
+    dataset: Any, model: TargetModel, samples: int, seed: int
+) -> _CellData:
+    """Dataset labels mapped onto the model's labels by name; when some dataset label is not
+    one of the model's, pseudo-label mode: the target is the model's clean top-1."""
+    if dataset.task != "classification":
+        raise MusicbenchError(f"model '{model.name}' classifies but dataset '{dataset.name}' "
+                              f"is a {dataset.task} dataset")
+    examples = select_examples(dataset.examples("test"), samples, seed)
+    model_labels = list(model.labels)
+    if all(lab in model_labels for lab in dataset.labels):
+        index = [model_labels.index(lab) for lab in dataset.labels]
+        targets = torch.tensor([index[e.label] for e in examples], dtype=torch.long)
+        return _CellData(examples, targets)
+    return _CellData(examples, torch.full((len(examples),), -1, dtype=torch.long),
+                     pseudo_labels=True)
+
+
+def _retrieval_data(
+    dataset: Any,
+    model: TargetModel,
+    victim_cls: type[Victim],
+    common: dict[str, Any],
+    device: torch.device,
+    samples: int,
+    seed: int,
+    batch_size: int,
+) -> _CellData:
+    """Queries drawn from the test split, every reference of the split embedded once."""
+    if dataset.task != "retrieval":
+        raise MusicbenchError(f"retrieval model '{model.name}' needs a retrieval dataset; "
+                              f"'{dataset.name}' is {dataset.task}")
+    refs = list(dataset.references("test"))
+    queries = select_examples(dataset.queries("test"), samples, seed)
+    works = sorted({e.work_id for e in refs})
+    work_index = {w: i for i, w in enumerate(works)}
+    missing = sorted({e.work_id for e in queries} - set(work_index))
+    if missing:
+        raise MusicbenchError(f"dataset '{dataset.name}': queries of works without a reference "
+                              f"in the test split: {missing[:5]}")
+    embedder = victim_cls(model, **common)  # the defended model, to embed the references
+    with torch.no_grad():
+        emb = torch.cat([
+            embedder.embed(torch.stack([e.audio for e in refs[i : i + batch_size]]).to(device))
+            for i in range(0, len(refs), batch_size)
+        ])
+    ref_works = torch.tensor([work_index[e.work_id] for e in refs], device=device)
+    reference_set = ReferenceSet(emb, ref_works, len(works))
+    targets = torch.tensor([work_index[e.work_id] for e in queries], dtype=torch.long)
+    return _CellData(queries, targets, {"references": reference_set}, reference_works=works)
+
+
+@dataclass
+class _Batch:
+    examples: list[Example]
+    targets: torch.Tensor
+    start: int
+
+
 def _run_batch(
-    batch: list[Example],
-    start: int,
+    batch: _Batch,
     victim: Victim,
     attack: Attack,
     generator: torch.Generator,
@@ -150,18 +231,25 @@ def _run_batch(
     record: CellRecord,
     samples: list[SampleRecord],
     device: torch.device,
+    pseudo_labels: bool,
+    embeddings: dict[str, list[torch.Tensor]],
+    kept: dict[str, list[torch.Tensor]],
 ) -> None:
     """Score one batch clean, attack its clean-correct clips, append their sample records."""
-    x = torch.stack([e.audio for e in batch]).to(device=device, dtype=torch.float32)
-    y = torch.tensor([e.label for e in batch], device=device)
-    clean_pred = victim.predict(x)
-    correct = clean_pred == y
+    n = len(batch.examples)
+    x = torch.stack([e.audio for e in batch.examples]).to(device=device, dtype=torch.float32)
+    with torch.no_grad():
+        scores = victim.scores(x, count=False)
+    clean_pred = scores.argmax(-1)
+    y = clean_pred.clone() if pseudo_labels else batch.targets.to(device)
+    correct = margin_from_logits(scores, y) > 0  # pseudo-labels: right unless tied
     idx = correct.nonzero().squeeze(1)
     adv_pred = clean_pred.clone()
     success = torch.zeros_like(correct)
-    queries = torch.zeros(len(batch), dtype=torch.long, device=device)
-    steps = torch.zeros(len(batch), dtype=torch.long, device=device)
+    queries = torch.zeros(n, dtype=torch.long, device=device)
+    steps = torch.zeros(n, dtype=torch.long, device=device)
     per_sample: dict[str, torch.Tensor] = {}
+    adv_all = x.clone()
     if idx.numel():
         xa, ya = x[idx], y[idx]
         _sync(device)
@@ -169,24 +257,32 @@ def _run_batch(
         result = attack(victim, xa, ya, generator=generator)
         _sync(device)
         record.attack_seconds += time.perf_counter() - t
-        adv_pred[idx] = victim.predict(result.adv)
+        adv_all[idx] = result.adv
+        with torch.no_grad():
+            adv_pred[idx] = victim.scores(result.adv, count=False).argmax(-1)
         success[idx] = result.success
         queries[idx] = result.queries.to(device)
         steps[idx] = result.steps.to(device)
         for metric in sample_metrics:
-            values = torch.full((len(batch),), math.nan, dtype=torch.float64, device=device)
+            values = torch.full((n,), math.nan, dtype=torch.float64, device=device)
             values[idx] = metric.compute(xa, result.adv, sample_rate).to(
                 device=device, dtype=torch.float64)
             per_sample[metric.name] = values
-        for j, row in enumerate(idx.tolist()):
-            if result.success[j] and len(record.audio_data) < 2 * keep:
-                sid = batch[row].id
-                record.audio_data[(sid, "clean")] = xa[j].cpu().numpy()
-                record.audio_data[(sid, "adv")] = result.adv[j].cpu().numpy()
+        hits = idx[result.success]
+        kept["clean"].append(x[hits].cpu())
+        kept["adv"].append(adv_all[hits].cpu())
+        for row in hits.tolist():
+            if len(record.audio_data) < 2 * keep:
+                sid = batch.examples[row].id
+                record.audio_data[(sid, "clean")] = x[row].cpu().numpy()
+                record.audio_data[(sid, "adv")] = adv_all[row].cpu().numpy()
+    if victim.references is not None:
+        embeddings["clean"].append(victim.embed(x).cpu())
+        embeddings["adv"].append(victim.embed(adv_all).cpu())
     cols = {k: v.cpu().tolist() for k, v in per_sample.items()}
-    for i, ex in enumerate(batch):
+    for i, ex in enumerate(batch.examples):
         samples.append(SampleRecord(
-            sample_id=ex.id, position=start + i, label=int(y[i]),
+            sample_id=ex.id, position=batch.start + i, label=int(y[i]),
             clean_pred=int(clean_pred[i]), clean_correct=bool(correct[i]),
             attacked=bool(correct[i]), adv_pred=int(adv_pred[i]),
             success=bool(success[i]), queries=int(queries[i]), steps=int(steps[i]),
@@ -194,14 +290,64 @@ def _run_batch(
         ))
 
 
+def _retrieval_metrics(
+    samples: list[SampleRecord], embeddings: dict[str, list[torch.Tensor]], victim: Victim
+) -> dict[str, MetricValue]:
+    """mAP and MR1 of the queries before and after the attack (clean-wrong queries are not
+    attacked and keep their clean embedding)."""
+    refs = victim.references
+    assert refs is not None
+    works = torch.tensor([s.label for s in samples])
+    out = {}
+    for when in ("clean", "adv"):
+        ranking = retrieval_ranking(torch.cat(embeddings[when]), works, refs.embeddings.cpu(),
+                                    refs.works.cpu())
+        out[f"map_{when}"] = MetricValue(float(ranking["ap"].mean()))
+        out[f"mr1_{when}"] = MetricValue(float(ranking["first_rank"].mean()))
+    return out
+
+
+def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[torch.Tensor]],
+         record: CellRecord) -> str | None:
+    """FAD between the clean and the adversarial clips of successful attacks, with the run's
+    encoder (``[run] fad_encoder``); NaN with a reason when it cannot be computed."""
+    name = spec["run"].get("fad_encoder") or None
+    if name is None:
+        return None
+    clean = torch.cat(kept["clean"]) if kept["clean"] else torch.zeros(0)
+    adv = torch.cat(kept["adv"]) if kept["adv"] else torch.zeros(0)
+    try:
+        encoder = ws.encoder(name)
+    except Exception as exc:  # an encoder that cannot load costs the FAD column, not the cell
+        record.metrics["fad"] = MetricValue(math.nan)
+        record.info["fad_note"] = f"encoder '{name}' unavailable: {type(exc).__name__}: {exc}"
+        return name
+    if clean.numel() == 0:
+        record.metrics["fad"] = MetricValue(math.nan)
+        record.info["fad_note"] = "no successful adversarial example"
+        return name
+    frames = {}
+    for when, audio in (("clean", clean), ("adv", adv)):
+        chunks = [encoder.embed(audio[i : i + 16].to(ws.device)).flatten(0, 1).cpu().double()
+                  for i in range(0, audio.shape[0], 16)]
+        frames[when] = torch.cat(chunks).numpy()
+    result = fad(frames["clean"], frames["adv"])
+    record.metrics["fad"] = MetricValue(result.value)
+    if result.reason:
+        record.info["fad_note"] = result.reason
+    return name
+
+
 def _cell_metrics(
-    samples: list[SampleRecord], sample_metric_names: list[str], attack_seconds: float
+    samples: list[SampleRecord], sample_metric_names: list[str], attack_seconds: float,
+    pseudo_labels: bool,
 ) -> dict[str, MetricValue]:
     correct = np.array([s.clean_correct for s in samples], dtype=bool)
     success = np.array([s.success for s in samples], dtype=bool)
     summary = classification_summary(correct, success)
     out = {
-        "clean_accuracy": MetricValue(summary["clean_accuracy"]),
+        # In pseudo-label mode the model is right on every clean clip by definition.
+        "clean_accuracy": MetricValue(math.nan if pseudo_labels else summary["clean_accuracy"]),
         "asr": MetricValue(summary["asr"], summary["asr_ci"]),
         "robust_accuracy": MetricValue(summary["robust_accuracy"],
                                        summary["robust_accuracy_ci"]),

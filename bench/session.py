@@ -86,7 +86,7 @@ def execute(
     specs = [
         cell_spec(ds, fingerprints[ds.name], model, defense, attack, seed=settings.seed,
                   samples=samples, batch_size=settings.batch_size,
-                  keep_audio=settings.keep_audio)
+                  keep_audio=settings.keep_audio, fad_encoder=settings.fad_encoder)
         for ds, model in pairs
         for defense in resolved["defense"]
         for attack in resolved["attack"]

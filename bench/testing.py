@@ -39,13 +39,14 @@ class TinyClassifier(TargetModel):
         self.name = "tiny-classifier"
         self.labels = tuple(f"class-{i}" for i in range(n_classes))
         self.seed = seed
+        self.n_classes = n_classes
         self.net: _TinyNet | None = None
 
     def load(self, ctx: Context | None = None) -> None:
         device = ctx.device if ctx is not None else torch.device("cpu")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = _TinyNet(len(self.labels))
+            net = _TinyNet(self.n_classes)
         net.eval().requires_grad_(False)
         self.net = net.to(device)
 

@@ -8,6 +8,8 @@ BPDA through ``surrogate`` for non-differentiable ones).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -17,10 +19,32 @@ from musicbench.interfaces.model import TargetModel
 from musicbench.windows import score_windows
 
 
-class Victim:
-    """A classification victim. Rows of every call are attributed to batch samples by ``index``.
+RETRIEVAL_TEMPERATURE = 0.1
+"""Retrieval loss: cross-entropy over work similarities divided by this temperature."""
 
-    :param model: a loaded classification :class:`TargetModel`.
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """What retrieval queries are matched against: ``embeddings[R, D]`` (L2-normalised) and
+    ``works[R]``, the work index of each reference (in ``0 .. n_works - 1``)."""
+
+    embeddings: torch.Tensor
+    works: torch.Tensor
+    n_works: int
+
+
+class Victim:
+    """A model bound to its task. Rows of every call are attributed to samples by ``index``.
+
+    Classification: scores are the model's logits over its labels. Retrieval: scores are,
+    per work, the best cosine similarity of the query to that work's references
+    (``[B, n_works]``), so margin, loss and success read the same for both tasks: margin =
+    best similarity to the true work - best similarity to any other work; loss = cross-entropy
+    of those similarities / ``RETRIEVAL_TEMPERATURE``; success = the nearest reference is of
+    another work.
+
+    :param model: a loaded :class:`TargetModel`.
+    :param references: the reference set (retrieval models only).
     :param defense: a preprocessing defense applied before the model, or None.
     :param allow_gradients: False for black-box attacks: a call that would build an autograd
         graph through the model raises :class:`GradientRefusedError`.
@@ -34,17 +58,17 @@ class Victim:
         self,
         model: TargetModel,
         *,
+        references: ReferenceSet | None = None,
         defense: Preprocessor | None = None,
         allow_gradients: bool = True,
         budget: int | None = None,
         eot_samples: int = 1,
         generator: torch.Generator | None = None,
     ):
-        if model.task != "classification":
-            raise NotImplementedError(
-                f"model '{model.name}' has task '{model.task}'; this Victim serves classification"
-            )
+        if model.task not in ("classification", "retrieval"):
+            raise NotImplementedError(f"model '{model.name}' has unknown task '{model.task}'")
         self.model = model
+        self.references = references
         self.defense = defense
         self.allow_gradients = allow_gradients
         self.budget = budget
@@ -57,6 +81,7 @@ class Victim:
         self.gradient_calls = torch.zeros(0, dtype=torch.long)
         self.used_eot = False
         self.used_bpda = False
+        self._scale = 1.0 / RETRIEVAL_TEMPERATURE if model.task == "retrieval" else 1.0
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -122,12 +147,26 @@ class Victim:
             self.used_eot = True
         if count:
             self._count(audio, index, draws, grad)
-        window = self.model.input_samples
-        outs = [
-            score_windows(self.model.forward, self._defended(audio, grad), window)
-            for _ in range(draws)
-        ]
+        outs = [self._scores_once(self._defended(audio, grad)) for _ in range(draws)]
         return torch.stack(outs)
+
+    def _scores_once(self, audio: torch.Tensor) -> torch.Tensor:
+        window = self.model.input_samples
+        if self.model.task == "classification":
+            return score_windows(self.model.forward, audio, window)
+        if self.references is None:
+            raise ValueError(f"retrieval model '{self.model.name}': this victim has no "
+                             "reference set to score against")
+        emb = F.normalize(score_windows(self.model.embed, audio, window), dim=-1)
+        return work_similarities(emb, self.references)
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """``audio[B, T]`` -> L2-normalised ``[B, D]`` through the defense (retrieval; the
+        harness's own use for references and mAP, not counted)."""
+        with torch.no_grad():
+            emb = score_windows(self.model.embed, self._defended(audio, False),
+                                self.model.input_samples)
+        return F.normalize(emb, dim=-1)
 
     # -- what attacks use ---------------------------------------------------------------------
 
@@ -157,7 +196,7 @@ class Victim:
         count: bool = True,
     ) -> torch.Tensor:
         """``[B]``: cross-entropy of the true class, the quantity an untargeted attack raises."""
-        return _cross_entropy(self._logits_draws(audio, index, count), target)
+        return _cross_entropy(self._logits_draws(audio, index, count), target, self._scale)
 
     def loss_and_margin(
         self,
@@ -169,7 +208,8 @@ class Victim:
         """``(loss[B], margin[B])`` from one (counted) forward pass: attacks that step on the
         loss learn for free whether the current iterate already succeeded (margin <= 0)."""
         logits = self._logits_draws(audio, index, True)
-        return _cross_entropy(logits, target), margin_from_logits(logits, target).mean(0)
+        return (_cross_entropy(logits, target, self._scale),
+                margin_from_logits(logits, target).mean(0))
 
     @torch.no_grad()
     def success(
@@ -201,8 +241,19 @@ def margin_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return true - other
 
 
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def work_similarities(emb: torch.Tensor, refs: ReferenceSet) -> torch.Tensor:
+    """``emb[B, D]`` (normalised) -> ``[B, n_works]``: best cosine similarity per work."""
+    sims = emb @ refs.embeddings.T  # [B, R]
+    index = refs.works.to(sims.device).expand(sims.shape[0], -1)
+    init = torch.full((sims.shape[0], refs.n_works), float("-inf"), device=sims.device,
+                      dtype=sims.dtype)
+    return init.scatter_reduce(1, index, sims, reduce="amax", include_self=True)
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, scale: float = 1.0
+                   ) -> torch.Tensor:
     """``logits[D, B, K]`` (EOT draws), ``target[B]`` -> ``[B]``: mean over draws."""
+    logits = logits * scale if scale != 1.0 else logits
     d, b, k = logits.shape
     ce = F.cross_entropy(logits.reshape(d * b, k), target.repeat(d), reduction="none")
     return ce.reshape(d, b).mean(0)

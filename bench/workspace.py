@@ -43,6 +43,7 @@ class Workspace:
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, TargetModel] = {}
         self._defended: dict[str, TargetModel] = {}
+        self._encoders: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -85,6 +86,15 @@ class Workspace:
             self._models[key] = model
         return self._models[key]
 
+
+    def encoder(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """The loaded encoder (FAD, PAMT backbones)."""
+        key = _key("encoder", self.plugins.get("encoder", name).name, params)
+        if key not in self._encoders:
+            encoder = self.make("encoder", name, params)
+            encoder.load(self.ctx)
+            self._encoders[key] = encoder
+        return self._encoders[key]
 
     def defended_model(
         self, defense: TrainingDefense, base: TargetModel, data: Dataset

@@ -20,6 +20,7 @@ from musicbench_plugins.attacks.pgd import PGD, PGDParams
 class ToyDatasetParams:
     clips: int = 24
     seconds: float = 0.25
+    other_labels: bool = False  # labels the toy model does not know: pseudo-label mode
 
 
 class ToyDataset(Dataset):
@@ -31,6 +32,8 @@ class ToyDataset(Dataset):
     Params = ToyDatasetParams
 
     def prepare(self, ctx: Context) -> None:
+        if self.params.other_labels:
+            self.labels = ("x", "y", "z")
         n = self.params.clips
         audio = tone_batch(n, int(self.params.seconds * 16_000), seed=7)
         self._splits: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}
@@ -61,6 +64,59 @@ class ToyModel(TinyClassifier):
         self.params = params or ToyModelParams()
 
 
+class ToyCovers(Dataset):
+    """Retrieval toy: 6 works (a harmonic tone each), 3 versions (gain, phase, noise);
+    version 0 is the reference, the others are queries. Everything is in the test split."""
+
+    task = "retrieval"
+    sample_rate = 16_000
+
+    def prepare(self, ctx: Context) -> None:
+        g = torch.Generator().manual_seed(11)
+        t = torch.arange(4000) / 16_000
+        self._refs, self._queries = [], []
+        for w in range(6):
+            f0 = 110 * 2 ** (w / 2)
+            for v in range(3):
+                phase = torch.rand(1, generator=g) * 6.28
+                x = sum(torch.sin(2 * torch.pi * f0 * k * t + phase) / k for k in range(1, 4))
+                x = x + 0.05 * torch.randn(4000, generator=g)
+                x = (0.3 + 0.1 * v) * x / x.abs().max()
+                ex = Example(id=f"w{w}-v{v}", audio=x.float(), work_id=f"work-{w}")
+                (self._refs if v == 0 else self._queries).append(ex)
+
+    def examples(self, split: str) -> Sequence[Example]:
+        return [*self._refs, *self._queries] if split == "test" else []
+
+    def queries(self, split: str) -> Sequence[Example]:
+        return self._queries if split == "test" else []
+
+    def references(self, split: str) -> Sequence[Example]:
+        return self._refs if split == "test" else []
+
+    def fingerprint(self) -> str:
+        return "toy-covers-1"
+
+
+class ToyEmbedder(TinyClassifier):
+    """TinyClassifier's spectral features as an L2-normalised retrieval embedding."""
+
+    task = "retrieval"
+
+    def __init__(self, params: ToyModelParams | None = None):
+        super().__init__(n_classes=3, seed=(params or ToyModelParams()).seed)
+        self.params = params or ToyModelParams()
+        self.labels = ()
+
+    Params = ToyModelParams
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        net = self.module()
+        spec = torch.stft(audio, net.n_fft, net.hop, window=net.window, return_complex=True)
+        feats = torch.log1p(100 * spec.abs()).mean(-1)  # [B, F]
+        return torch.nn.functional.normalize(feats, dim=-1)
+
+
 @dataclass(frozen=True)
 class SlowPGDParams(PGDParams):
     sleep: float = 0.0
@@ -88,11 +144,13 @@ class OutOfRange(Attack):
 @hookimpl
 def register_datasets(register):
     register("toy-tones", ToyDataset, summary="seeded tones for tests")
+    register("toy-covers", ToyCovers, summary="retrieval toy for tests")
 
 
 @hookimpl
 def register_models(register):
     register("toy-model", ToyModel, summary="random-weight classifier for tests")
+    register("toy-embedder", ToyEmbedder, summary="spectral-average retrieval toy for tests")
 
 
 @hookimpl

@@ -1,0 +1,241 @@
+"""Read one audio file into the harness's form: ``Tensor[T]`` float32, mono, in [-1, 1].
+
+:func:`load_audio` is the one place where files become waveforms (datasets that read files call
+it), so every file is checked the same way and every broken file is reported with a specific
+reason instead of crashing a run or silently feeding garbage to a model.
+
+What it does, in order:
+
+1. **Open** with ``soundfile`` (libsndfile: WAV, FLAC, OGG/Vorbis, AU/SND, AIFF, ... whatever
+   the installed libsndfile reads; MP3 only with libsndfile >= 1.1).
+2. **Check** before decoding: sample rate in [:data:`MIN_SAMPLE_RATE`,
+   :data:`MAX_SAMPLE_RATE`], at most :data:`MAX_CHANNELS` channels, at least one frame, the
+   data not cut short, and long enough for ``min_seconds``.
+3. **Decode** to float64 (integer PCM is scaled to [-1, 1) by soundfile), then check that
+   every sample is finite and that as many frames came back as the header promised.
+4. **Downmix** by averaging the channels.
+5. **Resample** once with :func:`scipy.signal.resample_poly` by the exact rational factor
+   ``sample_rate / file_rate`` reduced by their gcd (e.g. 44100 -> 16000 is up 160, down 441),
+   with scipy's default Kaiser (beta 5) anti-aliasing filter. The output has
+   ``ceil(frames * up / down)`` samples.
+6. **Level**: only if the peak then exceeds 1 (a float file stored above full scale, or the
+   small overshoot of the resampling filter on a full-scale signal), the whole clip is divided
+   by its peak. Scaling rather than clipping: clipping would add distortion a model could hear.
+   Nothing is done to any other file (no normalisation, no DC removal).
+
+Truncation: libsndfile quietly shortens the frame count of a WAV or AU file whose data chunk
+is cut off, so the header's declared data size is compared with the bytes actually present
+(WAV: the ``data`` chunk of the RIFF/RIFX chunk list; AU: the data-size field, unless it is
+the "unknown" marker). For other formats a decode error, fewer frames than announced, or
+libsndfile's "ended unexpectedly" log line (OGG) counts as truncation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from musicbench.errors import MusicbenchError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Sample rates outside this range are refused (telephone 8 kHz to 384 kHz studio masters).
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 384_000
+#: More channels than this is not a music recording (7.1 surround has 8).
+MAX_CHANNELS = 8
+
+BadAudioKind = Literal[
+    "unreadable", "not-audio", "corrupt", "truncated", "empty", "non-finite",
+    "unsupported-rate", "unsupported-channels", "too-short",
+]
+
+#: Leading bytes of the containers libsndfile reads, to tell a corrupt header of a real audio
+#: file from a file that is no audio at all.
+_MAGIC: tuple[bytes, ...] = (
+    b"RIFF", b"RIFX", b"RF64", b"BW64", b"fLaC", b"OggS", b".snd", b"FORM", b"caff",
+    b"wvpk", b"MThd", b"ID3", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2",
+)
+_AU_UNKNOWN_SIZE = 0xFFFFFFFF
+
+
+class BadAudioError(MusicbenchError):
+    """A file that cannot be used as audio.
+
+    ``reason`` is one specific line (what is wrong, with the values), ``kind`` one of
+    :data:`BadAudioKind` (for counting), ``path`` the file. ``str(exc)`` is ``"path: reason"``.
+    """
+
+    def __init__(self, reason: str, *, kind: BadAudioKind = "unreadable",
+                 path: str | os.PathLike[str] | None = None):
+        self.reason = reason
+        self.kind = kind
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+def load_audio(
+    path: str | os.PathLike[str], sample_rate: int, *, min_seconds: float | None = None
+) -> torch.Tensor:
+    """Read ``path`` as ``Tensor[T]`` float32 mono in [-1, 1] at ``sample_rate`` Hz.
+
+    Args:
+        path: an audio file soundfile can read.
+        sample_rate: the rate (Hz) of the returned waveform.
+        min_seconds: refuse files whose output would have fewer than
+            ``round(min_seconds * sample_rate)`` samples.
+
+    Returns:
+        ``Tensor[T]`` float32 with ``T = ceil(frames * sample_rate / file_rate)``.
+
+    Raises:
+        BadAudioError: with a specific ``reason`` and ``kind`` (see the module docstring).
+        ValueError: ``sample_rate`` or ``min_seconds`` itself is invalid.
+    """
+    import torch
+
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
+    if min_seconds is not None and not min_seconds >= 0:
+        raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
+    mono, file_rate = _read_mono(Path(path), sample_rate, min_seconds)
+    out = _resample(mono, file_rate, sample_rate)
+    peak = float(np.max(np.abs(out)))
+    if peak > 1.0:
+        out = out / peak
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def _read_mono(path: Path, sample_rate: int, min_seconds: float | None) -> tuple[np.ndarray, int]:
+    """Checks 1-4 of the module docstring; returns ``(float64[frames] mono, file rate)``."""
+    import soundfile as sf
+
+    def bad(reason: str, kind: BadAudioKind) -> BadAudioError:
+        return BadAudioError(reason, kind=kind, path=path)
+
+    head = _head(path, bad)
+    if not head:
+        raise bad("empty file (0 bytes)", "empty")
+    try:
+        f = sf.SoundFile(str(path))
+    except sf.LibsndfileError as exc:
+        msg = _sf_message(exc)
+        if head.startswith(_MAGIC):
+            raise bad(f"corrupt header ({msg})", "corrupt") from None
+        raise bad(f"not an audio file (starts with {head[:8]!r}; {msg})", "not-audio") from None
+    except OSError as exc:
+        raise bad(f"cannot open: {exc.strerror or exc}", "unreadable") from None
+    with f:
+        rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise bad(f"unsupported sample rate {rate} Hz (accepted: {MIN_SAMPLE_RATE}-"
+                      f"{MAX_SAMPLE_RATE} Hz)", "unsupported-rate")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise bad(f"unsupported channel count {channels} (accepted: 1-{MAX_CHANNELS})",
+                      "unsupported-channels")
+        short = _declared_shortfall(path, head)
+        if short is not None:
+            raise bad(short, "truncated")
+        if "ended unexpectedly" in (f.extra_info or ""):
+            raise bad(f"truncated: the {f.format} stream ended unexpectedly", "truncated")
+        if frames <= 0:
+            raise bad(f"no audio frames (a valid {f.format} header with 0 frames)", "empty")
+        _check_length(frames, rate, sample_rate, min_seconds, bad)
+        try:
+            data = f.read(dtype="float64", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise bad(f"truncated or corrupt data ({_sf_message(exc)})", "truncated") from None
+    if data.shape[0] < frames:
+        raise bad(f"truncated: read {data.shape[0]} of the {frames} frames the header declares",
+                  "truncated")
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_bad = int(data.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite.all(axis=1)))
+        raise bad(f"{n_bad} non-finite samples (NaN or inf), first at frame {first}",
+                  "non-finite")
+    mono = data[:, 0] if channels == 1 else data.mean(axis=1)
+    return mono, rate
+
+
+def _head(path: Path, bad) -> bytes:  # noqa: ANN001
+    """The first 16 bytes; unreadable paths (missing, dangling link, folder, no permission)
+    raise with the reason."""
+    if path.is_symlink() and not path.exists():
+        raise bad(f"dangling symbolic link (to {os.readlink(path)})", "unreadable")
+    if not path.exists():
+        raise bad("no such file", "unreadable")
+    if path.is_dir():
+        raise bad("is a directory, not a file", "unreadable")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16)
+    except OSError as exc:
+        raise bad(f"cannot read: {exc.strerror or exc}", "unreadable") from None
+
+
+def _check_length(frames: int, rate: int, sample_rate: int, min_seconds: float | None,
+                  bad) -> None:  # noqa: ANN001
+    if min_seconds is None:
+        return
+    up, down = _ratio(rate, sample_rate)
+    n_out = -(-frames * up // down)
+    need = int(round(min_seconds * sample_rate))
+    if n_out < need:
+        raise bad(f"too short: {frames / rate:.3f} s < {min_seconds:g} s required", "too-short")
+
+
+def _declared_shortfall(path: Path, head: bytes) -> str | None:
+    """For WAV (RIFF/RIFX) and AU: a message if the header declares more data bytes than the
+    file holds, else ``None`` (also for every other format: those are checked on decode)."""
+    size = path.stat().st_size
+    if head[:4] == b".snd" and len(head) >= 12:
+        offset, declared = struct.unpack(">II", head[4:12])
+        if declared != _AU_UNKNOWN_SIZE and offset + declared > size:
+            return (f"truncated: header declares {declared} data bytes, file holds "
+                    f"{max(size - offset, 0)}")
+        return None
+    if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+        endian = "<" if head[:4] == b"RIFF" else ">"
+        with open(path, "rb") as fh:
+            pos = 12
+            while pos + 8 <= size:
+                fh.seek(pos)
+                chunk = fh.read(8)
+                cid, csize = chunk[:4], struct.unpack(endian + "I", chunk[4:8])[0]
+                if cid == b"data":
+                    have = size - pos - 8
+                    # 0 and 0xFFFFFFFF mark "size unknown" (streamed writers): not truncation.
+                    if csize not in (0, 0xFFFFFFFF) and csize > have:
+                        return (f"truncated: header declares {csize} data bytes, file holds "
+                                f"{have}")
+                    return None
+                pos += 8 + csize + (csize & 1)
+    return None
+
+
+def _sf_message(exc: BaseException) -> str:
+    """libsndfile's own words, without the repeated file name."""
+    text = str(getattr(exc, "error_string", "") or exc).strip()
+    return text.rstrip(".") or type(exc).__name__
+
+
+def _ratio(rate: int, target: int) -> tuple[int, int]:
+    g = math.gcd(rate, target)
+    return target // g, rate // g
+
+
+def _resample(mono: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """``float64[n] -> float64[ceil(n * up / down)]`` by polyphase filtering (or unchanged)."""
+    if rate == target:
+        return mono
+    from scipy.signal import resample_poly
+
+    up, down = _ratio(rate, target)
+    return resample_poly(mono, up, down)
