@@ -180,6 +180,8 @@ def _header(run: dict[str, Any], records: list[CellRecord]) -> dict[str, Any]:
         "dataset_fingerprints": fingerprints,
         "samples": samples,
         "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
+        "skipped": {name: meta.get("skipped", [])
+                    for name, meta in settings.get("datasets", {}).items()},
     }
 
 
@@ -224,6 +226,13 @@ def render_markdown(board: Leaderboard) -> str:
         lines.append(f"- command: `{h['command']}`")
     for name, fp in h["dataset_fingerprints"].items():
         lines.append(f"- dataset `{name}`: {h['samples'].get(name)} clips, fingerprint `{fp}`")
+        skipped = h.get("skipped", {}).get(name) or []
+        if skipped:
+            lines.append(f"  - {len(skipped)} input(s) skipped:")
+            lines += [f"    - `{src}`: {reason}" for src, reason in skipped[:20]]
+            if len(skipped) > 20:
+                lines.append(f"    - ... and {len(skipped) - 20} more (results.sqlite, "
+                             "runs.settings)")
     lines += ["", "Accuracies in %, 95% bootstrap CI in brackets. ↑/↓: the better direction for "
               "the column's subject (accuracy: the model; ASR, LSD, SNR, FAD: the attack). "
               "Retrieval: a query is right when its nearest reference is of its work (top-1); "

@@ -79,10 +79,15 @@ def execute(
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
                    seed=settings.seed)
 
-    fingerprints = {}
+    fingerprints, datasets_meta = {}, {}
     for ds in resolved["dataset"]:
         if any(d is ds for d, _ in pairs):
-            fingerprints[ds.name] = ws.dataset(ds.name, ds.params_dict()).fingerprint()
+            prepared = ws.dataset(ds.name, ds.params_dict())
+            fingerprints[ds.name] = prepared.fingerprint()
+            datasets_meta[ds.spec.label] = {
+                "name": ds.name, "fingerprint": fingerprints[ds.name],
+                "skipped": [list(p) for p in prepared.problems()],
+            }
     specs = [
         cell_spec(ds, fingerprints[ds.name], model, defense, attack, seed=settings.seed,
                   samples=samples, batch_size=settings.batch_size,
@@ -100,7 +105,8 @@ def execute(
                 ws.model(model.name, model.params_dict())
         environment = describe_environment(device)
         run_settings = asdict(settings) | {"samples_used": samples, "quick": options.quick,
-                                           "device": str(device), "executor": executor_name}
+                                           "device": str(device), "executor": executor_name,
+                                           "datasets": datasets_meta}
         run_id = store.start_run(
             started=now(), config_source=config.source, config_text=config.text,
             argv=argv if argv is not None else sys.argv, settings=run_settings,

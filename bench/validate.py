@@ -208,6 +208,16 @@ def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
                 other = works.setdefault(work, split)
                 assert other == split, f"work '{work}' is in splits {other} and {split}"
         report.check(f"split '{split}': clips are float32 mono in [-1, 1], split by work", clips)
+    if ds.task == "retrieval":
+        def query_sets() -> None:
+            for split in ("train", "valid", "test"):
+                queries, refs = ds.queries(split), ds.references(split)
+                if split == "test":
+                    assert queries and refs, "the test split needs queries and references"
+                ref_works = {e.work_id for e in refs}
+                lost = sorted({e.work_id for e in queries} - ref_works)
+                assert not lost, f"split '{split}': queries of works without a reference: {lost[:3]}"
+        report.check("retrieval: every query's work has a reference", query_sets)
     fresh = ws.make("dataset", name, params)
 
     def stable() -> None:
