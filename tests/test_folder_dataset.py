@@ -63,7 +63,7 @@ def test_classification_manifest_with_splits_and_bad_rows(tmp_path: Path) -> Non
         f"{elsewhere},jazz,test,absolute path\n"
         "audio/c.wav,rock,valid,\n"
         "audio/d.wav,rock,tset,\n"          # unknown split
-        "audio/missing.wav,rock,train,\n"   # missing file
+        "audio/missing.wav,blues,train,\n"  # missing file
         "audio/short.wav,jazz,train,\n"     # shorter than clip_seconds
         "audio/text.wav,jazz,train,\n"      # not audio
         "audio/c.wav,jazz,test,\n"          # same file again
@@ -72,7 +72,8 @@ def test_classification_manifest_with_splits_and_bad_rows(tmp_path: Path) -> Non
     ))
     ds = _make(FolderDataset, manifest)
     ds.prepare(_ctx(tmp_path / "cache"))
-    assert ds.labels == ("jazz", "rock")  # sorted unique labels of the usable rows
+    # Sorted unique labels of every row: a broken file never changes the label indices.
+    assert ds.labels == ("blues", "jazz", "rock")
     got = {s: [(e.id, ds.labels[e.label]) for e in ds.examples(s)] for s in SPLITS}
     assert got == {"train": [("audio/b.wav", "jazz"), ("audio/a.wav", "rock")],
                    "valid": [("audio/c.wav", "rock")],

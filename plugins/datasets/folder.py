@@ -10,7 +10,8 @@ and stripped of spaces; other columns are ignored and kept in each example's ``m
 =========== =============================================================================
 ``path``    required. Relative paths resolve against the manifest's folder.
 ``label``   ``folder`` (classification): the class name. Labels are the sorted unique
-            non-empty label strings of the manifest.
+            non-empty label strings of every row (usable or not, so a broken file never
+            changes the label indices).
 ``work_id`` ``folder-retrieval``: the work (song) a file is a version of.
 ``split``   optional: ``train``, ``valid`` or ``test`` (case-insensitive). Without the column,
             a seeded split by ``valid_fraction``/``test_fraction``: stratified by label
@@ -532,7 +533,8 @@ class FolderDataset(AudioFileDataset):
         extra = [h for h in header if h not in ("path", column, "split", "role")]
         labels: tuple[str, ...] = ()
         if self.task == "classification":
-            labels = tuple(sorted({r[column].strip() for _, r, _ in good}))
+            # From every row, usable or not: the label set does not change when a file breaks.
+            labels = tuple(sorted({r[column].strip() for _, r in rows if r[column].strip()}))
         cands = []
         for line, row, path in good:
             source = row["path"].strip()
