@@ -20,6 +20,7 @@ def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, Any]) -
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"musicbench": json.dumps(metadata, sort_keys=True)})
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

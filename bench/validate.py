@@ -16,7 +16,7 @@ from musicbench.errors import ConfigError, UnknownNameError
 from musicbench.hookspecs import REGISTER_HOOKS
 from musicbench.plugins import PluginSystem, get_plugins
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import Victim
+from musicbench.victim import ReferenceSet, Victim
 from musicbench.workspace import Workspace
 
 
@@ -148,17 +148,20 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
     if model is None:
         return
     device = ws.device
+    make_victim, k = _victim_factory(model, device, report)
+    if make_victim is None:
+        return
     for label, length in (("input length", model.input_samples),
                           ("odd longer length", int(model.input_samples * 1.5) + 7),
                           ("shorter length", model.input_samples // 2 + 3)):
         x = tone_batch(3, length, seed=2, device=device)
-        victim = Victim(model)
-        out = report.check(f"scores [B, K] at {label} ({length} samples)",
-                           lambda x=x, victim=victim: _scores(victim, x, model))
-        if out is None:
+        victim = make_victim()
+        report.check(f"scores [B, K] at {label} ({length} samples)",
+                     lambda x=x, victim=victim: _scores(victim, x, k))
+        if not report.checks[-1].ok:
             return
     x = tone_batch(2, model.input_samples, seed=3, device=device)
-    victim = Victim(model)
+    victim = make_victim()
     with torch.no_grad():
         a, b = victim.scores(x, count=False), victim.scores(x, count=False)
     report.check("deterministic", lambda: _assert(torch.equal(a, b), "two forwards differ"))
@@ -177,10 +180,32 @@ def _loaded(ws: Workspace, name: str, params: dict[str, Any]):
     return ws.model(name, params)
 
 
-def _scores(victim: Victim, x: torch.Tensor, model) -> None:  # noqa: ANN001
+def _victim_factory(model, device: torch.device, report: ValidationReport):  # noqa: ANN001
+    """Victims for the checks and the number of scores K: the labels of a classifier, or three
+    tone 'works' as the reference set of a retrieval model (after checking its embeddings)."""
+    if model.task == "classification":
+        return (lambda: Victim(model)), len(model.labels)
+    refs_audio = tone_batch(3, model.input_samples, seed=9, device=device)
+
+    def embeddings() -> torch.Tensor:
+        with torch.no_grad():
+            emb = model.embed(refs_audio)
+        assert emb.dim() == 2 and emb.shape[0] == 3, f"embed gave {tuple(emb.shape)}"
+        assert torch.isfinite(emb).all(), "non-finite embeddings"
+        norms = emb.norm(dim=1)
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), \
+            f"embeddings are not L2-normalised (norms {norms.tolist()})"
+        return emb
+    emb = report.check("embed -> [B, D], L2-normalised", embeddings)
+    if emb is None:
+        return None, 0
+    refs = ReferenceSet(emb, torch.arange(3, device=device), 3)
+    return (lambda: Victim(model, references=refs)), 3
+
+
+def _scores(victim: Victim, x: torch.Tensor, k: int) -> None:
     with torch.no_grad():
         out = victim.scores(x, count=False)
-    k = len(model.labels)
     assert out.shape == (x.shape[0], k), f"got {tuple(out.shape)}, expected ({x.shape[0]}, {k})"
     assert out.dtype == torch.float32, f"dtype {out.dtype}"
     assert torch.isfinite(out).all(), "non-finite logits"

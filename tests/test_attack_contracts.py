@@ -79,3 +79,12 @@ def test_harness_rescores_success_instead_of_trusting_the_attack(model):
         y = victim.predict(x)
     res = Liar(PGDParams(eps=0.01, steps=2))(victim, x, y, generator=torch.Generator())
     assert not res.success.any()
+
+
+@pytest.mark.parametrize("name", ["toy-model", "toy-embedder"])
+def test_model_validation_runs_every_check(name, toy_plugins):
+    report = validate_plugin(name, kind="model", device="cpu", plugins=toy_plugins)
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+    names = " ".join(c.name for c in report.checks)
+    for expected in ("odd longer length", "shorter length", "deterministic", "differentiable"):
+        assert expected in names
