@@ -53,3 +53,53 @@ class LogMel(nn.Module):
         power = spec.real.square() + spec.imag.square()  # [B, F, frames]
         mel = torch.matmul(self.filters, power)
         return torch.log(mel + self.floor).unsqueeze(1)
+
+
+def log_frequency_filterbank(
+    sample_rate: int, n_fft: int, f_min: float, bins_per_octave: int, n_bins: int
+) -> torch.Tensor:
+    """Triangular filters ``[n_bins, n_fft // 2 + 1]`` centred on a geometric (constant-Q)
+    grid f_k = f_min * 2^(k / bins_per_octave); each filter spans its neighbours' centres and
+    is normalised to unit area, so the output is a pseudo-CQT of the power spectrum."""
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    k = torch.arange(-1, n_bins + 1, dtype=torch.float64)
+    centres = f_min * 2.0 ** (k / bins_per_octave)
+    if centres[-1] >= sample_rate / 2:
+        raise ValueError(f"{n_bins} bins from {f_min} Hz exceed Nyquist at {sample_rate} Hz")
+    low, mid, high = centres[:-2, None], centres[1:-1, None], centres[2:, None]
+    rising = (freqs[None] - low) / (mid - low)
+    falling = (high - freqs[None]) / (high - mid)
+    tri = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    # The lowest bins can fall between STFT bins: give them the nearest bin instead of nothing.
+    empty = tri.sum(1) == 0
+    if empty.any():
+        nearest = (freqs[None] - mid[empty]).abs().argmin(1)
+        tri[empty.nonzero().squeeze(1), nearest] = 1.0
+    return (tri / tri.sum(1, keepdim=True)).to(torch.float32)
+
+
+class LogFrequencySpectrogram(nn.Module):
+    """``audio[B, T]`` -> ``log-power[B, 1, n_bins, frames]`` on a constant-Q frequency grid
+    (a pseudo-CQT: triangular log-frequency filters over one long-window STFT).
+
+    Transposing by one semitone shifts the picture by ``bins_per_octave / 12`` rows, which is
+    what lets a cover model learn key invariance by rolling along that axis.
+    """
+
+    def __init__(self, sample_rate: int = 16_000, n_fft: int = 4096, hop: int = 320,
+                 f_min: float = 65.4, bins_per_octave: int = 12, n_bins: int = 72,
+                 floor: float = 1e-6):
+        super().__init__()
+        self.n_fft, self.hop, self.floor = n_fft, hop, floor
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer(
+            "filters",
+            log_frequency_filterbank(sample_rate, n_fft, f_min, bins_per_octave, n_bins),
+            persistent=False,
+        )
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(audio, self.n_fft, self.hop, window=self.window, center=True,
+                          return_complex=True)
+        power = spec.real.square() + spec.imag.square()
+        return torch.log(torch.matmul(self.filters, power) + self.floor).unsqueeze(1)
