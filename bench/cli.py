@@ -160,13 +160,18 @@ def leaderboard(
 def validate(
     name: Annotated[str, typer.Argument(help="a registered plugin name")],
     kind: Annotated[Optional[str], typer.Option("--kind", help="when NAME is ambiguous")] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("--param", "-p", help="KEY=VALUE plugin parameter (TOML value), repeatable"),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Run the conformance checks for one plugin (shapes, dtypes, determinism, budgets)."""
-    from musicbench.validate import validate_plugin
+    from musicbench.validate import parse_params, validate_plugin
 
     try:
-        report = validate_plugin(name, kind=kind, device=device)
+        report = validate_plugin(name, kind=kind, device=device,
+                                 params=parse_params(param or []))
     except ConfigError as exc:
         _fail_config(exc)
         return

@@ -204,13 +204,22 @@ def _retrieval_data(
     embedder = victim_cls(model, **common)  # the defended model, to embed the references
     with torch.no_grad():
         emb = torch.cat([
-            embedder.embed(torch.stack([e.audio for e in refs[i : i + batch_size]]).to(device))
+            embedder.embed(_stack(refs[i : i + batch_size]).to(device))
             for i in range(0, len(refs), batch_size)
         ])
     ref_works = torch.tensor([work_index[e.work_id] for e in refs], device=device)
     reference_set = ReferenceSet(emb, ref_works, len(works))
     targets = torch.tensor([work_index[e.work_id] for e in queries], dtype=torch.long)
     return _CellData(queries, targets, {"references": reference_set}, reference_works=works)
+
+
+def _stack(examples: list[Example]) -> torch.Tensor:
+    """``audio[B, T]``; clips of one dataset must share a length (Dataset contract)."""
+    lengths = {e.audio.shape[-1] for e in examples}
+    if len(lengths) > 1:
+        raise MusicbenchError(f"clips of one dataset must have one length; got lengths "
+                              f"{sorted(lengths)[:5]} (e.g. '{examples[0].id}')")
+    return torch.stack([e.audio for e in examples])
 
 
 @dataclass
@@ -237,7 +246,7 @@ def _run_batch(
 ) -> None:
     """Score one batch clean, attack its clean-correct clips, append their sample records."""
     n = len(batch.examples)
-    x = torch.stack([e.audio for e in batch.examples]).to(device=device, dtype=torch.float32)
+    x = _stack(batch.examples).to(device=device, dtype=torch.float32)
     with torch.no_grad():
         scores = victim.scores(x, count=False)
     clean_pred = scores.argmax(-1)

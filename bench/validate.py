@@ -72,6 +72,23 @@ def find_kind(plugins: PluginSystem, name: str, kind: str | None) -> str:
     return kinds[0]
 
 
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """``["root='/data/gtzan'", "steps=5"]`` -> a parameter mapping; values are TOML
+    (a bare word that is not valid TOML is taken as a string: ``root=/data/gtzan``)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param takes KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 def validate_plugin(
     name: str,
     *,

@@ -45,6 +45,8 @@ class Dataset(Component, abc.ABC):
     :meth:`queries` and :meth:`references`. Classification datasets need neither.
 
     Datasets that read files skip broken ones and report each in :meth:`problems`.
+    All clips of a dataset have one length (the harness batches them); a dataset of files
+    cuts or selects a fixed-length excerpt of each.
     """
 
     task: ClassVar[Task] = "classification"
