@@ -6,7 +6,8 @@ trained with a work-classification loss plus a triplet loss. Ours is smaller and
 own code on ``m21-covers``:
 
 * front end: a pseudo-CQT (:class:`LogFrequencySpectrogram`, 72 semitone bins from C2) inside
-  the network, so the model is differentiable from the waveform;
+  the network, so the model is differentiable from the waveform, folded into a 12-bin chroma
+  by default (our versions change timbre and voicing, which a chroma mostly ignores);
 * encoder: four conv blocks; max over the pitch axis (a transposition moves energy along it),
   then attentive pooling over time (tempo and offset change where things happen, not what);
 * output: a 128-d L2-normalised embedding; a linear work classifier is used only in training;
@@ -52,6 +53,7 @@ class CoverNetParams:
     learning_rate: float = 2e-3
     triplet_margin: float = 0.3
     max_transpose: int = 6  # semitones (pitch bins) rolled in augmentation
+    chroma: bool = True  # fold the pseudo-CQT's octaves: timbre and voicing matter less
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,9 +77,10 @@ class CoverNetNet(nn.Module):
     Grad-CAM reads (its output is ``[B, 8w, pitch/8, frames/8]``)."""
 
     def __init__(self, width: int = 16, dim: int = 128, n_works: int = 1,
-                 sample_rate: int = 16_000):
+                 sample_rate: int = 16_000, chroma: bool = True):
         super().__init__()
-        self.frontend = LogFrequencySpectrogram(sample_rate=sample_rate)
+        self.chroma = chroma
+        self.frontend = LogFrequencySpectrogram(sample_rate=sample_rate, fold_octaves=chroma)
         self.input_norm = nn.BatchNorm2d(1)
         w = width
         self.features = nn.Sequential(
@@ -132,7 +135,8 @@ class CoverNet(TargetModel):
     def _build(self, n_works: int, device: torch.device) -> CoverNetNet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.params.seed)
-            net = CoverNetNet(self.params.width, self.params.dim, n_works, self.sample_rate)
+            net = CoverNetNet(self.params.width, self.params.dim, n_works, self.sample_rate,
+                              self.params.chroma)
         return net.to(device)
 
     def load(self, ctx: Context) -> None:
@@ -196,7 +200,8 @@ class CoverNet(TargetModel):
                 for b in range(per_epoch):
                     chosen = order[b * p.works_per_batch : (b + 1) * p.works_per_batch]
                     x, y = _sample_batch(audio, works, chosen, p.versions_per_work, gen)
-                    spec = _transpose(net.frontend(x.to(device)), p.max_transpose, gen)
+                    spec = _transpose(net.frontend(x.to(device)), p.max_transpose, gen,
+                                      circular=p.chroma)
                     emb = net.encode(spec)
                     loss = (F.cross_entropy(net.classifier(emb) * 10.0, y.to(device))
                             + _batch_hard_triplet(emb, y.to(device), p.triplet_margin))
@@ -250,9 +255,11 @@ def _sample_batch(
     return x * gain, torch.tensor(ys)
 
 
-def _transpose(spec: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+def _transpose(spec: torch.Tensor, max_shift: int, gen: torch.Generator,
+               circular: bool = False) -> torch.Tensor:
     """Roll ``[B, 1, bins, frames]`` along the pitch axis by up to ``max_shift`` semitones,
-    one draw per clip, filling the vacated rows with the floor value."""
+    one draw per clip; on a chroma the roll wraps (exact), otherwise vacated rows get the
+    floor value."""
     if max_shift == 0:
         return spec
     out = torch.empty_like(spec)
@@ -260,6 +267,8 @@ def _transpose(spec: torch.Tensor, max_shift: int, gen: torch.Generator) -> torc
     for i, s in enumerate(torch.randint(-max_shift, max_shift + 1, (spec.shape[0],),
                                         generator=gen).tolist()):
         out[i] = torch.roll(spec[i], s, dims=1)
+        if circular:
+            continue
         if s > 0:
             out[i, :, :s] = floor
         elif s < 0:

@@ -83,14 +83,19 @@ class LogFrequencySpectrogram(nn.Module):
     (a pseudo-CQT: triangular log-frequency filters over one long-window STFT).
 
     Transposing by one semitone shifts the picture by ``bins_per_octave / 12`` rows, which is
-    what lets a cover model learn key invariance by rolling along that axis.
+    what lets a cover model learn key invariance by rolling along that axis. With
+    ``fold_octaves`` the octaves are summed into ``bins_per_octave`` pitch classes (a chroma),
+    where a transposition is an exact circular shift.
     """
 
     def __init__(self, sample_rate: int = 16_000, n_fft: int = 4096, hop: int = 320,
                  f_min: float = 65.4, bins_per_octave: int = 12, n_bins: int = 72,
-                 floor: float = 1e-6):
+                 floor: float = 1e-6, fold_octaves: bool = False):
         super().__init__()
+        if fold_octaves and n_bins % bins_per_octave:
+            raise ValueError("folding octaves needs a whole number of octaves")
         self.n_fft, self.hop, self.floor = n_fft, hop, floor
+        self.fold = bins_per_octave if fold_octaves else 0
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.register_buffer(
             "filters",
@@ -102,4 +107,7 @@ class LogFrequencySpectrogram(nn.Module):
         spec = torch.stft(audio, self.n_fft, self.hop, window=self.window, center=True,
                           return_complex=True)
         power = spec.real.square() + spec.imag.square()
-        return torch.log(torch.matmul(self.filters, power) + self.floor).unsqueeze(1)
+        bands = torch.matmul(self.filters, power)  # [B, n_bins, frames]
+        if self.fold:  # chroma: sum the octaves of each pitch class
+            bands = bands.reshape(bands.shape[0], -1, self.fold, bands.shape[-1]).sum(1)
+        return torch.log(bands + self.floor).unsqueeze(1)
