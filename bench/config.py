@@ -31,7 +31,7 @@ class RunSettings:
     batch_size: int = 32
     keep_audio: int = 2
     executor: str = "local"
-    fad_encoder: str = ""  # encoder plugin for the FAD column; "" = no FAD
+    fad_encoder: str = "musicnn"  # encoder plugin for the FAD column; "" = no FAD
 
     def __post_init__(self) -> None:
         if self.samples < 0 or self.quick_samples < 0:

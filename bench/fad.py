@@ -19,6 +19,7 @@ from scipy import linalg
 
 SQRTM_EPS = 1e-6
 IMAG_TOLERANCE = 1e-3
+NEGATIVE_TOLERANCE = 1e-6  # relative to tr(S1) + tr(S2)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,13 @@ def frechet_distance(
             return FadResult(math.nan, f"matrix square root has imaginary part {worst:.3g}")
         root = root.real
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
-    return FadResult(max(value, 0.0) if value > -1e-9 else value, note)
+    scale = max(1.0, float(np.trace(sigma1) + np.trace(sigma2)))
+    # The eps*I fallback shifts the root's trace by up to about D * eps.
+    slack = NEGATIVE_TOLERANCE * scale + (2 * len(mu1) * SQRTM_EPS if note else 0.0)
+    if value < -slack:
+        return FadResult(math.nan, f"FAD came out negative ({value:.3g}): the square root is "
+                                   "numerically unreliable for these covariances")
+    return FadResult(max(value, 0.0), note)  # round-off (or the eps fallback) below zero
 
 
 def _sqrtm(m: np.ndarray) -> tuple[np.ndarray, bool]:

@@ -73,8 +73,9 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "mean_queries": val("mean_queries"), "seconds_per_clip": val("seconds_per_clip"),
         "adaptive": record.info.get("adaptive", "none") if record.status == "ok" else None,
         "flags": list(record.info.get("flags", [])) + (
-            [f"FAD not computed: {record.info['fad_note']}"]
-            if record.info.get("fad_note") and val("fad") is None else []),
+            [(f"FAD not computed: {record.info['fad_note']}" if val("fad") is None
+              else f"FAD: {record.info['fad_note']}")]
+            if record.info.get("fad_note") else []),
         "error": record.error,
         "map_clean": val("map_clean"), "map_adv": val("map_adv"), "mr1_adv": val("mr1_adv"),
     }
@@ -256,7 +257,10 @@ def render_markdown(board: Leaderboard) -> str:
             f"robust acc {_arrow('robust_accuracy')}"]
     if retrieval:
         head += ["mAP clean → adv", "MR1 adv ↓"]
-    head += [f"FAD {_arrow('fad')}", f"LSD {_arrow('lsd')}", f"SNR dB {_arrow('snr_db')}",
+    encoders = {r["fad_encoder"] for r in board.rows if r["fad_encoder"]}
+    fad_head = f"FAD ({encoders.pop()}) {_arrow('fad')}" if len(encoders) == 1 else \
+        f"FAD {_arrow('fad')}"
+    head += [fad_head, f"LSD {_arrow('lsd')}", f"SNR dB {_arrow('snr_db')}",
              f"queries {_arrow('mean_queries')}", f"s/clip {_arrow('seconds_per_clip')}",
              "adaptive", "flags"]
     lines.append("| " + " | ".join(head) + " |")
@@ -268,8 +272,8 @@ def render_markdown(board: Leaderboard) -> str:
                      f"**failed**: {err}"] + ["—"] * (len(head) - 6)
         else:
             fad = _num(r["fad"])
-            if r["fad"] is not None and r["fad_encoder"]:
-                fad += f" ({r['fad_encoder']})"
+            if r["fad"] is not None and r["fad_encoder"] and "(" not in fad_head:
+                fad += f" ({r['fad_encoder']})"  # several encoders: name each value
             cells = [r["dataset"], r["model"], r["defense"], r["attack"], str(r["n"]),
                      _pct_ci(r["asr"], r["asr_ci"]),
                      _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"])]

@@ -140,7 +140,7 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
                                    record.attack_seconds, data.pseudo_labels)
     if model.task == "retrieval":
         record.metrics.update(_retrieval_metrics(samples, embeddings, victim))
-    fad_encoder = _fad(spec, ws, kept, record)
+    fad_encoder = _fad(spec, ws, kept, record, dataset.sample_rate)
     adaptive = [name for name, used in (("eot", victim.used_eot), ("bpda", victim.used_bpda))
                 if used]
     bound = attack.bound()
@@ -317,7 +317,7 @@ def _retrieval_metrics(
 
 
 def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[torch.Tensor]],
-         record: CellRecord) -> str | None:
+         record: CellRecord, sample_rate: int) -> str | None:
     """FAD between the clean and the adversarial clips of successful attacks, with the run's
     encoder (``[run] fad_encoder``); NaN with a reason when it cannot be computed."""
     name = spec["run"].get("fad_encoder") or None
@@ -331,15 +331,26 @@ def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[torch.Tensor]
         record.metrics["fad"] = MetricValue(math.nan)
         record.info["fad_note"] = f"encoder '{name}' unavailable: {type(exc).__name__}: {exc}"
         return name
+    reason = None
     if clean.numel() == 0:
+        reason = "no successful adversarial example"
+    elif encoder.sample_rate != sample_rate:
+        reason = (f"encoder '{name}' takes {encoder.sample_rate} Hz audio, the cell's is "
+                  f"{sample_rate} Hz")
+    if reason is None:
+        try:
+            frames = {}
+            for when, audio in (("clean", clean), ("adv", adv)):
+                with torch.no_grad():
+                    chunks = [encoder.embed(audio[i : i + 16].to(ws.device)).flatten(0, 1)
+                              .cpu().double() for i in range(0, audio.shape[0], 16)]
+                frames[when] = torch.cat(chunks).numpy()
+        except Exception as exc:  # the encoder's failure costs the FAD column, not the cell
+            reason = f"encoder '{name}' failed: {type(exc).__name__}: {exc}"
+    if reason is not None:
         record.metrics["fad"] = MetricValue(math.nan)
-        record.info["fad_note"] = "no successful adversarial example"
+        record.info["fad_note"] = reason
         return name
-    frames = {}
-    for when, audio in (("clean", clean), ("adv", adv)):
-        chunks = [encoder.embed(audio[i : i + 16].to(ws.device)).flatten(0, 1).cpu().double()
-                  for i in range(0, audio.shape[0], 16)]
-        frames[when] = torch.cat(chunks).numpy()
     result = fad(frames["clean"], frames["adv"])
     record.metrics["fad"] = MetricValue(result.value)
     if result.reason:

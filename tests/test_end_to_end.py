@@ -73,6 +73,13 @@ def test_small_real_run_end_to_end(tmp_path, small_home, monkeypatch):
         if r["asr"]:
             assert r["lsd"] > 0 and 0 < r["snr_db"] < 60
     assert rows[1]["asr"] > 0.5  # PGD at a large eps breaks a barely trained model
+    # FAD on musicnn frames (the default encoder; its weights come from the musicnn wheel)
+    assert rows[1]["fad_encoder"] == "musicnn"
+    if rows[1]["fad"] is None:  # a dozen clips may give too few frames: NaN with the reason
+        assert any("too few for a covariance estimate" in f for f in rows[1]["flags"])
+    else:
+        assert rows[1]["fad"] >= 0
+    assert "FAD (musicnn)" in board
     flacs = sorted((out / "audio").rglob("*.flac"))
     assert flacs and {p.stem.rsplit("-", 1)[1] for p in flacs} <= {"clean", "adv"}
     weights = list((small_home / "models").glob("style-cnn-*.safetensors"))

@@ -204,6 +204,7 @@ def test_installed_attack_runs_in_a_musicbench_run(
     config = tmp_path / "noise.toml"
     config.write_text(textwrap.dedent("""
         [run]
+        fad_encoder = ""
         samples = 8
         device = "cpu"
         [[datasets]]

@@ -98,6 +98,7 @@ def test_disabled_plugins_are_not_loaded(monkeypatch):
 
 TOY_CONFIG = """
 [run]
+fad_encoder = ""
 name = "toy"
 samples = 8
 batch_size = 4

@@ -14,6 +14,7 @@ from conftest import TESTS, cli
 
 RESUME_CONFIG = """
 [run]
+fad_encoder = ""
 name = "resume"
 samples = 6
 batch_size = 3

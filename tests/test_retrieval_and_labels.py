@@ -47,6 +47,7 @@ def test_retrieval_victim_margin_is_true_minus_best_other(toy_plugins):
 
 RETRIEVAL_CONFIG = """
 [run]
+fad_encoder = ""
 samples = 0
 batch_size = 4
 device = "cpu"
@@ -86,6 +87,7 @@ def test_pseudo_label_mode_when_the_dataset_labels_are_not_the_models(tmp_path, 
     config = tmp_path / "pseudo.toml"
     config.write_text("""
 [run]
+fad_encoder = ""
 samples = 8
 device = "cpu"
 [[datasets]]
