@@ -19,23 +19,20 @@ Every choice the paper leaves open for our data is a parameter below.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.checkpoints import load_module, save_module
-from musicbench.errors import NotTrainedError
-from musicbench.interfaces import Context, Dataset, TargetModel
+from musicbench.checkpoints import save_module
+from musicbench.interfaces import Context, Dataset
 from musicbench.metrics import retrieval_ranking
 from musicbench_plugins.models.frontends import LogFrequencySpectrogram
+from musicbench_plugins.models.trained import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -54,6 +51,8 @@ class CoverNetParams:
     triplet_margin: float = 0.3
     max_transpose: int = 6  # semitones (pitch bins) rolled in augmentation
     chroma: bool = False  # fold octaves into a chroma (tried: top-1 0.21 vs 0.46 without)
+    hop: int = 320  # front-end hop in samples (320 = 50 frames per second)
+    pool_pitch: bool = True  # False: convs keep the pitch axis, max over it only at the end
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,15 +76,20 @@ class CoverNetNet(nn.Module):
     Grad-CAM reads (its output is ``[B, 8w, pitch/8, frames/8]``)."""
 
     def __init__(self, width: int = 16, dim: int = 128, n_works: int = 1,
-                 sample_rate: int = 16_000, chroma: bool = False):
+                 sample_rate: int = 16_000, chroma: bool = False, hop: int = 320,
+                 pool_pitch: bool = True):
         super().__init__()
         self.chroma = chroma
-        self.frontend = LogFrequencySpectrogram(sample_rate=sample_rate, fold_octaves=chroma)
+        self.frontend = LogFrequencySpectrogram(sample_rate=sample_rate, hop=hop,
+                                                fold_octaves=chroma)
         self.input_norm = nn.BatchNorm2d(1)
         w = width
+        # Without pitch pooling the conv stack is equivariant to a transposition (a shift
+        # along the pitch axis) and the final max over pitch makes the embedding invariant.
+        p = 2 if pool_pitch else 1
         self.features = nn.Sequential(
-            _block(1, w, (1, 2)), _block(w, 2 * w, (2, 2)), _block(2 * w, 4 * w, (2, 2)),
-            _block(4 * w, 8 * w, (2, 1)),
+            _block(1, w, (1, 2)), _block(w, 2 * w, (p, 2)), _block(2 * w, 4 * w, (p, 2)),
+            _block(4 * w, 8 * w, (p, 1)),
         )
         self.attention = nn.Conv1d(8 * w, 1, 1)
         self.project = nn.Linear(8 * w, dim)
@@ -102,7 +106,7 @@ class CoverNetNet(nn.Module):
         return self.encode(self.frontend(audio))
 
 
-class CoverNet(TargetModel):
+class CoverNet(TrainedModel):
     """CoverHunter-like cover-song embedder, trained on ``m21-covers`` on first use."""
 
     task = "retrieval"
@@ -111,58 +115,16 @@ class CoverNet(TargetModel):
     cam_layer = "features.3"
     version = "1"
     Params = CoverNetParams
+    checkpoint_prefix = "cover-net"
 
     def __init__(self, params: CoverNetParams | None = None):
         super().__init__(params)
         self.input_seconds = self.params.input_seconds
-        self.net: CoverNetNet | None = None
-        self.training_summary: dict[str, Any] = {}
 
-    def _dataset(self, ctx: Context) -> Dataset:
-        if ctx.dataset is None:
-            raise RuntimeError("cover-net needs a Context that can resolve datasets")
-        ds = ctx.dataset(self.params.train_dataset, dict(self.params.train_dataset_params))
-        if ds.task != "retrieval" or ds.sample_rate != self.sample_rate:
-            raise ValueError(f"cover-net trains on a {self.sample_rate} Hz retrieval dataset; "
-                             f"'{ds.name}' is {ds.task} at {ds.sample_rate} Hz")
-        return ds
-
-    def _checkpoint(self, ctx: Context, ds: Dataset) -> Path:
-        blob = json.dumps([self.version, asdict(self.params), ds.fingerprint()], sort_keys=True)
-        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return ctx.cache_dir / "models" / f"cover-net-{key}.safetensors"
-
-    def _build(self, n_works: int, device: torch.device) -> CoverNetNet:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.params.seed)
-            net = CoverNetNet(self.params.width, self.params.dim, n_works, self.sample_rate,
-                              self.params.chroma)
-        return net.to(device)
-
-    def load(self, ctx: Context) -> None:
-        ds = self._dataset(ctx)
-        path = self._checkpoint(ctx, ds)
-        if not path.exists():
-            if not ctx.allow_training:
-                raise NotTrainedError(f"no cover-net checkpoint at {path}; run "
-                                      "`musicbench train cover-net`")
-            self.fit(ctx)
-            return
-        n_works = len({e.work_id for e in ds.examples("train")})
-        net = self._build(n_works, ctx.device)
-        self.training_summary = load_module(net, path, ctx.device)
-        self._freeze(net)
-
-    def _freeze(self, net: CoverNetNet) -> None:
-        net.eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.net = net
-
-    def module(self) -> nn.Module:
-        if self.net is None:
-            raise RuntimeError("cover-net is not loaded; call load(ctx) first")
-        return self.net
+    def _make_net(self, ds: Dataset) -> CoverNetNet:
+        p = self.params
+        return CoverNetNet(p.width, p.dim, len(_training_works(ds)), self.sample_rate,
+                           p.chroma, p.hop, p.pool_pitch)
 
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
         return self.module()(audio)
@@ -175,14 +137,14 @@ class CoverNet(TargetModel):
         p = self.params
         ds = self._dataset(ctx)
         device = ctx.device
+        works = _training_works(ds)
+        if len(works) < 2:
+            raise ValueError(f"'{ds.name}' has fewer than 2 training works with 2+ versions")
         by_work: dict[str, list[torch.Tensor]] = defaultdict(list)
         for e in ds.examples("train"):
             by_work[e.work_id].append(_fit_length(e.audio, self.input_samples))
-        works = sorted(w for w, v in by_work.items() if len(v) >= 2)
-        if len(works) < 2:
-            raise ValueError(f"'{ds.name}' has fewer than 2 training works with 2+ versions")
         audio = {w: torch.stack(by_work[w]) for w in works}
-        net = self._build(len(works), device)
+        net = self._build(ds, device)
         opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=1e-4)
         per_epoch = max(1, len(works) // p.works_per_batch)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.learning_rate,
@@ -231,6 +193,14 @@ class CoverNet(TargetModel):
         self._freeze(net)
         self.training_summary = summary
         return summary | {"checkpoint": str(path)}
+
+
+def _training_works(ds: Dataset) -> list[str]:
+    """The train split's works with at least two versions (a triplet needs a positive)."""
+    counts: dict[str, int] = defaultdict(int)
+    for e in ds.examples("train"):
+        counts[e.work_id] += 1
+    return sorted(w for w, n in counts.items() if n >= 2)
 
 
 def _fit_length(audio: torch.Tensor, samples: int) -> torch.Tensor:

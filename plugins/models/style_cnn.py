@@ -7,21 +7,18 @@ valid split, and cached as safetensors keyed by (version, parameters, dataset fi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.checkpoints import load_module, save_module
-from musicbench.errors import NotTrainedError
-from musicbench.interfaces import Context, Dataset, TargetModel
+from musicbench.checkpoints import save_module
+from musicbench.interfaces import Context, Dataset
 from musicbench_plugins.models.frontends import LogMel
+from musicbench_plugins.models.trained import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class StyleCNNNet(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-class StyleCNN(TargetModel):
+class StyleCNN(TrainedModel):
     """Log-mel CNN style classifier (4 s at 16 kHz), trained on first use."""
 
     task = "classification"
@@ -90,66 +87,16 @@ class StyleCNN(TargetModel):
     cam_layer = "features.3"
     version = "1"
     Params = StyleCNNParams
+    checkpoint_prefix = "style-cnn"
 
-    def __init__(self, params: StyleCNNParams | None = None):
-        super().__init__(params)
-        self.net: StyleCNNNet | None = None
-        self.training_summary: dict[str, Any] = {}
-
-    # -- weights ------------------------------------------------------------------------------
-
-    def _dataset(self, ctx: Context) -> Dataset:
-        if ctx.dataset is None:
-            raise RuntimeError("style-cnn needs a Context that can resolve datasets")
-        ds = ctx.dataset(self.params.train_dataset, dict(self.params.train_dataset_params))
-        if ds.task != "classification" or ds.sample_rate != self.sample_rate:
-            raise ValueError(
-                f"style-cnn trains on a {self.sample_rate} Hz classification dataset; "
-                f"'{ds.name}' is {ds.task} at {ds.sample_rate} Hz"
-            )
-        return ds
-
-    def _checkpoint(self, ctx: Context, ds: Dataset) -> Path:
-        blob = json.dumps([self.version, asdict(self.params), ds.fingerprint()], sort_keys=True)
-        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return ctx.cache_dir / "models" / f"style-cnn-{key}.safetensors"
-
-    def _build(self, n_classes: int, device: torch.device) -> StyleCNNNet:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.params.seed)
-            net = StyleCNNNet(n_classes, self.params.width, self.params.n_mels, self.sample_rate)
-        return net.to(device)
-
-    def load(self, ctx: Context) -> None:
-        ds = self._dataset(ctx)
+    def _make_net(self, ds: Dataset) -> StyleCNNNet:
         self.labels = tuple(ds.labels)
-        path = self._checkpoint(ctx, ds)
-        if not path.exists():
-            if not ctx.allow_training:
-                raise NotTrainedError(f"no style-cnn checkpoint at {path}; run "
-                                      "`musicbench train style-cnn`")
-            self.fit(ctx)
-            return
-        net = self._build(len(self.labels), ctx.device)
-        self.training_summary = load_module(net, path, ctx.device)
-        self._freeze(net)
-
-    def _freeze(self, net: StyleCNNNet) -> None:
-        net.eval()
-        for p in net.parameters():  # attacks need input gradients only
-            p.requires_grad_(False)
-        self.net = net
-
-    def module(self) -> nn.Module:
-        if self.net is None:
-            raise RuntimeError("style-cnn is not loaded; call load(ctx) first")
-        return self.net
+        p = self.params
+        return StyleCNNNet(len(ds.labels), p.width, p.n_mels, self.sample_rate)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return self.module()(audio)
 
-    def checkpoint_key(self) -> str:
-        return json.dumps(asdict(self.params), sort_keys=True)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -158,12 +105,11 @@ class StyleCNN(TargetModel):
         a summary (accuracies on valid and test)."""
         p = self.params
         ds = self._dataset(ctx)
-        self.labels = tuple(ds.labels)
         device = ctx.device
         train = ds.examples("train")
         x_train = torch.stack([e.audio for e in train])
         y_train = torch.tensor([e.label for e in train])
-        net = self._build(len(self.labels), device)
+        net = self._build(ds, device)
         opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
         batches = (len(train) + p.batch_size - 1) // p.batch_size
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.learning_rate,
