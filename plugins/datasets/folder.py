@@ -70,6 +70,7 @@ import numpy as np
 from musicbench.audio import BadAudioError, load_audio
 from musicbench.errors import ConfigError, MusicbenchError
 from musicbench.interfaces import Dataset, Example
+from musicbench_plugins.datasets.cached import recipe_path
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context
@@ -231,8 +232,7 @@ class AudioFileDataset(Dataset):
         scan = self.scan()
         self.labels = scan.labels
         recipe = self._recipe(scan)
-        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-        path = Path(ctx.cache_dir) / "datasets" / f"{self.cache_prefix}-{digest[:16]}"
+        path = recipe_path(ctx.cache_dir, self.cache_prefix, recipe)
         if path.is_dir():
             try:
                 self._load(path, recipe)

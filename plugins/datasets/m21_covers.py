@@ -51,13 +51,11 @@ and half rendering, spread over ``workers`` processes (about 30 s on two free co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,6 +65,7 @@ import numpy as np
 
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
+from musicbench_plugins.datasets.cached import load_or_build, recipe_path
 from musicbench_plugins.datasets.folder import SPLITS, StoredExamples, fingerprint_clips, \
     stratified_split
 
@@ -314,25 +313,17 @@ class M21Covers(Dataset):
 
     def cache_path(self, cache_dir: Path) -> Path:
         """``cache_dir/datasets/m21-covers-<16 hex of the recipe hash>``."""
-        digest = hashlib.sha256(json.dumps(self.recipe(), sort_keys=True).encode()).hexdigest()
-        return Path(cache_dir) / "datasets" / f"m21-covers-{digest[:16]}"
+        return recipe_path(cache_dir, "m21-covers", self.recipe())
 
     # -- Dataset API ---------------------------------------------------------------------------
 
     def prepare(self, ctx: Context) -> None:
         """Load the clips from the cache, or render them and write the cache first."""
-        path = self.cache_path(ctx.cache_dir)
-        if path.is_dir():
-            try:
-                self._load(path)
-                return
-            except (OSError, ValueError, KeyError) as exc:
-                warnings.warn(f"m21-covers cache at {path} is unreadable ({exc}); rebuilding",
-                              stacklevel=2)
-                shutil.rmtree(path, ignore_errors=True)
-        clips, index = self._build(ctx)
-        _write(path, clips, index)
-        self._load(path)
+        def build(path: Path) -> None:
+            clips, index = self._build(ctx)
+            _write(path, clips, index)
+
+        load_or_build(self.cache_path(ctx.cache_dir), self._load, build, what="m21-covers")
 
     def examples(self, split: str) -> Sequence[Example]:
         """Every clip of ``split`` (references and queries; e.g. for training), ordered by

@@ -50,6 +50,7 @@ import numpy as np
 
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
+from musicbench_plugins.datasets.cached import load_or_build, recipe_path
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context
@@ -262,25 +263,17 @@ class M21Styles(Dataset):
 
     def cache_path(self, cache_dir: Path) -> Path:
         """``cache_dir/datasets/m21-styles-<16 hex of the recipe hash>``."""
-        digest = hashlib.sha256(json.dumps(self.recipe(), sort_keys=True).encode()).hexdigest()
-        return Path(cache_dir) / "datasets" / f"m21-styles-{digest[:16]}"
+        return recipe_path(cache_dir, "m21-styles", self.recipe())
 
     # -- Dataset API -------------------------------------------------------------------------
 
     def prepare(self, ctx: Context) -> None:
         """Load the clips from the cache, or render them and write the cache first."""
-        path = self.cache_path(ctx.cache_dir)
-        if path.is_dir():
-            try:
-                self._load(path)
-                return
-            except (OSError, ValueError, KeyError) as exc:
-                warnings.warn(f"m21-styles cache at {path} is unreadable ({exc}); rebuilding",
-                              stacklevel=2)
-                shutil.rmtree(path, ignore_errors=True)
-        clips, index = self._build(ctx)
-        self._write(path, clips, index)
-        self._load(path)
+        def build(path: Path) -> None:
+            clips, index = self._build(ctx)
+            self._write(path, clips, index)
+
+        load_or_build(self.cache_path(ctx.cache_dir), self._load, build, what="m21-styles")
 
     def examples(self, split: str) -> Sequence[Example]:
         """Clips of ``split`` as ``Example(audio=Tensor[T] float32 in [-1, 1])``, ordered by
