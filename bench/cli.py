@@ -186,7 +186,8 @@ def validate(
 
 @app.command()
 def train(
-    name: Annotated[str, typer.Argument(help="a trainable model (e.g. style-cnn)")],
+    name: Annotated[str, typer.Argument(help="a trainable model or inpainter "
+                                             "(e.g. style-cnn, cover-net, gacela)")],
     device: DeviceOpt = None,
 ) -> None:
     """Train a model (or other trainable plugin) and save its weights in the cache."""
@@ -201,10 +202,13 @@ def train(
         dev = resolve_device(device or "auto")
         with RichProgress() as progress:
             ws = Workspace(plugins, cache_dir=cache_dir(), device=dev, progress=progress)
-            component = ws.make("model", name)
+            kind = "inpainter" if (name in plugins.registry("inpainter")
+                                   and name not in plugins.registry("model")) else "model"
+            component = ws.make(kind, name)
             fit = getattr(component, "fit", None)
             if fit is None:
-                raise ConfigError(f"model '{name}' has nothing to train (it ships its weights)")
+                raise ConfigError(f"{kind} '{name}' has nothing to train (it ships its weights "
+                                  "or needs none)")
             summary = fit(ws.ctx)
     except ConfigError as exc:
         _fail_config(exc)

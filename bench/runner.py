@@ -99,6 +99,7 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
             f"'{model.name}' expects {model.sample_rate} Hz"
         )
     attack: Attack = ws.make("attack", spec["attack"]["name"], spec["attack"]["params"])
+    attack.prepare(ws.ctx)
     black_box = attack.threat == "black-box"
     seed = cell_seed(spec)
     common = dict(

@@ -116,6 +116,9 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
                           lambda: ws.make("attack", name, params))
     if attack is None:
         return
+    if report.check("prepares (loads what it needs besides the victim)",
+                    lambda: attack.prepare(ws.ctx) or True) is None:
+        return
     model = TinyClassifier()
     model.load(ws.ctx)
     x = tone_batch(4, model.input_samples + 37, seed=1, device=device)  # odd length: windows

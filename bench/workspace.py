@@ -38,12 +38,14 @@ class Workspace:
         self.plugins = plugins
         self.ctx = Context(
             cache_dir=Path(cache_dir), device=device, progress=progress or NullProgress(),
-            dataset=self.dataset, allow_training=allow_training, seed=seed,
+            dataset=self.dataset, inpainter=self.inpainter, allow_training=allow_training,
+            seed=seed,
         )
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, TargetModel] = {}
         self._defended: dict[str, TargetModel] = {}
         self._encoders: dict[str, Any] = {}
+        self._inpainters: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +97,15 @@ class Workspace:
             encoder.load(self.ctx)
             self._encoders[key] = encoder
         return self._encoders[key]
+
+    def inpainter(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """The loaded inpainter (trained on first use if it has no cached checkpoint)."""
+        key = _key("inpainter", self.plugins.get("inpainter", name).name, params)
+        if key not in self._inpainters:
+            inpainter = self.make("inpainter", name, params)
+            inpainter.load(self.ctx)
+            self._inpainters[key] = inpainter
+        return self._inpainters[key]
 
     def defended_model(
         self, defense: TrainingDefense, base: TargetModel, data: Dataset

@@ -12,6 +12,7 @@ from musicbench.interfaces.component import Component
 if TYPE_CHECKING:
     import torch
 
+    from musicbench.interfaces.context import Context
     from musicbench.victim import Victim
 
 Threat = Literal["white-box", "black-box"]
@@ -53,6 +54,10 @@ class Attack(Component, abc.ABC):
     """
 
     threat: ClassVar[Threat] = "white-box"
+
+    def prepare(self, ctx: Context) -> None:
+        """Load what the attack needs besides the victim (an inpainter, say) before the first
+        batch; ``ctx.inpainter(name, params)`` resolves inpainters. Default: nothing."""
 
     def bound(self) -> Bound | None:
         """The norm bound this attack promises to respect, or None (region/unbounded attacks)."""

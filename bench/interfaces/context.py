@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from musicbench.interfaces.dataset import Dataset
+    from musicbench.interfaces.inpainter import Inpainter
 
 
 class ProgressTask(Protocol):
@@ -48,13 +49,16 @@ class Context:
     """Where to cache, which device, how to report progress, how to find other components.
 
     ``dataset`` resolves a dataset by registered name and parameter mapping (already prepared),
-    so a model can train on the dataset it names. ``allow_training=False`` makes a model without
-    a cached checkpoint raise :class:`musicbench.errors.NotTrainedError` instead of training.
+    so a model can train on the dataset it names; ``inpainter`` likewise resolves a loaded
+    inpainter (MAIA names the one it uses). ``allow_training=False`` makes a model or inpainter
+    without a cached checkpoint raise :class:`musicbench.errors.NotTrainedError` instead of
+    training.
     """
 
     cache_dir: Path
     device: torch.device
     progress: Progress = field(default_factory=NullProgress)
     dataset: Callable[[str, dict[str, Any]], Dataset] | None = None
+    inpainter: Callable[[str, dict[str, Any]], Inpainter] | None = None
     allow_training: bool = True
     seed: int = 0
