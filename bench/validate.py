@@ -102,7 +102,7 @@ def validate_plugin(
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
     report = ValidationReport(kind, name)
     checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
-              "metric": _metric}
+              "metric": _metric, "inpainter": _inpainter}
     if kind not in checks:
         report.check("instantiates", lambda: ws.make(kind, name, params))
         return report
@@ -307,6 +307,75 @@ def _metric(ws: Workspace, name: str, params: dict[str, Any], report: Validation
         assert v.shape == (3,), f"shape {tuple(v.shape)}"
         assert torch.isfinite(v).all(), "non-finite values"
     report.check("one finite value per pair", shape)
+
+
+def _inpainter(ws: Workspace, name: str, params: dict[str, Any],
+               report: ValidationReport) -> None:
+    """Loads; keeps unmasked samples bit-identical; fills every gap (middle, clip edges,
+    several per row) with finite, non-silent audio in [-1, 1]; deterministic; gradients reach
+    the audio, and reach z wherever a small change of z changes the fill."""
+    inpainter = report.check("loads (training it if it must)",
+                             lambda: ws.inpainter(name, params))
+    if inpainter is None:
+        return
+    device = ws.device
+    sr = inpainter.sample_rate
+    x = tone_batch(3, 2 * sr + 37, seed=7, device=device)  # odd length
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[0, sr - 2000 : sr + 2000] = True  # one gap in the middle
+    mask[1, :3000] = True  # at the clip's start and end
+    mask[1, -2500:] = True
+    mask[2, 5000:7000] = True  # several gaps of different lengths
+    mask[2, 16000:22000] = True
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = report.check(f"sample_latent -> [B, latent_dim={inpainter.latent_dim}], finite",
+                     lambda: _latent(inpainter, gen))
+    if z is None:
+        return
+
+    def contract() -> torch.Tensor:
+        with torch.no_grad():
+            y = inpainter.inpaint(x, mask, z)
+        assert y.shape == x.shape and y.dtype == x.dtype, f"{tuple(y.shape)} {y.dtype}"
+        assert y.device == x.device, f"device {y.device}, input on {x.device}"
+        assert torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]"
+        assert torch.equal(y[~mask], x[~mask]), "unmasked samples changed"
+        for b in range(3):
+            rms = float(y[b][mask[b]].square().mean().sqrt())
+            assert rms > 1e-3, f"row {b}: the gaps stay (nearly) silent (rms {rms:.2g})"
+        return y
+    y = report.check("fills the gaps: shape, dtype, finite, [-1, 1], unmasked samples "
+                     "unchanged, non-silent", contract)
+    if y is None:
+        return
+    with torch.no_grad():
+        again = inpainter.inpaint(x, mask, z)
+    report.check("deterministic", lambda: _assert(torch.equal(again, y), "two calls differ"))
+
+    def gradients() -> None:
+        xg, zg = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        out = inpainter.inpaint(xg, mask, zg)
+        weight = tone_batch(3, x.shape[1], seed=8, device=device)  # a generic loss
+        gx, gz = torch.autograd.grad((out * weight * mask).sum(), (xg, zg), allow_unused=True)
+        assert gx is not None and torch.isfinite(gx).all(), "no finite gradient in the audio"
+        assert gx.abs().sum() > 0, "zero gradient in the audio through the fill"
+        if inpainter.latent_dim == 0:
+            return
+        gz = torch.zeros_like(z) if gz is None else gz
+        assert torch.isfinite(gz).all(), "non-finite gradient in z"
+        with torch.no_grad():
+            moved = inpainter.inpaint(x, mask, z + 1e-3 * torch.sign(z + 0.5))
+        changes = (moved - y).abs().amax(dim=1) > 1e-6
+        assert not bool((changes & (gz.abs().sum(1) == 0)).any()), \
+            "the fill moves with z but its gradient in z is zero"
+    report.check("differentiable in the audio and in z", gradients)
+
+
+def _latent(inpainter, gen: torch.Generator) -> torch.Tensor:  # noqa: ANN001
+    z = inpainter.sample_latent(3, gen)
+    assert z.shape == (3, inpainter.latent_dim), f"shape {tuple(z.shape)}"
+    assert torch.isfinite(z).all(), "non-finite latent"
+    return z
 
 
 def _assert(cond: bool, message: str) -> None:

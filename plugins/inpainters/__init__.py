@@ -5,4 +5,5 @@ from musicbench import hookimpl
 
 @hookimpl
 def register_inpainters(register):
-    pass  # registrations are added as the inpainter modules land
+    register("baseline", "musicbench_plugins.inpainters.baseline:BaselineInpainter",
+             summary="non-learned: copies the passage of the clip whose context matches the gap")
