@@ -6,6 +6,14 @@ from musicbench import hookimpl
 @hookimpl
 def register_attacks(register):
     register("pgd", "musicbench_plugins.attacks.pgd:PGD",
-             summary="projected gradient descent, L-inf on the waveform (Madry et al. 2018)")
+             summary="projected gradient descent, L-inf or L2 on the waveform (Madry et al. "
+                     "2018)")
     register("fgsm", "musicbench_plugins.attacks.fgsm:FGSM",
              summary="fast gradient sign method, one L-inf step (Goodfellow et al. 2015)")
+    register("cw", "musicbench_plugins.attacks.cw:CW",
+             summary="Carlini & Wagner L2 with binary search over c (Carlini & Wagner 2017)")
+    register("nes", "musicbench_plugins.attacks.nes:NES",
+             summary="black-box NES gradient estimates + L-inf PGD steps (Ilyas et al. 2018)")
+    register("zoo", "musicbench_plugins.attacks.zoo:ZOO",
+             summary="black-box ZOO-ADAM, finite differences over random coordinate blocks "
+                     "(Chen et al. 2017)")

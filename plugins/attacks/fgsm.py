@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.interfaces import AttackResult
+from musicbench.interfaces import AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
@@ -33,6 +33,9 @@ class FGSM(PGD):
 
     version = "1"
     Params = FGSMParams
+
+    def bound(self) -> Bound:
+        return Bound("linf", self.params.eps)
 
     def run(
         self,

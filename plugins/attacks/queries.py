@@ -1,0 +1,48 @@
+"""Scoring for score-based (black-box) attacks: many perturbed copies of each clip, scored
+through the Victim in bounded chunks, every row counted as one query of its clip."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from musicbench.victim import Victim
+
+Objective = Literal["margin", "cross-entropy"]
+
+
+@torch.no_grad()
+def score_rows(
+    victim: Victim,
+    rows: torch.Tensor,
+    target: torch.Tensor,
+    index: torch.Tensor,
+    objective: Objective,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows[R, T]``, each a copy of clip ``index[R]`` whose label is ``target[R]`` ->
+    ``(value[R], margin[R])`` from one counted forward per row: ``value`` is the quantity the
+    attack lowers (the victim's margin, or minus its cross-entropy) and ``margin`` (> 0 while
+    the model is right) says which rows already succeed. At most ``chunk`` rows per forward
+    pass (memory only)."""
+    values, margins = [], []
+    for start in range(0, rows.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        loss, margin = victim.loss_and_margin(rows[sl], target[sl], index=index[sl])
+        values.append(margin if objective == "margin" else -loss)
+        margins.append(margin)
+    if not values:
+        return rows.new_zeros(0), rows.new_zeros(0)
+    return torch.cat(values), torch.cat(margins)
+
+
+def remaining_budget(victim: Victim, budget: int, active: torch.Tensor) -> int:
+    """Queries every clip in ``active`` may still spend: the attack's own budget or the
+    victim's, whichever is smaller, minus what the clip has spent (the least of them, so a
+    planned batch never pushes any clip over)."""
+    if victim.budget is not None:
+        budget = min(budget, victim.budget)
+    if active.numel() == 0:
+        return 0
+    return budget - int(victim.queries[active].max())
