@@ -61,7 +61,7 @@ class MAIAWBParams:
     latent_alpha: float = 0.1
     reinpaint: bool = True
     reinpaint_blend: float = 0.2
-    lambda_rec: float = 1.0
+    lambda_rec: float = 0.5
     lambda_att: float = 1.0
     distance: Literal["logmag", "waveform"] = "logmag"
     balance: Literal["normalized", "raw"] = "normalized"
@@ -125,6 +125,7 @@ class MAIAWB(InpainterAttack):
     version = "1"
     Params = MAIAWBParams
 
+    @torch.enable_grad()  # steps need gradients even if the caller runs under no_grad
     def run(self, victim: Victim, audio: torch.Tensor, target: torch.Tensor, *,
             generator: torch.Generator) -> AttackResult:
         p = self.params
