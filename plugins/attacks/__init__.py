@@ -17,3 +17,9 @@ def register_attacks(register):
     register("zoo", "musicbench_plugins.attacks.zoo:ZOO",
              summary="black-box ZOO-ADAM, finite differences over random coordinate blocks "
                      "(Chen et al. 2017)")
+    register("maia-wb", "musicbench_plugins.attacks.maia_wb:MAIAWB",
+             summary="MAIA white-box: Grad-CAM regions re-inpainted under gradient steps "
+                     "(Liu et al. 2025)")
+    register("maia-bb", "musicbench_plugins.attacks.maia_bb:MAIABB",
+             summary="MAIA black-box: occlusion regions, CMA-ES over the inpainter's latent "
+                     "(Liu et al. 2025)")
