@@ -21,7 +21,8 @@ ISMIR 2025 (arXiv 2509.04980), as DESIGN.md section 9 reads it:
 
 Readings of what the paper leaves open (population size, sigma, bounds, fitness): z is searched
 in the inpainter's latent box (its ``latent_range``, :func:`.maia_masks.latent_bounds`),
-normalised to [0, 1]^D with pycma's bound handling; x0 is a draw from the inpainter's prior;
+normalised to [0, 1]^D with pycma's bound handling (a 1-D latent gets a second, unused
+coordinate: pycma does not run in one dimension); x0 is a draw from the inpainter's prior;
 ``sigma0`` is in units of the box width; ``population`` None is pycma's default
 4 + floor(3 ln D). pycma's seed comes from the generator passed in, one per clip and region.
 """
@@ -139,7 +140,7 @@ class MAIABB(InpainterAttack):
                 if not running:
                     break
                 asked = {i: searches[i].ask() for i in running}
-                u = torch.tensor([[list(c) for c in asked[i]] for i in running],
+                u = torch.tensor([[list(c)[:dim] for c in asked[i]] for i in running],
                                  dtype=audio.dtype, device=device)  # [n, pop, D]
                 z = (lo + (hi - lo) * u.clamp(0, 1)).reshape(-1, dim)
                 rows = torch.tensor(running, device=device).repeat_interleave(pop)
@@ -176,6 +177,8 @@ class MAIABB(InpainterAttack):
         lo, hi = latent_bounds(inpainter)
         z0 = inpainter.sample_latent(1, generator).reshape(-1).double().cpu()
         x0 = ((z0 - lo) / (hi - lo)).clamp(0, 1).tolist()
+        if dim == 1:  # pycma cannot tell() in one dimension: add a coordinate nothing reads
+            x0.append(0.5)
         seed = int(torch.randint(1, 2**31 - 1, (1,), generator=generator,
                                  device=generator.device))
         opts = {"seed": seed, "verbose": -9, "bounds": [0.0, 1.0], "popsize": pop,
