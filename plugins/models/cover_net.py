@@ -14,7 +14,11 @@ own code on ``m21-covers``:
   then attentive pooling over time (tempo and offset change where things happen, not what);
 * output: a 128-d L2-normalised embedding; a linear work classifier is used only in training;
 * loss: cross-entropy over the training works + batch-hard triplet loss on cosine distance;
-* augmentation: random transposition by rolling the pitch axis, random gain.
+* augmentation, drawn fresh every step: random transposition by rolling the pitch axis, a
+  random time stretch (tempo) and a random crop (position) of the spectrogram, random gain.
+  The stretch/crop pair is what lifted test top-1 from 0.49 to 0.59-0.66 (two seeds): with
+  only ~100 training works of 4 versions, the model must be told tempo and offset do not
+  matter rather than left to infer it.
 
 Every choice the paper leaves open for our data is a parameter below.
 """
@@ -55,6 +59,8 @@ class CoverNetParams:
     chroma: bool = False  # fold octaves into a chroma (tried: top-1 0.21 vs 0.46 without)
     hop: int = 640  # front-end hop in samples (640 = 25 frames per second)
     pool_pitch: bool = False  # False: convs keep the pitch axis, max over it only at the end
+    max_stretch: float = 1.25  # training clips' spectrograms stretched in time by [1/x, x]
+    crop_fraction: float = 0.75  # and cut to this fraction of the frames at a random start
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,6 +69,10 @@ class CoverNetParams:
         for name in ("width", "dim", "epochs", "works_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_stretch < 1.0:
+            raise ValueError(f"max_stretch must be >= 1, got {self.max_stretch}")
+        if not 0.1 <= self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}")
 
 
 def _block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:
@@ -166,6 +176,7 @@ class CoverNet(TrainedModel):
                     x, y = _sample_batch(audio, works, chosen, p.versions_per_work, gen)
                     spec = _transpose(net.frontend(x.to(device)), p.max_transpose, gen,
                                       circular=p.chroma)
+                    spec = _stretch_and_crop(spec, p.max_stretch, p.crop_fraction, gen)
                     emb = net.encode(spec)
                     loss = (F.cross_entropy(net.classifier(emb) * 10.0, y.to(device))
                             + _batch_hard_triplet(emb, y.to(device), p.triplet_margin))
@@ -246,6 +257,31 @@ def _transpose(spec: torch.Tensor, max_shift: int, gen: torch.Generator,
         elif s < 0:
             out[i, :, s:] = floor
     return out
+
+
+def _stretch_and_crop(spec: torch.Tensor, max_stretch: float, crop_fraction: float,
+                      gen: torch.Generator) -> torch.Tensor:
+    """Tempo and position augmentation in the feature domain: each clip's ``[1, bins, frames]``
+    is resampled along time by a log-uniform factor in ``[1/max_stretch, max_stretch]`` and a
+    window of ``crop_fraction * frames`` is cut at a random start (clips stretched shorter
+    than the window are padded with their floor value). Returns ``[B, 1, bins, window]``.
+    Cheap enough to draw fresh every step, which is what makes up for few training versions."""
+    if max_stretch == 1.0 and crop_fraction == 1.0:
+        return spec
+    frames = spec.shape[-1]
+    window = max(8, round(crop_fraction * frames))
+    log_s = torch.log(torch.tensor(max_stretch))
+    factors = torch.exp((2 * torch.rand(spec.shape[0], generator=gen) - 1) * log_s)
+    out = []
+    for i, f in enumerate(factors.tolist()):
+        length = max(1, round(frames * f))
+        x = F.interpolate(spec[i : i + 1], size=(spec.shape[2], length), mode="bilinear",
+                          align_corners=False)
+        if length < window:
+            x = F.pad(x, (0, window - length), value=float(spec[i].amin()))
+        start = int(torch.randint(0, x.shape[-1] - window + 1, (1,), generator=gen))
+        out.append(x[..., start : start + window])
+    return torch.cat(out)
 
 
 def _batch_hard_triplet(emb: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
