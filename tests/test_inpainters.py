@@ -142,3 +142,138 @@ def test_baseline_passes_validation():
     failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
     assert not failed, failed
     assert len(report.checks) >= 5
+
+
+# -- spectral helpers -------------------------------------------------------------------------
+
+
+def test_overlap_add_inverts_the_stft_where_frames_overlap_fully():
+    from musicbench_plugins.inpainters.spectral import SpectralView
+
+    view = SpectralView(256, 64, 16, 50.0)
+    x = tone_batch(2, view.samples(40), seed=6)
+    y = view.overlap_add(view.stft(x))
+    assert torch.allclose(y[:, 256:-256], x[:, 256:-256], atol=1e-5)
+
+
+def test_phase_continuation_predicts_a_steady_sinusoid():
+    from musicbench_plugins.inpainters.spectral import SpectralView, continue_phase
+
+    view = SpectralView(256, 64, 16, 50.0)
+    f = 1000.0  # not on a bin centre
+    x = torch.sin(2 * math.pi * f * torch.arange(view.samples(20)) / SR)[None]
+    spec = view.stft(x)
+    predicted = continue_phase(spec[..., 8:10], 4, 64, 256)
+    peak = int(spec[0, :, 0].abs().argmax())
+    err = torch.remainder(predicted[0, peak] - torch.angle(spec[0, peak, 10:14]) + math.pi,
+                          2 * math.pi) - math.pi
+    assert err.abs().max() < 1e-2
+
+
+# -- gacela -----------------------------------------------------------------------------------
+
+TINY = {"n_fft": 256, "hop": 64, "n_mels": 16, "gap_frames": 8, "context_frames": 16,
+        "latent_dim": 8, "width": 2, "stft_critic_context": [4], "mel_critic_context": [8],
+        "critic_frames": 8, "steps": 3, "batch_size": 4, "critic_steps": 1,
+        "learning_rate": 1e-3, "gl_iterations": 4, "edge_ramp": 32,
+        "train_dataset": "toy-tones", "train_dataset_params": {"clips": 12, "seconds": 1.0}}
+
+
+@pytest.fixture
+def workspace(toy_plugins, tmp_path):
+    from musicbench.workspace import Workspace
+
+    return Workspace(toy_plugins, cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+
+
+@pytest.fixture
+def gacela(workspace):
+    return workspace.inpainter("gacela", TINY)  # trains 3 steps on first use
+
+
+def test_gacela_trains_on_first_use_and_reloads_the_same_weights(workspace, gacela):
+    from musicbench.workspace import Workspace
+
+    files = list((workspace.ctx.cache_dir / "inpainters").glob("gacela-*.safetensors"))
+    assert len(files) == 1
+    assert gacela.training_summary["train_seconds"] >= 0
+    fresh = Workspace(workspace.plugins, cache_dir=workspace.ctx.cache_dir,
+                      device=torch.device("cpu"), allow_training=False)
+    again = fresh.inpainter("gacela", TINY)  # loads, must not train
+    x = tone_batch(2, SR, seed=3)
+    mask = _masks(2, SR)
+    z = gacela.sample_latent(2, torch.Generator().manual_seed(1))
+    assert torch.equal(gacela.inpaint(x, mask, z), again.inpaint(x, mask, z))
+    assert again.training_summary["dataset"] == "toy-tones"
+
+
+def test_gacela_without_checkpoint_refuses_to_train_when_told(toy_plugins, tmp_path):
+    from musicbench.errors import NotTrainedError
+    from musicbench.workspace import Workspace
+
+    ws = Workspace(toy_plugins, cache_dir=tmp_path, device=torch.device("cpu"),
+                   allow_training=False)
+    with pytest.raises(NotTrainedError, match="musicbench train gacela"):
+        ws.inpainter("gacela", TINY)
+
+
+def test_gacela_keeps_unmasked_samples_and_fills_middle_edge_and_several_gaps(gacela):
+    x = tone_batch(3, 2 * SR, seed=1)
+    mask = _masks(3, 2 * SR)  # gaps of 1000 .. 4096 samples: the longer ones take chunks
+    z = gacela.sample_latent(3, torch.Generator().manual_seed(0))
+    y = gacela.inpaint(x, mask, z)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.equal(y[~mask], x[~mask])
+    assert torch.isfinite(y).all() and y.abs().max() <= 1.0
+    for b in range(3):
+        for s, e in gap_runs(mask[b]):
+            assert y[b, s:e].square().mean().sqrt() > 1e-3, (b, s, e)
+
+
+def test_gacela_is_deterministic_and_ignores_what_the_gap_held(gacela):
+    x = tone_batch(2, SR, seed=2)
+    mask = _masks(2, SR)
+    z = gacela.sample_latent(2, torch.Generator().manual_seed(0))
+    y = gacela.inpaint(x, mask, z)
+    assert torch.equal(y, gacela.inpaint(x, mask, z))
+    scribbled = torch.where(mask, torch.rand_like(x) - 0.5, x)
+    assert torch.equal(y, gacela.inpaint(scribbled, mask, z))
+
+
+def test_gacela_fills_each_row_as_if_alone(gacela):
+    x = tone_batch(3, 2 * SR, seed=4)
+    mask = _masks(3, 2 * SR)
+    z = gacela.sample_latent(3, torch.Generator().manual_seed(2))
+    together = gacela.inpaint(x, mask, z)
+    for b in range(3):
+        alone = gacela.inpaint(x[b : b + 1], mask[b : b + 1], z[b : b + 1])
+        assert torch.allclose(alone[0], together[b], atol=1e-5), b
+
+
+def test_gacela_gradients_reach_z_and_the_audio_through_the_fill(gacela):
+    x = tone_batch(2, SR, seed=5).requires_grad_(True)
+    z = gacela.sample_latent(2, torch.Generator().manual_seed(3)).requires_grad_(True)
+    mask = _masks(2, SR)
+    y = gacela.inpaint(x, mask, z)
+    gx, gz = torch.autograd.grad((y * mask).square().sum(), (x, z))
+    assert torch.isfinite(gx).all() and torch.isfinite(gz).all()
+    assert (gz.abs().sum(1) > 0).all()
+    assert gx[~mask].abs().sum() > 0  # through the context encoders
+    other = gacela.inpaint(x.detach(), mask, -z.detach())
+    assert not torch.equal(other, y.detach()), "the latent does not change the fill"
+
+
+def test_gacela_passes_validation(toy_plugins, gacela):
+    report = validate_plugin("gacela", kind="inpainter", device="cpu", plugins=toy_plugins,
+                             params=TINY)
+    failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
+    assert not failed, failed
+
+
+def test_gacela_params_are_range_checked():
+    from musicbench_plugins.inpainters.gacela import GacelaParams
+
+    with pytest.raises(ValueError, match="multiple of 4"):
+        GacelaParams(gap_frames=30)
+    with pytest.raises(ValueError, match="critic contexts"):
+        GacelaParams(stft_critic_context=(100,))
