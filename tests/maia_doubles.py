@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from musicbench.interfaces import Context, Inpainter, TargetModel
+from torch import nn
 
 
 class PatternInpainter(Inpainter):
@@ -21,7 +20,7 @@ class PatternInpainter(Inpainter):
     gap_seconds = 0.05
     latent_range = (-1.0, 1.0)
 
-    def __init__(self, params=None, *, period: int = 64, amplitude: float = 0.5, seed: int = 0):  # noqa: ANN001
+    def __init__(self, params=None, *, period: int = 64, amplitude: float = 0.5, seed: int = 0):
         super().__init__(params)
         self.name = "pattern"
         g = torch.Generator().manual_seed(seed)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import pytest
 import scipy.signal
 import torch
-
 from maia_doubles import LoudnessClassifier, PatternInpainter
 from musicbench.errors import GradientRefusedError
 from musicbench.testing import TinyClassifier
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.gradcam import cam_regions, gradcam, row_bands
 from musicbench_plugins.attacks.maia_masks import RegionFiller, Regions, top_segments
-from musicbench_plugins.attacks.occlusion import occlusion_cost, occlusion_regions, tukey
+from musicbench_plugins.attacks.occlusion import (
+    occlusion_cost,
+    occlusion_regions,
+    tukey,
+)
 
 SR = 16_000
 
@@ -63,7 +66,7 @@ def test_gradcam_on_tiny_classifier_follows_the_evidence_for_the_class(freq, rai
     x = _burst_clip(8_000, 5_600, 800, freq=freq)
     with torch.no_grad():
         y = victim.predict(x)
-        true_logit = lambda a: victim.scores(a, count=False)[0, y[0]]  # noqa: E731
+        true_logit = lambda a: victim.scores(a, count=False)[0, y[0]]
         assert bool(true_logit(x) > true_logit(background)) == raises_true_class
     victim.reset_counters(1)
     regions = cam_regions(gradcam(victim, x, y), 8_000, 800, 1)
@@ -174,7 +177,7 @@ def test_tf_box_fill_stays_in_its_band_and_near_its_segment():
     assert not (out != x)[0, ~support].any()  # bit-identical outside n_fft / 2 of the box
     assert int(support.sum()) == 1_600 + 512
     window = torch.hann_window(512)
-    spec = lambda a: torch.stft(a, 512, 128, window=window, return_complex=True).abs()  # noqa: E731
+    spec = lambda a: torch.stft(a, 512, 128, window=window, return_complex=True).abs()
     diff = (spec(out) - spec(x))[0, :, 50:60]  # frames inside the segment
     freqs = torch.linspace(0, SR / 2, diff.shape[0])
     inside = (freqs > 2_100) & (freqs < 3_900)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from maia_doubles import PatternInpainter, context_with
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
@@ -48,8 +47,8 @@ def _runs(changed: torch.Tensor) -> list[tuple[int, int]]:
 
 # -- white box --------------------------------------------------------------------------------
 
-STRONG = dict(regions=2, alpha=0.05, lambda_rec=0.5, iterations=10, gap_seconds=0.15,
-              reinpaint=False)
+STRONG = {"regions": 2, "alpha": 0.05, "lambda_rec": 0.5, "iterations": 10, "gap_seconds": 0.15,
+          "reinpaint": False}
 
 
 def test_maia_wb_succeeds_stops_early_and_touches_only_its_regions(model, batch, tmp_path):
@@ -86,8 +85,9 @@ def test_maia_wb_is_deterministic_for_a_seed(model, batch, tmp_path):
 @pytest.mark.parametrize("update", ["waveform", "latent"])
 def test_maia_wb_steps_lower_the_margin_below_the_plain_inpaint(model, batch, tmp_path, update):
     x, y = batch
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    common = dict(regions=1, lambda_rec=0.0, gap_seconds=0.1, update=update, latent_alpha=0.3)
+    gen = lambda: torch.Generator().manual_seed(0)
+    common = {"regions": 1, "lambda_rec": 0.0, "gap_seconds": 0.1, "update": update,
+              "latent_alpha": 0.3}
     plain = _attack(MAIAWB, MAIAWBParams(iterations=0, **common), tmp_path)
     steered = _attack(MAIAWB, MAIAWBParams(iterations=5, **common), tmp_path)
     victim = Victim(model)
@@ -172,7 +172,7 @@ def test_maia_bb_is_deterministic_for_a_seed_and_succeeds(model, batch, tmp_path
     x, y = batch
     params = MAIABBParams(budget=150, regions=2, gap_seconds=0.1)
     attack = _attack(MAIABB, params, tmp_path)
-    run = lambda seed: attack(Victim(model, allow_gradients=False, budget=150), x, y,  # noqa: E731
+    run = lambda seed: attack(Victim(model, allow_gradients=False, budget=150), x, y,
                               generator=torch.Generator().manual_seed(seed))
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a.adv, b.adv) and torch.equal(a.queries, b.queries)

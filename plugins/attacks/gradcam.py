@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
 from musicbench.victim import Victim, margin_from_logits
 from musicbench_plugins.attacks.maia_masks import Regions, top_segments
 
@@ -84,7 +83,7 @@ def gradcam(
     module = net.get_submodule(layer)
     acts: list[torch.Tensor] = []
 
-    def hook(_mod, _inp, out):  # noqa: ANN001, ANN202
+    def hook(_mod, _inp, out):
         acts.append(out[0] if isinstance(out, (tuple, list)) else out)
 
     handle = module.register_forward_hook(hook)

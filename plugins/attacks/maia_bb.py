@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
 from musicbench.interfaces import AttackResult
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.maia_masks import MaskKind, RegionFiller, latent_bounds
@@ -171,7 +170,7 @@ class MAIABB(InpainterAttack):
         done[active] = success
         return self._result(victim, adv, done, steps)
 
-    def _cma(self, cma, inpainter, generator: torch.Generator, dim: int, pop: int):  # noqa: ANN001, ANN202
+    def _cma(self, cma, inpainter, generator: torch.Generator, dim: int, pop: int):
         """One CMA-ES search in the latent box normalised to [0, 1]^dim, seeded from
         ``generator``; x0 is a prior draw."""
         lo, hi = latent_bounds(inpainter)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-
 from musicbench.interfaces import Inpainter
 
 MaskKind = Literal["time", "tf-box"]
@@ -67,7 +66,7 @@ def top_segments(curve: torch.Tensor, width: int, count: int
     ``valid bool[B, count])``; a window is never placed where it would overlap a better one,
     and ``valid`` is False once a clip has no room left. ``width`` is clipped to ``N``.
     """
-    batch, n = curve.shape
+    n = curve.shape[1]
     width = max(1, min(width, n))
     csum = torch.nn.functional.pad(curve.double().cumsum(1), (1, 0))
     sums = csum[:, width:] - csum[:, :-width]  # [B, N - width + 1]
@@ -177,7 +176,7 @@ class RegionFiller:
         n_fft = self.n_fft
         if samples < n_fft // 2 + 1:  # too short for reflect-padded frames: time mask only
             return filled
-        spec = lambda a: torch.stft(a, n_fft, self.hop, window=window, return_complex=True)  # noqa: E731
+        spec = lambda a: torch.stft(a, n_fft, self.hop, window=window, return_complex=True)
         x, y = spec(clean), spec(filled)  # [B, F, frames]
         frames = x.shape[-1]
         centres = (torch.arange(frames, device=clean.device) * self.hop).clamp(max=samples - 1)

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-
 from musicbench.interfaces import Attack, AttackResult, Context, Inpainter
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.gradcam import CamScore, cam_regions, gradcam
@@ -206,7 +205,7 @@ class MAIAWB(InpainterAttack):
             return torch.autograd.grad(objective.sum(), var)[0]
         g_att = torch.autograd.grad(loss.sum(), var, retain_graph=True)[0]
         g_rec = torch.autograd.grad(dist.sum(), var)[0]
-        unit = lambda g: g / g.flatten(1).norm(dim=1).clamp(min=1e-20).view(  # noqa: E731
+        unit = lambda g: g / g.flatten(1).norm(dim=1).clamp(min=1e-20).view(
             -1, *([1] * (g.dim() - 1)))
         return p.lambda_rec * unit(g_rec) - p.lambda_att * unit(g_att)
 
@@ -220,7 +219,7 @@ class MAIAWB(InpainterAttack):
         n_fft = self.params.n_fft
         hop = n_fft // 4
         window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-        spec = lambda a: torch.log(  # noqa: E731
+        spec = lambda a: torch.log(
             torch.stft(a, n_fft, hop, window=window, return_complex=True).abs() + 1e-5)
         diff = (spec(xh) - spec(x)).square()  # [B, F, frames]
         centres = (torch.arange(diff.shape[-1], device=x.device) * hop).clamp(max=x.shape[1] - 1)

@@ -21,12 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
-
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.maia_masks import Regions
 
 
-def tukey(length: int, alpha: float, *, device=None, dtype=torch.float32) -> torch.Tensor:  # noqa: ANN001
+def tukey(length: int, alpha: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Tukey (tapered cosine) window of ``length`` samples: flat top, cosine ramps over the
     fraction ``alpha`` of the window (scipy.signal.windows.tukey, sym=True)."""
     if length <= 1 or alpha <= 0:
