@@ -108,9 +108,11 @@ class Victim:
                 self.gradient_calls += 1
             return
         index = index.to(audio.device)
-        if self.budget is not None and int(self.queries[index].max()) + draws > self.budget:
+        # One call may carry several rows of one sample (a population): check the sum.
+        added = torch.zeros_like(self.queries).index_add_(0, index, torch.full_like(index, draws))
+        if self.budget is not None and int((self.queries + added).max()) > self.budget:
             raise QueryBudgetExceededError(f"query budget of {self.budget} per sample spent")
-        self.queries.index_add_(0, index, torch.full_like(index, draws))
+        self.queries += added
         if grad:
             self.gradient_calls.index_add_(0, index, torch.ones_like(index))
 

@@ -92,3 +92,16 @@ def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
     assert victim.used_eot and victim.used_bpda
     assert victim.queries.tolist() == [4, 4]  # every EOT draw is a query
     assert x.grad is not None and x.grad.abs().sum() > 0  # BPDA passed the gradient through
+
+
+def test_budget_counts_every_row_of_a_population_sent_in_one_call(model):
+    victim = Victim(model, budget=5, allow_gradients=False)
+    x = tone_batch(2, model.input_samples)
+    victim.reset_counters(2)
+    victim.scores(x)  # one query each
+    population = x[:1].expand(5, -1)  # five candidates of sample 0: 1 + 5 > 5
+    with pytest.raises(QueryBudgetExceededError):
+        victim.scores(population, index=torch.zeros(5, dtype=torch.long))
+    assert victim.queries.tolist() == [1, 1]  # refused before counting or running
+    victim.scores(population[:4], index=torch.zeros(4, dtype=torch.long))
+    assert victim.queries.tolist() == [5, 1]
