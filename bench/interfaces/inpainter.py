@@ -22,6 +22,11 @@ class Inpainter(Component, abc.ABC):
 
     sample_rate: ClassVar[int] = 16_000
     latent_dim: ClassVar[int] = 0
+    gap_seconds: float | None = None
+    """The gap length the inpainter is built for (MAIA's default region length); None = any.
+    A subclass whose gap depends on its parameters overrides this with a property."""
+    latent_range: tuple[float, float] | None = None
+    """The box the prior of ``z`` lives in (black-box search bounds); None = unbounded."""
 
     @abc.abstractmethod
     def load(self, ctx: Context) -> None:
