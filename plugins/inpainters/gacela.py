@@ -66,10 +66,13 @@ from musicbench_plugins.inpainters.spectral import (
 )
 
 
+INFERENCE_ONLY = frozenset({"gl_iterations", "edge_ramp"})  # not part of the checkpoint key
+
+
 @dataclass(frozen=True)
 class GacelaParams:
-    """Views, architecture, training recipe and reconstruction; every field is part of the
-    checkpoint key (reconstruction fields too: simpler than two keys, costs a retrain)."""
+    """Views, architecture, training recipe and reconstruction. Every field but the
+    reconstruction ones (``INFERENCE_ONLY``) is part of the checkpoint key."""
 
     train_dataset: str = "m21-styles"
     train_dataset_params: dict[str, Any] = field(default_factory=dict)
@@ -80,18 +83,21 @@ class GacelaParams:
     gap_frames: int = 36  # G: generated frames (multiple of 4)
     context_frames: int = 64  # C: context frames each side (0.51 s)
     latent_dim: int = 64
-    width: int = 16  # channels of the first conv; the rest scale with it
+    width: int = 8  # channels of the first conv; the rest scale with it
     stft_critic_context: tuple[int, ...] = (8, 32)
     mel_critic_context: tuple[int, ...] = (64,)
     critic_frames: int = 32
-    steps: int = 600  # generator updates
-    batch_size: int = 32
+    steps: int = 400  # generator updates
+    batch_size: int = 16  # 8 segments, each with two latents
     critic_steps: int = 2
-    learning_rate: float = 1e-4
+    learning_rate: float = 4e-4  # GACELA: 1e-4 (too slow for minutes of training)
     gp_weight: float = 10.0
     l1_weight: float = 10.0  # 0 = GACELA's purely adversarial generator loss
+    prior_frames: int = 8  # context frames averaged for the decoder's prior (0: none)
+    diversity_weight: float = 10.0  # weight of the mode-seeking term (keeps z in use)
+    latent_spread: float = 0.1  # the spread it asks for (scaled log-magnitude per unit of z)
     edge_prob: float = 0.1  # per side: silence the outer part of the context (clip edges)
-    gl_iterations: int = 16
+    gl_iterations: int = 32
     edge_ramp: int = 128  # samples of offset correction inside each gap edge
     seed: int = 0
 
@@ -108,6 +114,9 @@ class GacelaParams:
             raise ValueError(f"gap_frames must be a multiple of 4, got {self.gap_frames}")
         if self.context_frames < self.n_fft // self.hop:
             raise ValueError(f"context_frames must be >= n_fft / hop = {self.n_fft // self.hop}")
+        if not 0 <= self.prior_frames <= self.context_frames:
+            raise ValueError(f"prior_frames must lie in [0, context_frames], got "
+                             f"{self.prior_frames}")
         contexts = self.stft_critic_context + self.mel_critic_context
         if not contexts:
             raise ValueError("at least one critic: stft_critic_context or mel_critic_context")
@@ -115,8 +124,11 @@ class GacelaParams:
             raise ValueError(f"critic contexts must lie in [0, context_frames], got {contexts}")
         if not self.range_db > 0:
             raise ValueError(f"range_db must be > 0, got {self.range_db}")
-        for name in ("learning_rate", "gp_weight", "l1_weight", "edge_prob", "gl_iterations",
-                     "edge_ramp"):
+        if self.batch_size % 2:
+            raise ValueError(f"batch_size must be even (rows come in pairs), got "
+                             f"{self.batch_size}")
+        for name in ("learning_rate", "gp_weight", "l1_weight", "diversity_weight",
+                     "latent_spread", "edge_prob", "gl_iterations", "edge_ramp"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.edge_prob > 1:
@@ -168,7 +180,8 @@ class GacelaInpainter(Inpainter):
         return ds
 
     def _checkpoint(self, ctx: Context, ds: Dataset) -> Path:
-        blob = json.dumps([self.version, asdict(self.params), ds.fingerprint()], sort_keys=True)
+        trained = {k: v for k, v in asdict(self.params).items() if k not in INFERENCE_ONLY}
+        blob = json.dumps([self.version, trained, ds.fingerprint()], sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return ctx.cache_dir / "inpainters" / f"gacela-{key}.safetensors"
 
@@ -211,7 +224,7 @@ class GacelaInpainter(Inpainter):
         opt_d = torch.optim.Adam(critics.parameters(), lr=p.learning_rate, betas=(0.5, 0.9))
         gen = torch.Generator().manual_seed(p.seed)
         t0 = time.perf_counter()
-        history: list[tuple[float, float, float]] = []
+        history: list[tuple[float, float, float, float]] = []
         with ctx.progress("training gacela on " + ds.name, total=p.steps) as task:
             for step in range(p.steps):
                 net.train()
@@ -219,28 +232,32 @@ class GacelaInpainter(Inpainter):
                     batch = self._batch(bank, seg_len, gen, device)
                     z = _uniform(p.batch_size, p.latent_dim, gen, device)
                     with torch.no_grad():
-                        fake = net(batch["left"], batch["right"], z)
+                        fake = net(batch["left"], batch["right"], z, batch["prior"])
                     d_loss = self._critic_loss(critics, batch, fake, gen)
                     opt_d.zero_grad(set_to_none=True)
                     d_loss.backward()
                     opt_d.step()
                 critics.requires_grad_(False)
-                fake = net(batch["left"], batch["right"], z)
+                fake = net(batch["left"], batch["right"], z, batch["prior"])
                 windows = self._windows(batch, fake)
                 adv = -torch.stack([c(w).mean() for c, w in zip(critics, windows["fake"],
                                                                   strict=True)]).mean()
                 l1 = (fake - batch["gap"]).abs().mean()
+                spread = _latent_spread(fake, z)
                 g_loss = adv + p.l1_weight * l1
+                g_loss = g_loss + p.diversity_weight * (p.latent_spread - spread).clamp(min=0)
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()
                 critics.requires_grad_(True)
-                history.append((float(d_loss.detach()), float(adv.detach()), float(l1.detach())))
+                history.append((float(d_loss.detach()), float(adv.detach()), float(l1.detach()),
+                                float(spread.detach())))
                 task.advance()
                 if (step + 1) % 50 == 0 or step + 1 == p.steps:
                     recent = history[-50:]
                     task.update(description=f"training gacela: step {step + 1}/{p.steps}, "
-                                f"L1 {sum(h[2] for h in recent) / len(recent):.3f}")
+                                f"L1 {sum(h[2] for h in recent) / len(recent):.3f}, latent "
+                                f"spread {sum(h[3] for h in recent) / len(recent):.3f}")
         net.eval()
         recent = history[-50:]
         summary = {
@@ -248,6 +265,7 @@ class GacelaInpainter(Inpainter):
             "critic_loss": round(sum(h[0] for h in recent) / len(recent), 4),
             "generator_adversarial": round(sum(h[1] for h in recent) / len(recent), 4),
             "train_l1": round(sum(h[2] for h in recent) / len(recent), 4),
+            "latent_spread": round(sum(h[3] for h in recent) / len(recent), 4),
             "valid_l1": round(self._valid_l1(net, ds, seg_len, device), 4),
             "train_seconds": round(time.perf_counter() - t0, 1),
             "params": asdict(p),
@@ -261,9 +279,10 @@ class GacelaInpainter(Inpainter):
     def _batch(self, bank: torch.Tensor, seg_len: int, gen: torch.Generator,
                device: torch.device) -> dict[str, torch.Tensor]:
         """Random segments of the training clips (context | gap | context), with the outer
-        part of a context silenced with probability ``edge_prob`` per side, as views."""
+        part of a context silenced with probability ``edge_prob`` per side, as views. Rows
+        come in identical pairs (0, 1), (2, 3), ... for the latent-spread term."""
         p = self.params
-        b = p.batch_size
+        b = p.batch_size // 2  # pairs: every segment twice, for two latents
         idx = torch.randint(0, bank.shape[0], (b,), generator=gen)
         off = torch.randint(0, bank.shape[1] - seg_len + 1, (b,), generator=gen)
         seg = bank[idx[:, None], off[:, None] + torch.arange(seg_len)]
@@ -273,7 +292,7 @@ class GacelaInpainter(Inpainter):
         cut_right = e + (torch.rand(b, generator=gen) * (seg_len - e)).long()
         silence_left = (torch.rand(b, generator=gen) < p.edge_prob)[:, None] & (pos < cut_left[:, None])
         silence_right = (torch.rand(b, generator=gen) < p.edge_prob)[:, None] & (pos >= cut_right[:, None])
-        seg = seg.masked_fill(silence_left | silence_right, 0.0)
+        seg = seg.masked_fill(silence_left | silence_right, 0.0).repeat_interleave(2, dim=0)
         return self._views(seg.to(device))
 
     def _gap_span(self) -> tuple[int, int]:
@@ -295,7 +314,20 @@ class GacelaInpainter(Inpainter):
         stft, mel = view.scale(db, ref), view.scale(mel_db, mel_ref)
         return {"stft": stft, "mel": mel, "ref": ref, "mel_ref": mel_ref,
                 "left": mel[:, None, :, :c], "right": mel[:, None, :, c + g :].flip(-1),
+                "prior": self._prior(stft[..., :c], stft[..., c + g :]),
                 "gap": stft[..., c : c + g]}
+
+    def _prior(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``prior[B, bins, G]``: the mean of the ``prior_frames`` context frames next to the
+        gap on each side (scaled STFT ``left``/``right`` ``[B, bins, C]``), interpolated
+        linearly across the gap; zeros when ``prior_frames`` is 0."""
+        p = self.params
+        n = p.prior_frames
+        if n == 0:
+            return torch.zeros(*left.shape[:2], p.gap_frames, device=left.device)
+        w = (torch.arange(p.gap_frames, device=left.device) + 0.5) / p.gap_frames
+        start, end = left[..., -n:].mean(-1, keepdim=True), right[..., :n].mean(-1, keepdim=True)
+        return start * (1 - w) + end * w
 
     def _windows(self, batch: dict[str, torch.Tensor],
                  fake: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -345,7 +377,8 @@ class GacelaInpainter(Inpainter):
         start = (audio.shape[1] - seg_len) // 2
         batch = self._views(audio[:, start : start + seg_len].to(device))
         z = torch.zeros(audio.shape[0], self.params.latent_dim, device=device)
-        return float((net(batch["left"], batch["right"], z) - batch["gap"]).abs().mean())
+        return float((net(batch["left"], batch["right"], z, batch["prior"]) - batch["gap"])
+                     .abs().mean())
 
     # -- inpainting -------------------------------------------------------------------------------
 
@@ -365,11 +398,9 @@ class GacelaInpainter(Inpainter):
                 if len(row_gaps) > r:
                     s, e = row_gaps[r]
                     groups.setdefault(self._unknown_frames(e - s), []).append((b, s, e))
-            rows, cols, vals = [], [], []
-            for n_unknown, jobs in groups.items():
-                b_idx, c_idx, v = self._fill(work, invalid, jobs, n_unknown, z)
-                rows.append(b_idx), cols.append(c_idx), vals.append(v)
-            b_idx, c_idx, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+            filled = [self._fill(work, invalid, jobs, n_unknown, z)
+                      for n_unknown, jobs in groups.items()]
+            b_idx, c_idx, v = (torch.cat(parts) for parts in zip(*filled, strict=True))
             placed = torch.zeros_like(work).index_put((b_idx, c_idx), v)
             now = torch.zeros_like(mask).index_put((b_idx, c_idx),
                                                    torch.ones_like(b_idx, dtype=torch.bool))
@@ -420,7 +451,9 @@ class GacelaInpainter(Inpainter):
         for start in chunks:
             a = start - lo
             right = max(n_unknown, start + g) - lo
-            out = net(mel[:, None, :, a - c : a], mel[:, None, :, right : right + c].flip(-1), zs)
+            prior = self._prior(stft[..., a - c : a], stft[..., right : right + c])
+            out = net(mel[:, None, :, a - c : a], mel[:, None, :, right : right + c].flip(-1), zs,
+                      prior)
             out_mel = view.scale(view.db(view.mel(view.unscale_magnitude(out, ref))), mel_ref)
             stft = torch.cat([stft[..., :a], out, stft[..., a + g :]], dim=-1)
             mel = torch.cat([mel[..., :a], out_mel, mel[..., a + g :]], dim=-1)
@@ -464,6 +497,14 @@ class GacelaInpainter(Inpainter):
                                              left[:, None] * down)
         return corr.index_put((rows.expand(-1, ramp_len), cols_right), right[:, None] * down,
                               accumulate=True)
+
+
+def _latent_spread(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mode-seeking ratio (Mao, Lee, Tseng, Ma, Yang, "Mode Seeking Generative Adversarial
+    Networks for Diverse Image Synthesis", CVPR 2019): mean |G(z1) - G(z2)| / mean |z1 - z2|
+    over the row pairs (0, 1), (2, 3), ... that share a context."""
+    out = (fake[0::2] - fake[1::2]).abs().flatten(1).mean(1)
+    return (out / (z[0::2] - z[1::2]).abs().mean(1)).mean()
 
 
 def _uniform(batch: int, dim: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

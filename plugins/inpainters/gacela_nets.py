@@ -56,8 +56,8 @@ class ResBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """``(left mel[B, 1, M, C], right mel[B, 1, M, C] time-reversed, z[B, latent])`` ->
-    ``gap[B, bins, G]`` in [-1, 1].
+    """``(left mel[B, 1, M, C], right mel[B, 1, M, C] time-reversed, z[B, latent],
+    prior[B, bins, G])`` -> ``gap[B, bins, G]`` in [-1, 1].
 
     The right context is time-reversed by the caller so that both encoders see the frame next
     to the gap last. The decoder doubles frequency ``n_up`` times and time twice, so ``bins``
@@ -87,10 +87,13 @@ class Generator(nn.Module):
                     nn.LeakyReLU(LEAK)]
         self.decoder = nn.Sequential(*ups, ResBlock(w), ResBlock(w), nn.Conv2d(w, 1, 1))
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, left: torch.Tensor, right: torch.Tensor, z: torch.Tensor,
+                prior: torch.Tensor) -> torch.Tensor:
+        """``prior[B, bins, G]`` in (-1, 1) is what the decoder's output is added to before
+        the tanh (zeros: GACELA's plain decoder)."""
         code = torch.cat([self.left(left), self.right(right), z], dim=1)
         seed = nn.functional.leaky_relu(self.fc(code), LEAK).view(-1, *self.seed_shape)
-        return torch.tanh(self.decoder(seed))[:, 0]
+        return torch.tanh(self.decoder(seed)[:, 0] + torch.atanh(prior.clamp(-0.995, 0.995)))
 
 
 class Critic(nn.Module):

@@ -69,9 +69,12 @@ class SpectralView(nn.Module):
         return (2 * (db - ref) / self.range_db + 1).clamp(-1.0, 1.0)
 
     def unscale_magnitude(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """Inverse of ``scale(db(mag))`` on [-1, 1]: scaled ``[B, bins, frames]`` -> magnitude."""
+        """Scaled ``[B, bins, frames]`` -> magnitude: the inverse of ``scale(db(mag))`` minus
+        the magnitude of the floor, so that -1 (everything at or below ``ref - range_db``)
+        becomes silence instead of a noise floor ``range_db`` under the loudest bin."""
         ref = ref.reshape(-1, *([1] * (x.dim() - 1)))
-        return 10 ** (((x - 1) * self.range_db / 2 + ref) / 20)
+        level = 10 ** (ref / 20)
+        return level * (10 ** ((x - 1) * self.range_db / 40) - 10 ** (-self.range_db / 20))
 
     @staticmethod
     def reference(db: torch.Tensor) -> torch.Tensor:
