@@ -58,10 +58,10 @@ class CWParams:
     -kappa. ``eps`` / ``snr_db``: optional L2 budget (a radius, or a per-clip radius giving
     at least that SNR); both unset = unbounded, as in the paper."""
 
-    initial_const: float = 1.0
+    initial_const: float = 0.1
     binary_search_steps: int = 5
-    steps: int = 20
-    learning_rate: float = 1e-3
+    steps: int = 50
+    learning_rate: float = 3e-4
     kappa: float = 0.0
     abort_early: bool = True
     eps: float | None = None
