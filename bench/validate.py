@@ -371,7 +371,7 @@ def _inpainter(ws: Workspace, name: str, params: dict[str, Any],
     report.check("differentiable in the audio and in z", gradients)
 
 
-def _latent(inpainter, gen: torch.Generator) -> torch.Tensor:  # noqa: ANN001
+def _latent(inpainter: Any, gen: torch.Generator) -> torch.Tensor:
     z = inpainter.sample_latent(3, gen)
     assert z.shape == (3, inpainter.latent_dim), f"shape {tuple(z.shape)}"
     assert torch.isfinite(z).all(), "non-finite latent"

@@ -238,7 +238,7 @@ def _pick(shifts: torch.Tensor, scores: torch.Tensor, radius: int, top_k: int,
 
 
 def _align(row: torch.Tensor, bad: torch.Tensor, template: torch.Tensor, start: int,
-           radius: int, region, window) -> int:  # noqa: ANN001
+           radius: int, region, window) -> int:
     """The source start within ``start ± radius`` whose ``window(q)`` samples best match
     ``template`` (waveform NCC), among starts whose ``region(q)`` is inside the clip and
     valid; ``start`` itself when none qualifies."""

@@ -14,14 +14,20 @@ minutes of CPU training (networks in :mod:`.gacela_nets`, views in :mod:`.spectr
   convolutions -> two residual blocks -> tanh. Critics: one per entry of
   ``stft_critic_context`` / ``mel_critic_context`` (context frames each side of the gap in its
   window; GACELA: five windows of 64 * 2^i frames), averaged in time to ``critic_frames``.
-- WGAN-GP (``gp_weight`` 10), Adam ``learning_rate`` 1e-4, betas (0.5, 0.9), as GACELA.
-  **Deviation**: GACELA's generator loss is purely adversarial; ours adds ``l1_weight`` times
-  the L1 distance of the scaled log-magnitude to the true gap, so that minutes of CPU training
-  converge (``l1_weight = 0`` restores the paper's loss). ``critic_steps`` critic updates per
-  generator update.
+- WGAN-GP (``gp_weight`` 10), Adam betas (0.5, 0.9), as GACELA; ``critic_steps`` critic
+  updates per generator update.
+
+**Deviations** that make minutes of CPU training useful (each one a parameter; ``l1_weight =
+diversity_weight = prior_frames = 0`` and ``learning_rate = 1e-4`` give GACELA's recipe):
+GACELA's generator loss is purely adversarial; ours adds ``l1_weight`` times the L1 distance
+of the scaled log-magnitude to the true gap, and ``diversity_weight`` times a mode-seeking
+term (MSGAN) that keeps the generator from ignoring z (which the L1 term teaches it, and which
+MAIA searches over); the decoder's output is added, before the tanh, to a context-edge prior
+(mean of the ``prior_frames`` context frames next to the gap on each side, interpolated across
+it); ``learning_rate`` is 4e-4 instead of 1e-4.
 
 Inpainting (:meth:`GacelaInpainter.inpaint`): every gap is placed on its own frame grid, the
-first unknown frame's window starting one hop after the gap's first sample's frame ends.
+window of the last known frame before the gap ending exactly at the gap's first sample.
 ``U`` unknown frames with ``U <= G`` are generated as one G-frame chunk centred on them (the
 extra frames are partly known; only masked samples are ever replaced). Longer gaps are covered
 by consecutive G-frame chunks left to right (the last one ending on the last unknown frame);
@@ -65,7 +71,6 @@ from musicbench_plugins.inpainters.spectral import (
     griffin_lim_known,
 )
 
-
 INFERENCE_ONLY = frozenset({"gl_iterations", "edge_ramp"})  # not part of the checkpoint key
 
 
@@ -94,7 +99,7 @@ class GacelaParams:
     gp_weight: float = 10.0
     l1_weight: float = 10.0  # 0 = GACELA's purely adversarial generator loss
     prior_frames: int = 8  # context frames averaged for the decoder's prior (0: none)
-    diversity_weight: float = 10.0  # weight of the mode-seeking term (keeps z in use)
+    diversity_weight: float = 1.0  # weight of the mode-seeking term (keeps z in use)
     latent_spread: float = 0.1  # the spread it asks for (scaled log-magnitude per unit of z)
     edge_prob: float = 0.1  # per side: silence the outer part of the context (clip edges)
     gl_iterations: int = 32
@@ -219,7 +224,7 @@ class GacelaInpainter(Inpainter):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
             net, critics = self._make_generator().to(device), self._make_critics().to(device)
-        view = self.view.to(device)
+        self.view.to(device)  # moves the window and filterbank buffers in place
         opt_g = torch.optim.Adam(net.parameters(), lr=p.learning_rate, betas=(0.5, 0.9))
         opt_d = torch.optim.Adam(critics.parameters(), lr=p.learning_rate, betas=(0.5, 0.9))
         gen = torch.Generator().manual_seed(p.seed)
@@ -245,7 +250,9 @@ class GacelaInpainter(Inpainter):
                 l1 = (fake - batch["gap"]).abs().mean()
                 spread = _latent_spread(fake, z)
                 g_loss = adv + p.l1_weight * l1
-                g_loss = g_loss + p.diversity_weight * (p.latent_spread - spread).clamp(min=0)
+                if p.diversity_weight > 0:  # MSGAN's 1 / spread, silent once spread is reached
+                    g_loss = g_loss + p.diversity_weight * p.latent_spread / (
+                        spread.clamp(max=p.latent_spread) + 1e-5)
                 opt_g.zero_grad(set_to_none=True)
                 g_loss.backward()
                 opt_g.step()

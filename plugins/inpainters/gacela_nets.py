@@ -11,6 +11,8 @@ the (scaled) STFT or mel view around the gap, averaged in time to a fixed number
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -20,7 +22,7 @@ LEAK = 0.2
 
 def _strided(channels: list[int], weight_normed: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+    for c_in, c_out in pairwise(channels):
         conv = nn.Conv2d(c_in, c_out, 5, stride=2, padding=2)
         layers += [weight_norm(conv) if weight_normed else conv, nn.LeakyReLU(LEAK)]
     return nn.Sequential(*layers)
@@ -80,7 +82,7 @@ class Generator(nn.Module):
                             self.seed_shape[0] * self.seed_shape[1] * self.seed_shape[2])
         chans = [4 * w, 4 * w, 2 * w, 2 * w, w, w]
         ups: list[nn.Module] = []
-        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:], strict=True)):
+        for i, (c_in, c_out) in enumerate(pairwise(chans)):
             time_up = i < 2  # time doubles in the first two layers only
             ups += [nn.ConvTranspose2d(c_in, c_out, (4, 4 if time_up else 3),
                                        stride=(2, 2 if time_up else 1), padding=(1, 1)),
