@@ -1,0 +1,188 @@
+"""Our PGD and C&W against torchattacks' PGD and CW on the same model, batch and steps.
+
+DESIGN.md section 11: PGD and C&W must be at least as fast as torchattacks with the same
+success within CI. Prints, per attack, the wall time to finish the batch and the attack success
+rate (with a 95% Wilson interval), and the ratios ours / torchattacks.
+
+    python benchmarks/torchattacks_compare.py [--model style-cnn|tiny] [--batch 16]
+        [--pgd-steps 20] [--cw-steps 50] [--threads 1] [--repeats 1]
+
+torchattacks is not a dependency of musicbench: install it into a throwaway environment that
+reuses our torch, e.g. ``python -m venv --system-site-packages /tmp/ta-venv`` and
+``/tmp/ta-venv/bin/pip install --no-deps torchattacks``, then run this script with that
+environment's python.
+
+Model: the trained ``style-cnn`` when its checkpoint is in the cache (nothing is trained
+here), its clean-correct clips of the ``m21-styles`` test split; ``--model tiny`` (or no cached
+checkpoint) uses the random-weight TinyClassifier on seeded tones. torchattacks wants inputs in
+[0, 1]: it attacks ``x01 -> model(2 * x01 - 1)`` and every radius is halved (``eps_01 = eps /
+2``). The two C&W objectives match after that change of scale: ``‖x̂01 - x01‖² =
+‖x̂ - x‖² / 4``, so torchattacks' ``c`` is ours / 4, and both optimise the same ``w`` (``x =
+tanh(w)``) with Adam at the same learning rate; ours runs one binary-search step so the step
+counts are equal (torchattacks has no binary search). Success is scored by the same victim on
+the returned waveforms for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from musicbench.testing import TinyClassifier, tone_batch
+from musicbench.victim import Victim
+from musicbench_plugins.attacks.cw import CW, CWParams
+from musicbench_plugins.attacks.pgd import PGD, PGDParams
+
+
+def load(which: str, batch: int, seed: int):
+    """(model, clips[B, T], labels[B], description): clean-correct clips only."""
+    if which == "style-cnn":
+        from musicbench.cache import cache_dir
+        from musicbench.errors import NotTrainedError
+        from musicbench.plugins import get_plugins
+        from musicbench.workspace import Workspace
+
+        ws = Workspace(get_plugins(), cache_dir=cache_dir(), device=torch.device("cpu"),
+                       allow_training=False)
+        try:
+            model = ws.model("style-cnn", {})
+        except NotTrainedError:
+            print("no cached style-cnn checkpoint: falling back to the tiny model")
+            return load("tiny", batch, seed)
+        ds = ws.dataset("m21-styles", {})
+        examples = list(ds.examples("test"))
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
+        labels = list(model.labels)
+        picked = [examples[i] for i in order.tolist()]
+        x = torch.stack([e.audio for e in picked])
+        y = torch.tensor([labels.index(ds.labels[e.label]) for e in picked])
+    else:
+        model = TinyClassifier()
+        model.load()
+        model.name = "tiny-classifier"
+        x = tone_batch(4 * batch, model.input_samples, seed=seed)
+        with torch.no_grad():
+            y = Victim(model).predict(x)
+        y[::2] = (y[::2] + 1) % len(model.labels)  # so that not every clip is trivially right
+    with torch.no_grad():
+        right = Victim(model).predict(x) == y
+    x, y = x[right][:batch], y[right][:batch]
+    return model, x, y, f"{model.name}, {x.shape[0]} clean-correct clips of {x.shape[1]} samples"
+
+
+class Waveform01(torch.nn.Module):
+    """torchattacks' view of a waveform model: inputs in [0, 1] mapped to [-1, 1]."""
+
+    def __init__(self, model):  # noqa: ANN001
+        super().__init__()
+        self.net = model.module()
+        self.model = model
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        return self.model.forward(2 * x01 - 1)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def timed(fn, repeats: int):  # noqa: ANN001
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["style-cnn", "tiny"], default="style-cnn")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--eps", type=float, default=0.002)
+    parser.add_argument("--pgd-steps", type=int, default=20)
+    parser.add_argument("--cw-steps", type=int, default=50)
+    parser.add_argument("--cw-c", type=float, default=0.1, help="our c (torchattacks: c / 4)")
+    parser.add_argument("--cw-lr", type=float, default=3e-4)
+    parser.add_argument("--cw-no-abort", action="store_true",
+                        help="run our C&W without early abort (every step for every clip)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import torchattacks
+
+    model, x, y, what = load(args.model, args.batch, args.seed)
+    n = x.shape[0]
+    # Clip-forwards through the network (both libraries call the same module), so the work
+    # each attack did is visible next to its time: early stopping differs between them.
+    forwards = [0]
+    model.module().register_forward_hook(
+        lambda mod, inp, out: forwards.__setitem__(0, forwards[0] + inp[0].shape[0]))
+    wrapped = Waveform01(model).eval()
+    x01 = (x + 1) / 2
+    judge = Victim(model)
+
+    def ours(attack):  # noqa: ANN001
+        attack.name = type(attack).__name__.lower()
+        return lambda: attack(Victim(model), x, y,
+                              generator=torch.Generator().manual_seed(args.seed)).adv
+
+    def theirs(attack):  # noqa: ANN001
+        attack.set_model_training_mode("eval")
+        return lambda: 2 * attack(x01, y) - 1
+
+    alpha = 2.5 * args.eps / args.pgd_steps
+    pgd_ta = torchattacks.PGD(wrapped, eps=args.eps / 2, alpha=alpha / 2, steps=args.pgd_steps,
+                              random_start=True)
+    cw_ta = torchattacks.CW(wrapped, c=args.cw_c / 4, kappa=0, steps=args.cw_steps,
+                            lr=args.cw_lr)
+    cases = [
+        (f"PGD L-inf eps {args.eps}, {args.pgd_steps} steps",
+         ours(PGD(PGDParams(eps=args.eps, steps=args.pgd_steps, step_size=alpha))),
+         theirs(pgd_ta)),
+        (f"C&W L2 c {args.cw_c}, lr {args.cw_lr}, {args.cw_steps} steps (1 search step)",
+         ours(CW(CWParams(initial_const=args.cw_c, learning_rate=args.cw_lr,
+                          steps=args.cw_steps, binary_search_steps=1,
+                          abort_early=not args.cw_no_abort))),
+         theirs(cw_ta)),
+    ]
+    print(f"{what}; torch {torch.__version__}, torchattacks {torchattacks.__version__}, "
+          f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
+    for title, mine, other in cases:
+        rows = []
+        for label, fn in (("musicbench", mine), ("torchattacks", other)):
+            torch.manual_seed(args.seed)  # torchattacks draws its random start globally
+            forwards[0] = 0
+            seconds, adv = timed(fn, args.repeats)
+            per_clip = forwards[0] / args.repeats / n
+            adv = adv.detach()
+            assert adv.abs().max() <= 1 + 1e-6
+            with torch.no_grad():
+                fooled = judge.predict(adv) != y
+            l2 = (adv - x).flatten(1).norm(dim=1)
+            k = int(fooled.sum())
+            lo, hi = wilson(k, n)
+            l2_fooled = l2[fooled].median().item() if k else float("nan")
+            rows.append((label, seconds, k, lo, hi, l2_fooled, per_clip))
+        print(f"\n{title}")
+        for label, seconds, k, lo, hi, l2m, per_clip in rows:
+            print(f"  {label:13s} {seconds:7.2f} s   ASR {k}/{n} = {k / n:.3f} "
+                  f"[{lo:.3f}, {hi:.3f}]   median L2 of fooled clips {l2m:.4f}   "
+                  f"network passes per clip {per_clip:.1f}")
+        (_, t_ours, k_ours, *_), (_, t_ta, k_ta, *_) = rows
+        print(f"  time ours / torchattacks: {t_ours / t_ta:.2f}   ASR ours - torchattacks: "
+              f"{(k_ours - k_ta) / n:+.3f}")
+
+
+if __name__ == "__main__":
+    main()
