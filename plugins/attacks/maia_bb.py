@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from musicbench.interfaces import AttackResult
@@ -51,6 +51,7 @@ class MAIABBParams:
     budget: int = 1000
     population: int | None = None
     sigma0: float = 0.3
+    restarts: bool = True  # a search that converges with budget left restarts from the prior
     regions: int = 2
     gap_seconds: float | None = None
     chunk_seconds: float = 0.5
@@ -88,6 +89,11 @@ class MAIABB(InpainterAttack):
     threat = "black-box"
     version = "1"
     Params = MAIABBParams
+    # The contract's fragile clip is a steady tone: every passage the copy inpainter can paste
+    # into it is the same tone, so no latent changes the decision (tests/test_maia.py checks
+    # per-clip early stop on clips where a fill can).
+    contract_fragile_note: ClassVar[str] = ("a copy-inpainted steady tone equals the tone: "
+                                            "nothing to find in the latent")
 
     @torch.no_grad()
     def run(self, victim: Victim, audio: torch.Tensor, target: torch.Tensor, *,
@@ -134,6 +140,10 @@ class MAIABB(InpainterAttack):
             best_margin = {i: float("inf") for i in todo}
             while True:
                 used = victim.queries[active]
+                for i in todo:  # converged or stalled with budget left: restart from the prior
+                    if (p.restarts and not success[i] and searches[i].stop()
+                            and int(used[i]) + pop <= int(allowance[i])):
+                        searches[i] = self._cma(cma, inpainter, generator, dim, pop)
                 running = [i for i in todo if not success[i] and not searches[i].stop()
                            and int(used[i]) + pop <= int(allowance[i])]
                 if not running:
