@@ -91,6 +91,8 @@ class BaselineInpainter(Inpainter):
     def load(self, ctx: Context) -> None:
         self.device = ctx.device  # nothing to build or train
 
+    latent_range = (0.0, 1.0)  # z picks one of the top_k matches by its position in [0, 1)
+
     def sample_latent(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(batch, 1, generator=generator, device=generator.device)
 

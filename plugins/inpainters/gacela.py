@@ -161,6 +161,14 @@ class GacelaInpainter(Inpainter):
     def latent_dim(self) -> int:  # type: ignore[override]
         return self.params.latent_dim
 
+    latent_range = (-1.0, 1.0)  # the uniform prior of sample_latent
+
+    @property
+    def gap_seconds(self) -> float:  # type: ignore[override]
+        """The longest gap one generated block covers (module docstring): 264 ms by default."""
+        p = self.params
+        return (p.gap_frames - p.n_fft // p.hop + 1) * p.hop / self.sample_rate
+
     # -- building, loading, training -----------------------------------------------------------
 
     def _make_generator(self) -> Generator:
