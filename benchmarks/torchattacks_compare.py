@@ -30,7 +30,6 @@ import math
 import time
 
 import torch
-
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.cw import CW, CWParams
@@ -76,7 +75,7 @@ def load(which: str, batch: int, seed: int):
 class Waveform01(torch.nn.Module):
     """torchattacks' view of a waveform model: inputs in [0, 1] mapped to [-1, 1]."""
 
-    def __init__(self, model):  # noqa: ANN001
+    def __init__(self, model):
         super().__init__()
         self.net = model.module()
         self.model = model
@@ -94,7 +93,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def timed(fn, repeats: int):  # noqa: ANN001
+def timed(fn, repeats: int):
     best, out = float("inf"), None
     for _ in range(repeats):
         t = time.perf_counter()
@@ -132,12 +131,12 @@ def main() -> None:
     x01 = (x + 1) / 2
     judge = Victim(model)
 
-    def ours(attack):  # noqa: ANN001
+    def ours(attack):
         attack.name = type(attack).__name__.lower()
         return lambda: attack(Victim(model), x, y,
                               generator=torch.Generator().manual_seed(args.seed)).adv
 
-    def theirs(attack):  # noqa: ANN001
+    def theirs(attack):
         attack.set_model_training_mode("eval")
         return lambda: 2 * attack(x01, y) - 1
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from musicbench.cache import cache_dir
 from musicbench.errors import AttackContractError
 from musicbench.interfaces import TargetModel
@@ -16,6 +14,7 @@ from musicbench.validate import validate_plugin
 from musicbench.victim import Victim
 from musicbench.workspace import Workspace
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
+from torch import nn
 
 BUILTIN_ATTACKS = sorted(PluginSystem().registry("attack").names())
 BLACK_BOX = [n for n in BUILTIN_ATTACKS
@@ -35,7 +34,8 @@ def test_builtin_attack_passes_validation(name):
 def test_validation_catches_contract_breakers(toy_plugins):
     report = validate_plugin("out-of-range", kind="attack", device="cpu", plugins=toy_plugins)
     assert not report.ok
-    assert "outside [-1, 1]" in report.checks[1].detail
+    failed = [c for c in report.checks if not c.ok]
+    assert "outside [-1, 1]" in failed[0].detail
 
 
 @pytest.fixture
@@ -180,7 +180,7 @@ class FragileModel(TargetModel):
         self.net = _FragileNet(clean, torch.tensor(offset), torch.tensor(slope))
         self.net.eval().requires_grad_(False)
 
-    def load(self, ctx=None) -> None:  # noqa: ANN001
+    def load(self, ctx=None) -> None:
         pass
 
     def module(self) -> nn.Module:
@@ -241,12 +241,14 @@ def test_black_box_attack_respects_its_budget_without_gradients(name):
 @pytest.mark.parametrize("name", BUILTIN_ATTACKS)
 def test_attack_stops_early_per_sample(name):
     model, x, y = fragile_setup()
-    attack = _make_attack(name)
+    note = getattr(_attack_class(name), "contract_fragile_note", None)
+    # black-box: enough budget to fool the fragile clip (NES needs ~5 iterations of 51)
+    more = {"budget": 400} if name in BLACK_BOX and not note else {}
+    attack = _make_attack(name, **more)
     victim = _victim_for(attack, model)
     res = attack(victim, x, y, generator=torch.Generator().manual_seed(0))
     # already wrong: never attacked (one query at most to find out, two for slack)
     assert int(res.queries[0]) <= 2, res.queries
-    note = getattr(_attack_class(name), "contract_fragile_note", None)
     if note:  # the attack declares why the fragile clip is out of its reach
         pytest.skip(f"'{name}': {note}")
     # fragile: fooled, and it stops spending queries long before the robust clips do

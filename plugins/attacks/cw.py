@@ -37,9 +37,9 @@ call per active clip).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
-
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.budgets import check_snr_db, eps_from_snr, project_l2
@@ -108,6 +108,8 @@ class CW(Attack):
     threat = "white-box"
     version = "1"
     Params = CWParams
+    # Contract tests (tests/test_attack_contracts.py) run with fewer steps: test time only.
+    contract_params: ClassVar[dict[str, Any]] = {"binary_search_steps": 2, "steps": 10}
 
     def bound(self) -> Bound | None:
         # A per-clip (SNR) radius is not one number: the attack enforces it itself.
@@ -212,7 +214,7 @@ class CW(Attack):
                             queries=victim.queries.clone(), steps=steps)
 
     def _next_search(self, end, active, const, lower, upper, found, improved, search, inner,
-                     last_obj, done, w, w0, m, v, adam_t) -> None:  # noqa: ANN001
+                     last_obj, done, w, w0, m, v, adam_t) -> None:
         """Close the search step of the clips ``active[end]``: update c, then stop them or
         restart them from the clean clip."""
         p = self.params

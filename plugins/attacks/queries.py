@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-
 from musicbench.victim import Victim
 
 Objective = Literal["margin", "cross-entropy"]
