@@ -102,7 +102,7 @@ def validate_plugin(
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
     report = ValidationReport(kind, name)
     checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
-              "metric": _metric, "inpainter": _inpainter}
+              "metric": _metric, "inpainter": _inpainter, "encoder": _encoder}
     if kind not in checks:
         report.check("instantiates", lambda: ws.make(kind, name, params))
         return report
@@ -307,6 +307,38 @@ def _metric(ws: Workspace, name: str, params: dict[str, Any], report: Validation
         assert v.shape == (3,), f"shape {tuple(v.shape)}"
         assert torch.isfinite(v).all(), "non-finite values"
     report.check("one finite value per pair", shape)
+
+
+def _encoder(ws: Workspace, name: str, params: dict[str, Any],
+             report: ValidationReport) -> None:
+    """Loads; ``embed`` gives ``[B, frames, dim]`` finite frames with ``frames >= 1``, more
+    frames for longer clips, rows independent of their batch, deterministic (FAD and PAMT
+    need all of these)."""
+    encoder = report.check("loads", lambda: ws.encoder(name, params))
+    if encoder is None:
+        return
+    sr = encoder.sample_rate
+    x = tone_batch(3, 3 * sr + 37, seed=11, device=ws.device)  # odd length
+
+    def shape() -> torch.Tensor:
+        with torch.no_grad():
+            e = encoder.embed(x)
+        assert e.dim() == 3 and e.shape[0] == 3 and e.shape[2] == encoder.dim, (
+            f"embed gave {tuple(e.shape)}, expected [3, frames, dim={encoder.dim}]")
+        assert e.shape[1] >= 1 and torch.isfinite(e).all(), "no frames, or non-finite"
+        return e
+    e = report.check(f"embed -> [B, frames, dim={encoder.dim}], finite", shape)
+    if e is None:
+        return
+    with torch.no_grad():
+        again, alone = encoder.embed(x), encoder.embed(x[1:2])
+        longer = encoder.embed(torch.cat([x, x], dim=1)[:1])
+    report.check("deterministic", lambda: _assert(torch.equal(again, e), "two calls differ"))
+    report.check("a row's frames do not depend on its batch", lambda: _assert(
+        torch.allclose(alone[0], e[1], atol=1e-4, rtol=1e-4), "batched and alone differ"))
+    report.check("longer clips give more frames", lambda: _assert(
+        longer.shape[1] > e.shape[1], f"{longer.shape[1]} frames for twice the audio, "
+                                      f"{e.shape[1]} for once"))
 
 
 def _inpainter(ws: Workspace, name: str, params: dict[str, Any],
