@@ -150,7 +150,9 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
         "n": len(samples),
         "task": model.task,
         "threat": attack.threat,
-        "bound": None if bound is None else {"norm": bound.norm, "eps": bound.eps},
+        "bound": None if bound is None else {
+            "norm": bound.norm, "eps": None if bound.snr_db is not None else bound.eps,
+            "snr_db": bound.snr_db},
         "adaptive": "+".join(adaptive) if adaptive else "none",
         "flags": flags,
         "pseudo_labels": data.pseudo_labels,

@@ -256,3 +256,37 @@ def test_attack_stops_early_per_sample(name):
     assert not res.success[2:].any()
     robust = int(res.queries[2:].min())
     assert int(res.queries[1]) < robust or robust <= 1, res.queries  # <= 1: one-shot attacks
+
+
+def test_harness_checks_per_clip_snr_bounds(model):
+    """An attack declaring an SNR budget is held to each clip's own radius by the harness."""
+    from musicbench.interfaces import Attack, AttackResult, Bound, snr_radius
+
+    class LoudByOne(Attack):
+        """Perturbs clip 1 by a radius 10% over its 30 dB budget, the others within it."""
+
+        def bound(self) -> Bound:
+            return Bound("l2", 0.0, snr_db=30.0)
+
+        def run(self, victim, audio, target, *, generator):  # noqa: ANN001
+            radius = snr_radius(audio, 30.0, "l2")  # [B, 1]
+            direction = torch.ones_like(audio) / audio.shape[1] ** 0.5
+            scale = torch.full_like(radius, 0.9)
+            scale[1] = 1.1
+            adv = (audio + direction * radius * scale).clamp(-1, 1)
+            n = audio.shape[0]
+            return AttackResult(adv, torch.zeros(n, dtype=torch.bool),
+                                torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+
+    attack = LoudByOne()
+    attack.name = "loud-by-one"
+    x = tone_batch(3, model.input_samples, seed=4) * torch.tensor([[0.2], [0.5], [0.9]])
+    with pytest.raises(AttackContractError, match="clip 1.*30 dB SNR budget"):
+        attack(Victim(model), x, torch.zeros(3, dtype=torch.long),
+               generator=torch.Generator().manual_seed(0))
+    # A real attack under an SNR budget passes the same check, clip by clip.
+    pgd = PGD(PGDParams(norm="l2", snr_db=30.0, steps=5))
+    pgd.name = "pgd"
+    res = pgd(Victim(model), x, torch.zeros(3, dtype=torch.long),
+              generator=torch.Generator().manual_seed(0))
+    assert pgd.bound().snr_db == 30.0 and res.adv.shape == x.shape

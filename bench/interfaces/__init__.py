@@ -5,7 +5,7 @@ Conventions: audio is ``Tensor[B, T]``, mono, float32, in [-1, 1], at the compon
 dataclass validated from config, and takes randomness only from a ``torch.Generator`` it is given.
 """
 
-from musicbench.interfaces.attack import Attack, AttackResult, Bound, Threat
+from musicbench.interfaces.attack import Attack, AttackResult, Bound, Threat, snr_radius
 from musicbench.interfaces.component import Component, NoParams
 from musicbench.interfaces.context import Context, NullProgress, Progress
 from musicbench.interfaces.dataset import Dataset, Example, Task
@@ -19,6 +19,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "Bound",
+    "snr_radius",
     "Component",
     "Context",
     "Dataset",

@@ -23,10 +23,37 @@ BOUND_RTOL = 1e-5
 
 @dataclass(frozen=True)
 class Bound:
-    """A perturbation budget: ``norm(adv - clean) <= eps`` per sample."""
+    """A perturbation budget: ``norm(adv - clean) <= eps`` per sample, or, with ``snr_db``, a
+    per-clip radius that guarantees at least that SNR (:func:`snr_radius`; ``eps`` is then
+    ignored)."""
 
     norm: Literal["linf", "l2"]
     eps: float
+    snr_db: float | None = None
+
+    def limits(self, clean: torch.Tensor) -> torch.Tensor:
+        """``[B]`` radii for ``clean[B, T]`` (float32, on its device)."""
+        import torch
+
+        if self.snr_db is None:
+            return torch.full((clean.shape[0],), self.eps, device=clean.device)
+        return snr_radius(clean, self.snr_db, self.norm).squeeze(1)
+
+
+def snr_radius(audio: torch.Tensor, snr_db: float, norm: Literal["linf", "l2"]) -> torch.Tensor:
+    """Per-clip radius ``[B, 1]`` (audio's dtype and device) for ``audio[B, T]`` such that every
+    perturbation inside the ``norm`` ball has an SNR of at least ``snr_db`` dB.
+
+    L2: ``‖x_i‖₂ · 10^(-snr/20)``, exactly the SNR bound. L-inf: ``rms(x_i) · 10^(-snr/20)``,
+    the amplitude at which a full-scale square perturbation has that SNR; any other
+    perturbation in the ball is quieter since ``‖δ‖₂ <= sqrt(T)·‖δ‖∞``. A silent clip gets 0.
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    energy = audio.detach().flatten(1).norm(dim=1, keepdim=True)  # ‖x_i‖₂, [B, 1]
+    if norm == "linf":
+        energy = energy / audio.shape[-1] ** 0.5  # rms
+    return energy * 10.0 ** (-snr_db / 20.0)
 
 
 @dataclass
@@ -109,11 +136,15 @@ class Attack(Component, abc.ABC):
         if bound is not None:
             delta = (adv - audio).flatten(1)
             size = delta.abs().amax(1) if bound.norm == "linf" else delta.norm(dim=1)
-            worst = size.max().item() if size.numel() else 0.0
-            if worst > bound.eps * (1 + BOUND_RTOL) + 1e-7:
+            limit = bound.limits(audio).to(size.dtype)
+            over = size > limit * (1 + BOUND_RTOL) + 1e-7
+            if bool(over.any()):
+                i = int(over.nonzero()[0])
+                what = (f"eps {limit[i].item():.6g}" if bound.snr_db is None else
+                        f"radius {limit[i].item():.6g} of its {bound.snr_db:g} dB SNR budget")
                 raise AttackContractError(
-                    f"attack '{self.name}' exceeded its {bound.norm} bound: "
-                    f"{worst:.6g} > eps {bound.eps:.6g}"
+                    f"attack '{self.name}' exceeded its {bound.norm} bound on clip {i}: "
+                    f"{size[i].item():.6g} > {what}"
                 )
         queries = victim.queries.clone()
         success = victim.success(adv, target, count=False)

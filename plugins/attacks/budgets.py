@@ -20,16 +20,14 @@ from typing import Literal
 
 import torch
 
+from musicbench.interfaces.attack import snr_radius
+
 
 def eps_from_snr(audio: torch.Tensor, snr_db: float, norm: Literal["linf", "l2"]) -> torch.Tensor:
     """Per-sample radius ``eps[B, 1]`` (audio's dtype and device) for ``audio[B, T]`` so that
-    every perturbation inside the ``norm`` ball has an SNR of at least ``snr_db`` dB."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    energy = audio.detach().flatten(1).norm(dim=1, keepdim=True)  # ‖x_i‖₂, [B, 1]
-    if norm == "linf":
-        energy = energy / audio.shape[-1] ** 0.5  # rms
-    return energy * 10.0 ** (-snr_db / 20.0)
+    every perturbation inside the ``norm`` ball has an SNR of at least ``snr_db`` dB (the
+    harness checks returned clips against the same :func:`musicbench.interfaces.snr_radius`)."""
+    return snr_radius(audio, snr_db, norm)
 
 
 def snr_db(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:

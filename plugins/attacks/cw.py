@@ -112,8 +112,11 @@ class CW(Attack):
     contract_params: ClassVar[dict[str, Any]] = {"binary_search_steps": 2, "steps": 10}
 
     def bound(self) -> Bound | None:
-        # A per-clip (SNR) radius is not one number: the attack enforces it itself.
-        return Bound("l2", self.params.eps) if self.params.eps is not None else None
+        # With snr_db the radius is per clip; the harness checks it through Bound.limits.
+        p = self.params
+        if p.snr_db is not None:
+            return Bound("l2", 0.0, snr_db=p.snr_db)  # eps is ignored under snr_db
+        return Bound("l2", p.eps) if p.eps is not None else None
 
     def run(
         self,

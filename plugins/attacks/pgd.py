@@ -64,11 +64,8 @@ class PGD(Attack):
     Params = PGDParams
 
     def bound(self) -> Bound | None:
-        # A per-clip (SNR) radius is not one number: the attack projects onto it itself, and
-        # the harness cannot check it through Bound (see docs/attacks.md).
-        if self.params.snr_db is not None:
-            return None
-        return Bound(self.params.norm, self.params.eps)
+        # With snr_db the radius is per clip; the harness checks it through Bound.limits.
+        return Bound(self.params.norm, self.params.eps, snr_db=self.params.snr_db)
 
     def run(
         self,
