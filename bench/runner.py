@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from musicbench.errors import MusicbenchError
-from musicbench.interfaces import Attack, Example, Preprocessor, TargetModel
+from musicbench.interfaces import Attack, Dataset, Example, Preprocessor, TargetModel
 from musicbench.memory import PeakMemory
 from musicbench.fad import fad
 from musicbench.metrics import classification_summary, retrieval_ranking
@@ -125,7 +125,7 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
     keep = spec["run"]["keep_audio"]
     samples: list[SampleRecord] = []
     embeddings: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
-    kept: dict[str, list[torch.Tensor]] = {"clean": [], "adv": []}
+    kept: dict[str, list[Any]] = {"clean": [], "adv": [], "clean_ids": []}
     label = " / ".join(spec[k].get("label", spec[k]["name"]) for k in ("model", "attack"))
     examples = data.examples
     with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
@@ -141,7 +141,7 @@ def _evaluate(spec: dict[str, Any], ws: Workspace, record: CellRecord) -> None:
                                    record.attack_seconds, data.pseudo_labels)
     if model.task == "retrieval":
         record.metrics.update(_retrieval_metrics(samples, embeddings, victim))
-    fad_encoder = _fad(spec, ws, kept, record, dataset.sample_rate)
+    fad_encoder = _fad(spec, ws, kept, record, dataset)
     adaptive = [name for name, used in (("eot", victim.used_eot), ("bpda", victim.used_bpda))
                 if used]
     bound = attack.bound()
@@ -283,6 +283,7 @@ def _run_batch(
         hits = idx[result.success]
         kept["clean"].append(x[hits].cpu())
         kept["adv"].append(adv_all[hits].cpu())
+        kept["clean_ids"].extend(batch.examples[row].id for row in hits.tolist())
         for row in hits.tolist():
             if len(record.audio_data) < 2 * keep:
                 sid = batch.examples[row].id
@@ -319,10 +320,16 @@ def _retrieval_metrics(
     return out
 
 
-def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[torch.Tensor]],
-         record: CellRecord, sample_rate: int) -> str | None:
+def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[Any]],
+         record: CellRecord, dataset: Dataset) -> str | None:
     """FAD between the clean and the adversarial clips of successful attacks, with the run's
-    encoder (``[run] fad_encoder``); NaN with a reason when it cannot be computed."""
+    encoder (``[run] fad_encoder``); NaN with a reason when it cannot be computed.
+
+    Clips are embedded one at a time, so a clip's frames do not depend on which clips share
+    its batch; that makes the clean frames reusable across the cells of a run (the
+    workspace keeps them by encoder, dataset fingerprint and clip id) and FAD independent of
+    cache state, batch size and resumption."""
+    sample_rate = dataset.sample_rate
     name = spec["run"].get("fad_encoder") or None
     if name is None:
         return None
@@ -342,12 +349,15 @@ def _fad(spec: dict[str, Any], ws: Workspace, kept: dict[str, list[torch.Tensor]
                   f"{sample_rate} Hz")
     if reason is None:
         try:
-            frames = {}
-            for when, audio in (("clean", clean), ("adv", adv)):
+            def one(clip: torch.Tensor) -> torch.Tensor:  # [T] -> frames [F, dim], float32
                 with torch.no_grad():
-                    chunks = [encoder.embed(audio[i : i + 16].to(ws.device)).flatten(0, 1)
-                              .cpu().double() for i in range(0, audio.shape[0], 16)]
-                frames[when] = torch.cat(chunks).numpy()
+                    return encoder.embed(clip[None].to(ws.device))[0].float().cpu()
+
+            owner = (name, dataset.name, dataset.fingerprint())
+            clean_frames = [ws.clean_frames(owner + (sid,), lambda c=clip: one(c))
+                            for sid, clip in zip(kept["clean_ids"], clean, strict=True)]
+            frames = {"clean": torch.cat(clean_frames).double().numpy(),
+                      "adv": torch.cat([one(clip) for clip in adv]).double().numpy()}
         except Exception as exc:  # the encoder's failure costs the FAD column, not the cell
             reason = f"encoder '{name}' failed: {type(exc).__name__}: {exc}"
     if reason is not None:

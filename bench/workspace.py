@@ -6,6 +6,7 @@ One Workspace lives for one process (driver or worker); nothing in it is global.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class Workspace:
         self._defended: dict[str, TargetModel] = {}
         self._encoders: dict[str, Any] = {}
         self._inpainters: dict[str, Any] = {}
+        self._clean_frames: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -106,6 +108,15 @@ class Workspace:
             inpainter.load(self.ctx)
             self._inpainters[key] = inpainter
         return self._inpainters[key]
+
+    def clean_frames(self, key: tuple[str, ...], compute: Callable[[], torch.Tensor]
+                     ) -> torch.Tensor:
+        """Encoder frames of one clean clip, computed once per process: every attack cell on
+        the same dataset embeds the same clean clips for FAD. ``key`` = (encoder, dataset,
+        dataset fingerprint, clip id)."""
+        if key not in self._clean_frames:
+            self._clean_frames[key] = compute()
+        return self._clean_frames[key]
 
     def defended_model(
         self, defense: TrainingDefense, base: TargetModel, data: Dataset

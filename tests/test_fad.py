@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import linalg
 
 from musicbench.fad import fad, frechet_distance
@@ -50,3 +51,54 @@ def test_singular_covariances_use_the_eps_fallback():
     singular = np.diag([1.0, 1.0, 0.0, 0.0])
     result = frechet_distance(mu, singular, mu, singular)
     assert result.value == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp_path):
+    """The runner embeds clips one at a time and keeps clean frames per clip across cells:
+    a cell's FAD is the same whether its clean clips were embedded before or not."""
+    from types import SimpleNamespace
+
+    from musicbench import hookimpl
+    from musicbench.plugins import PluginSystem
+    from musicbench.runner import _fad
+    from musicbench.store import CellRecord
+    from musicbench.workspace import Workspace
+    from test_validate_encoder import FrameEnergy
+
+    calls = []
+
+    class Counting(FrameEnergy):
+        def embed(self, audio):  # noqa: ANN001
+            calls.append(audio.shape[0])
+            return super().embed(audio)
+
+    class _Plugin:
+        @hookimpl
+        def register_encoders(self, register):
+            register("counting", Counting)
+
+    system = PluginSystem()
+    system.add_plugin(_Plugin(), "fad-under-test", provider="tests")
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randn(40, 8000, generator=gen) * 0.1
+    adv = clean + torch.randn(40, 8000, generator=gen) * 0.01
+    ids = [f"clip{i}" for i in range(40)]
+    dataset = SimpleNamespace(name="toy", sample_rate=16_000, fingerprint=lambda: "fp")
+    spec = {"run": {"fad_encoder": "counting"}}
+
+    def cell(ws, rows):  # noqa: ANN001
+        record = CellRecord(key="k", spec=spec, status="ok", started="", finished="",
+                            seconds=0.0)
+        kept = {"clean": [clean[rows]], "adv": [adv[rows]],
+                "clean_ids": [ids[i] for i in rows.tolist()]}
+        assert _fad(spec, ws, kept, record, dataset) == "counting"
+        return record.metrics["fad"].value
+
+    fresh = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
+    alone = cell(fresh, torch.arange(10, 40))
+    assert calls.count(1) == 60 and set(calls) == {1}  # one clip at a time, clean + adv
+    warm = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
+    cell(warm, torch.arange(0, 25))  # another cell embeds an overlapping set of clean clips
+    calls.clear()
+    assert cell(warm, torch.arange(10, 40)) == alone
+    assert len(calls) == 30 + 15  # adv clips, plus only the clean clips not seen before
