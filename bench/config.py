@@ -5,11 +5,12 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from musicbench.errors import ConfigError
 from musicbench.params import build_params

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from musicbench.errors import MusicbenchError
+from musicbench.fad import fad
 from musicbench.interfaces import Attack, Dataset, Example, Preprocessor, TargetModel
 from musicbench.memory import PeakMemory
-from musicbench.fad import fad
 from musicbench.metrics import classification_summary, retrieval_ranking
 from musicbench.planner import cell_seed
 from musicbench.store import CellRecord, MetricValue, SampleRecord
 from musicbench.victim import ReferenceSet, Victim, margin_from_logits
 from musicbench.workspace import Workspace
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

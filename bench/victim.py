@@ -18,7 +18,6 @@ from musicbench.interfaces.defense import Preprocessor
 from musicbench.interfaces.model import TargetModel
 from musicbench.windows import score_windows
 
-
 RETRIEVAL_TEMPERATURE = 0.1
 """Retrieval loss: cross-entropy over work similarities divided by this temperature."""
 

@@ -30,6 +30,7 @@ import math
 import time
 
 import torch
+
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.cw import CW, CWParams

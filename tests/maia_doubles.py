@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from musicbench.interfaces import Context, Inpainter, TargetModel
 from torch import nn
+
+from musicbench.interfaces import Context, Inpainter, TargetModel
 
 
 class PatternInpainter(Inpainter):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from musicbench.cache import cache_dir
 from musicbench.errors import AttackContractError
 from musicbench.interfaces import TargetModel
@@ -14,7 +16,6 @@ from musicbench.validate import validate_plugin
 from musicbench.victim import Victim
 from musicbench.workspace import Workspace
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
-from torch import nn
 
 BUILTIN_ATTACKS = sorted(PluginSystem().registry("attack").names())
 BLACK_BOX = [n for n in BUILTIN_ATTACKS

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_attack_contracts import fragile_setup
+
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.budgets import eps_from_snr, snr_db
@@ -12,7 +14,6 @@ from musicbench_plugins.attacks.cw import CW, CWParams, update_const
 from musicbench_plugins.attacks.nes import NES, NESParams
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 from musicbench_plugins.attacks.zoo import ZOO, ZOOParams
-from test_attack_contracts import fragile_setup
 
 
 @pytest.fixture(scope="module")

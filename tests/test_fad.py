@@ -58,12 +58,13 @@ def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp
     a cell's FAD is the same whether its clean clips were embedded before or not."""
     from types import SimpleNamespace
 
+    from test_validate_encoder import FrameEnergy
+
     from musicbench import hookimpl
     from musicbench.plugins import PluginSystem
     from musicbench.runner import _fad
     from musicbench.store import CellRecord
     from musicbench.workspace import Workspace
-    from test_validate_encoder import FrameEnergy
 
     calls = []
 

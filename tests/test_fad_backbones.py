@@ -14,9 +14,9 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from conftest import cli
 from torch import nn
 
-from conftest import cli
 from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Context
 from musicbench.plugins import PluginSystem

@@ -7,6 +7,7 @@ import pytest
 import scipy.signal
 import torch
 from maia_doubles import LoudnessClassifier, PatternInpainter
+
 from musicbench.errors import GradientRefusedError
 from musicbench.testing import TinyClassifier
 from musicbench.victim import Victim

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from maia_doubles import PatternInpainter, context_with
+
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.maia_bb import MAIABB, MAIABBParams

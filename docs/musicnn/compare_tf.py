@@ -52,7 +52,6 @@ def main() -> None:
     import librosa
     import soundfile as sf
     import tensorflow as tf
-
     from musicnn import configuration as config
     from musicnn import extractor, models  # extractor disables eager execution
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.budgets import check_snr_db, eps_from_snr, project_l2

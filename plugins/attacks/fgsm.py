@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from musicbench.interfaces import AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.pgd import PGD, PGDParams

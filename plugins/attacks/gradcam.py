@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
 from musicbench.victim import Victim, margin_from_logits
 from musicbench_plugins.attacks.maia_masks import Regions, top_segments
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
 from musicbench.interfaces import AttackResult
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.maia_masks import MaskKind, RegionFiller, latent_bounds

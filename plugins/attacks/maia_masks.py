@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
 from musicbench.interfaces import Inpainter
 
 MaskKind = Literal["time", "tf-box"]

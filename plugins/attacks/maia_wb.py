@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+
 from musicbench.interfaces import Attack, AttackResult, Context, Inpainter
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.gradcam import CamScore, cam_regions, gradcam

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.queries import Objective, remaining_budget, score_rows

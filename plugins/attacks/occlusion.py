@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.maia_masks import Regions
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+
 from musicbench.victim import Victim
 
 Objective = Literal["margin", "cross-entropy"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.queries import remaining_budget, score_rows

@@ -66,8 +66,12 @@ import numpy as np
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.cached import load_or_build, recipe_path
-from musicbench_plugins.datasets.folder import SPLITS, StoredExamples, fingerprint_clips, \
-    stratified_split
+from musicbench_plugins.datasets.folder import (
+    SPLITS,
+    StoredExamples,
+    fingerprint_clips,
+    stratified_split,
+)
 
 # The rendering helpers of m21-styles, shared on purpose: one coverage rule, one pitch fold,
 # one int16 form, one process pool for both embedded datasets.

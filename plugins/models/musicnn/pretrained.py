@@ -25,7 +25,11 @@ import torch
 from musicbench.checkpoints import load_module, save_module
 from musicbench.interfaces import Context
 from musicbench_plugins.models.musicnn import wheel
-from musicbench_plugins.models.musicnn.network import MusicnnNet, state_dict_from_tf, tf_names_needed
+from musicbench_plugins.models.musicnn.network import (
+    MusicnnNet,
+    state_dict_from_tf,
+    tf_names_needed,
+)
 from musicbench_plugins.models.musicnn.tf_checkpoint import read_tensors
 
 Variant = Literal["mtt", "msd"]
