@@ -177,7 +177,9 @@ class RegionFiller:
         n_fft = self.n_fft
         if samples < n_fft // 2 + 1:  # too short for reflect-padded frames: time mask only
             return filled
-        spec = lambda a: torch.stft(a, n_fft, self.hop, window=window, return_complex=True)
+        def spec(a: torch.Tensor) -> torch.Tensor:
+            return torch.stft(a, n_fft, self.hop, window=window, return_complex=True)
+
         x, y = spec(clean), spec(filled)  # [B, F, frames]
         frames = x.shape[-1]
         centres = (torch.arange(frames, device=clean.device) * self.hop).clamp(max=samples - 1)

@@ -210,8 +210,9 @@ class MAIAWB(InpainterAttack):
             return torch.autograd.grad(objective.sum(), var)[0]
         g_att = torch.autograd.grad(loss.sum(), var, retain_graph=True)[0]
         g_rec = torch.autograd.grad(dist.sum(), var)[0]
-        unit = lambda g: g / g.flatten(1).norm(dim=1).clamp(min=1e-20).view(
-            -1, *([1] * (g.dim() - 1)))
+        def unit(g: torch.Tensor) -> torch.Tensor:  # each clip's gradient scaled to norm 1
+            return g / g.flatten(1).norm(dim=1).clamp(min=1e-20).view(-1, *([1] * (g.dim() - 1)))
+
         return p.lambda_rec * unit(g_rec) - p.lambda_att * unit(g_att)
 
     def _distance(self, xh: torch.Tensor, x: torch.Tensor, regions: Regions,
@@ -224,8 +225,10 @@ class MAIAWB(InpainterAttack):
         n_fft = self.params.n_fft
         hop = n_fft // 4
         window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
-        spec = lambda a: torch.log(
-            torch.stft(a, n_fft, hop, window=window, return_complex=True).abs() + 1e-5)
+        def spec(a: torch.Tensor) -> torch.Tensor:  # log-magnitude STFT [B, F, frames]
+            return torch.log(
+                torch.stft(a, n_fft, hop, window=window, return_complex=True).abs() + 1e-5)
+
         diff = (spec(xh) - spec(x)).square()  # [B, F, frames]
         centres = (torch.arange(diff.shape[-1], device=x.device) * hop).clamp(max=x.shape[1] - 1)
         frames = support[:, centres].to(diff.dtype)  # [B, frames]
