@@ -11,6 +11,7 @@ import torch
 
 from musicbench.interfaces import Context
 from musicbench_plugins.datasets import m21_corpus, m21_styles, synth
+from musicbench_plugins.datasets.cached import write_clip_cache
 from musicbench_plugins.datasets.m21_styles import M21Styles, Params
 
 TINY = Params(works_per_class=3, clips_per_work=1, clip_seconds=2.0)
@@ -107,7 +108,7 @@ def test_interrupted_cache_write_leaves_nothing_behind(tmp_path: Path) -> None:
     target = ds.cache_path(tmp_path)
     clips = np.zeros((1, 4), dtype=np.int16)
     with pytest.raises(TypeError):
-        ds._write(target, clips, {"not json": object()})
+        write_clip_cache(target, clips, {"not json": object()})
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 

@@ -57,9 +57,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,7 +67,7 @@ import numpy as np
 from musicbench.audio import BadAudioError, load_audio
 from musicbench.errors import ConfigError, MusicbenchError
 from musicbench.interfaces import Dataset, Example
-from musicbench_plugins.datasets.cached import recipe_path
+from musicbench_plugins.datasets.cached import atomic_folder, load_or_build, recipe_path
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context
@@ -233,16 +230,9 @@ class AudioFileDataset(Dataset):
         self.labels = scan.labels
         recipe = self._recipe(scan)
         path = recipe_path(ctx.cache_dir, self.cache_prefix, recipe)
-        if path.is_dir():
-            try:
-                self._load(path, recipe)
-                self._report()
-                return
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("%s cache at %s is unreadable (%s); rebuilding", self.name, path, exc)
-                shutil.rmtree(path, ignore_errors=True)
-        self._build(ctx, scan, recipe, path)
-        self._load(path, recipe)
+        load_or_build(path, lambda p: self._load(p, recipe),
+                      lambda p: self._build(ctx, scan, recipe, p),
+                      what=self.name or self.cache_prefix)
         self._report()
 
     def examples(self, split: str) -> Sequence[Example]:
@@ -341,9 +331,7 @@ class AudioFileDataset(Dataset):
             for c in todo:
                 c.split = split_of[str(getattr(c, unit))]
         n_samples = int(round(p.clip_seconds * self.sample_rate))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        with atomic_folder(path) as tmp:
             decoded: list[tuple[Candidate, int]] = []
             with open(tmp / "clips.i16", "wb") as out, \
                     ctx.progress(f"decoding {self.name or self.cache_prefix}",
@@ -389,13 +377,6 @@ class AudioFileDataset(Dataset):
             }
             del clips
             (tmp / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                if not path.is_dir():  # not "another process finished first"
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _assign_roles(self, decoded: list[tuple[Candidate, int]],
                       problems: list[tuple[str, str, str]]) -> list[tuple[Candidate, int]]:

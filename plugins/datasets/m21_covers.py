@@ -51,11 +51,7 @@ and half rendering, spread over ``workers`` processes (about 30 s on two free co
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +61,12 @@ import numpy as np
 
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
-from musicbench_plugins.datasets.cached import load_or_build, recipe_path
+from musicbench_plugins.datasets.cached import (
+    load_or_build,
+    read_clip_cache,
+    recipe_path,
+    write_clip_cache,
+)
 from musicbench_plugins.datasets.folder import (
     SPLITS,
     StoredExamples,
@@ -325,7 +326,7 @@ class M21Covers(Dataset):
         """Load the clips from the cache, or render them and write the cache first."""
         def build(path: Path) -> None:
             clips, index = self._build(ctx)
-            _write(path, clips, index)
+            write_clip_cache(path, clips, index)
 
         load_or_build(self.cache_path(ctx.cache_dir), self._load, build, what="m21-covers")
 
@@ -461,29 +462,6 @@ class M21Covers(Dataset):
 
     def _load(self, path: Path) -> None:
         """Read a finished cache folder and check it is complete and matches its fingerprint."""
-        index = json.loads((path / "index.json").read_text())
-        if index.get("format") != _INDEX_FORMAT or index.get("recipe") != self.recipe():
-            raise ValueError("index does not match this recipe")
-        clips = np.load(path / "clips.npy", mmap_mode="r")
-        expected = (len(index["examples"]), int(index["clip_samples"]))
-        if clips.dtype != np.int16 or clips.shape != expected:
-            raise ValueError(f"clips.npy is {clips.dtype}{clips.shape}, expected int16{expected}")
-        if fingerprint_clips(clips, index["examples"]) != index["fingerprint"]:
-            raise ValueError("content does not match the stored fingerprint")
-        self._clips, self._index = clips, index
-
-
-def _write(path: Path, clips: np.ndarray, index: dict[str, Any]) -> None:
-    """Write the cache into a temporary sibling folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        np.save(tmp / "clips.npy", np.ascontiguousarray(clips, dtype="<i2"))
-        (tmp / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():  # not "another process finished first"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        self._clips, self._index = read_clip_cache(
+            path, index_format=_INDEX_FORMAT, recipe=self.recipe(),
+            fingerprint=fingerprint_clips)

@@ -38,8 +38,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,7 +48,12 @@ import numpy as np
 
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
-from musicbench_plugins.datasets.cached import load_or_build, recipe_path
+from musicbench_plugins.datasets.cached import (
+    load_or_build,
+    read_clip_cache,
+    recipe_path,
+    write_clip_cache,
+)
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context
@@ -271,7 +274,7 @@ class M21Styles(Dataset):
         """Load the clips from the cache, or render them and write the cache first."""
         def build(path: Path) -> None:
             clips, index = self._build(ctx)
-            self._write(path, clips, index)
+            write_clip_cache(path, clips, index)
 
         load_or_build(self.cache_path(ctx.cache_dir), self._load, build, what="m21-styles")
 
@@ -415,33 +418,10 @@ class M21Styles(Dataset):
 
     # -- cache I/O ---------------------------------------------------------------------------
 
-    def _write(self, path: Path, clips: np.ndarray, index: dict[str, Any]) -> None:
-        """Write the cache into a temporary sibling folder, then rename it into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            np.save(tmp / "clips.npy", np.ascontiguousarray(clips, dtype="<i2"))
-            (tmp / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True))
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                if not path.is_dir():  # not "another process finished first"
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
     def _load(self, path: Path) -> None:
         """Read a finished cache folder and check it is complete and matches its fingerprint."""
-        index = json.loads((path / "index.json").read_text())
-        if index.get("format") != _INDEX_FORMAT or index.get("recipe") != self.recipe():
-            raise ValueError("index does not match this recipe")
-        clips = np.load(path / "clips.npy", mmap_mode="r")
-        expected = (len(index["examples"]), int(index["clip_samples"]))
-        if clips.dtype != np.int16 or clips.shape != expected:
-            raise ValueError(f"clips.npy is {clips.dtype}{clips.shape}, expected int16{expected}")
-        if _fingerprint(clips, index["examples"]) != index["fingerprint"]:
-            raise ValueError("content does not match the stored fingerprint")
-        self._clips, self._index = clips, index
+        self._clips, self._index = read_clip_cache(
+            path, index_format=_INDEX_FORMAT, recipe=self.recipe(), fingerprint=_fingerprint)
 
 
 def _fingerprint(clips: np.ndarray, examples: list[dict[str, Any]]) -> str:
