@@ -49,19 +49,15 @@ bit-identical).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from musicbench.checkpoints import load_module, save_module
-from musicbench.errors import NotTrainedError
+from musicbench.checkpoints import save_module
 from musicbench.interfaces import Context, Dataset, Inpainter
 from musicbench_plugins.inpainters.gacela_nets import Critic, Generator
 from musicbench_plugins.inpainters.gaps import check_inputs, composite, gap_runs
@@ -70,6 +66,7 @@ from musicbench_plugins.inpainters.spectral import (
     continue_phase,
     griffin_lim_known,
 )
+from musicbench_plugins.trained import TrainedOnFirstUse
 
 INFERENCE_ONLY = frozenset({"gl_iterations", "edge_ramp"})  # not part of the checkpoint key
 
@@ -140,7 +137,7 @@ class GacelaParams:
             raise ValueError(f"edge_prob must be <= 1, got {self.edge_prob}")
 
 
-class GacelaInpainter(Inpainter):
+class GacelaInpainter(TrainedOnFirstUse, Inpainter):
     """GACELA-style inpainter, trained on first use (or by ``musicbench train gacela``).
 
     Shape: ``audio[B, T]``, ``mask bool[B, T]``, ``z[B, latent_dim]`` in [-1, 1] ->
@@ -149,13 +146,13 @@ class GacelaInpainter(Inpainter):
 
     version = "1"
     Params = GacelaParams
+    checkpoint_prefix = "gacela"
+    checkpoint_folder = "inpainters"
 
     def __init__(self, params: GacelaParams | None = None):
         super().__init__(params)
         p = self.params
         self.view = SpectralView(p.n_fft, p.hop, p.n_mels, p.range_db, self.sample_rate)
-        self.net: Generator | None = None
-        self.training_summary: dict[str, Any] = {}
 
     @property
     def latent_dim(self) -> int:  # type: ignore[override]
@@ -182,36 +179,11 @@ class GacelaInpainter(Inpainter):
         critics += [Critic(p.n_mels, p.critic_frames, p.width) for _ in p.mel_critic_context]
         return nn.ModuleList(critics)
 
-    def _dataset(self, ctx: Context) -> Dataset:
-        if ctx.dataset is None:
-            raise RuntimeError("gacela needs a Context that resolves datasets")
-        p = self.params
-        ds = ctx.dataset(p.train_dataset, dict(p.train_dataset_params))
-        if ds.sample_rate != self.sample_rate:
-            raise ValueError(f"gacela trains on {self.sample_rate} Hz audio; '{ds.name}' is "
-                             f"{ds.sample_rate} Hz")
-        return ds
+    def _make_net(self, ds: Dataset) -> Generator:
+        return self._make_generator()
 
-    def _checkpoint(self, ctx: Context, ds: Dataset) -> Path:
-        trained = {k: v for k, v in asdict(self.params).items() if k not in INFERENCE_ONLY}
-        blob = json.dumps([self.version, trained, ds.fingerprint()], sort_keys=True)
-        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        return ctx.cache_dir / "inpainters" / f"gacela-{key}.safetensors"
-
-    def load(self, ctx: Context) -> None:
-        ds = self._dataset(ctx)
-        path = self._checkpoint(ctx, ds)
-        if not path.exists():
-            if not ctx.allow_training:
-                raise NotTrainedError(f"no gacela checkpoint at {path}; run "
-                                      "`musicbench train gacela`")
-            self.fit(ctx)
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.params.seed)
-            net = self._make_generator()
-        self.training_summary = load_module(net, path, ctx.device)
-        self._freeze(net.to(ctx.device))
+    def _key_params(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.params).items() if k not in INFERENCE_ONLY}
 
     def _freeze(self, net: Generator) -> None:
         net.eval().requires_grad_(False)  # inpaint needs gradients in z and audio only
