@@ -5,6 +5,7 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,11 @@ class ComponentSpec:
     table: str
     datasets: tuple[str, ...] | None = None  # models only: which datasets they are run on
     label: str = ""  # how tables name it; defaults to the name (needed when a name repeats)
+    # models only: clips per dataset for this model's cells instead of [run] samples (a model
+    # ten times slower than the others can then share a config without setting its size), and
+    # which [[attacks]] (by label) run on it; None = the run's samples / every attack.
+    samples: int | None = None
+    attacks: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -135,7 +141,11 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                         "expected a list of dataset names", table=f"{table}.{name}", key="datasets"
                     )
                 datasets = tuple(datasets)
-            specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label))
+            samples, attacks = None, None
+            if kind == "model":
+                samples, attacks = _model_run_keys(entry, f"{table}.{label}")
+            specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label,
+                                       samples, attacks))
         labels = [s.label for s in specs]
         for lab in labels:
             if labels.count(lab) > 1:
@@ -143,4 +153,46 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                     f"'{lab}' appears {labels.count(lab)} times; give each entry its own "
                     'label = "..." so tables can tell them apart', table=table)
         components[kind] = specs
+    _check_model_attacks(components)
     return RunConfig(run=run, components=components, source=source, text=text)
+
+
+def _model_run_keys(entry: dict[str, Any], table: str) -> tuple[int | None, tuple[str, ...] | None]:
+    """Pop a model entry's ``samples`` and ``attacks`` keys (run settings, not model parameters)."""
+    samples = entry.pop("samples", None)
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
+                                or samples < 0):
+        raise ConfigError("expected an int >= 0 (0: the whole test split)", table=table,
+                          key="samples")
+    attacks = entry.pop("attacks", None)
+    if attacks is not None:
+        if not isinstance(attacks, list) or not attacks or not all(
+                isinstance(a, str) and a for a in attacks):
+            raise ConfigError("expected a non-empty list of attack labels", table=table,
+                              key="attacks")
+        attacks = tuple(attacks)
+    return samples, attacks
+
+
+def _check_model_attacks(components: dict[str, list[ComponentSpec]]) -> None:
+    labels = [a.label for a in components["attack"]]
+    for model in components["model"]:
+        for name in model.attacks or ():
+            if name not in labels:
+                close = difflib.get_close_matches(name, labels, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"attack '{name}' is not a label in this config's [[attacks]].{hint} "
+                    f"Labels: {', '.join(labels)}.", table=model.table, key="attacks",
+                )
+
+
+def model_samples(spec: ComponentSpec, run: RunSettings, *, quick: bool) -> int:
+    """Clips per dataset for ``spec``'s cells: its own ``samples`` (capped at ``quick_samples``
+    under ``--quick``) or the run's. 0 means the whole split, so it never caps."""
+    run_samples = run.quick_samples if quick else run.samples
+    if spec.samples is None:
+        return run_samples
+    if quick and run.quick_samples and (spec.samples == 0 or spec.samples > run.quick_samples):
+        return run.quick_samples
+    return spec.samples

@@ -163,11 +163,16 @@ def _header(run: dict[str, Any], records: list[CellRecord]) -> dict[str, Any]:
     env = run["environment"]
     settings = run["settings"]
     fingerprints = {}
-    samples = {}
+    samples: dict[str, int | str] = {}
+    counts: dict[str, set[int]] = {}
     for r in records:
         ds = r.spec["dataset"]
         fingerprints[ds["name"]] = ds["fingerprint"]
-        samples[ds["name"]] = r.info.get("n", r.spec["run"]["samples"])
+        counts.setdefault(ds["name"], set()).add(r.info.get("n", r.spec["run"]["samples"]))
+    for name, ns in counts.items():
+        # models may evaluate different numbers of clips ([[models]] samples = N)
+        samples[name] = (next(iter(ns)) if len(ns) == 1
+                         else f"{min(ns)}–{max(ns)} (by model, see n)")
     return {
         "date": run["finished"] or run["started"],
         "musicbench": env.get("musicbench"),

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from musicbench.cache import cache_dir
-from musicbench.config import RunConfig, load_config
+from musicbench.config import RunConfig, load_config, model_samples
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.executors import EXECUTORS
 from musicbench.interfaces import Progress
@@ -90,11 +90,13 @@ def execute(
             }
     specs = [
         cell_spec(ds, fingerprints[ds.name], model, defense, attack, seed=settings.seed,
-                  samples=samples, batch_size=settings.batch_size,
+                  samples=model_samples(model.spec, settings, quick=options.quick),
+                  batch_size=settings.batch_size,
                   keep_audio=settings.keep_audio, fad_encoder=settings.fad_encoder)
         for ds, model in pairs
         for defense in resolved["defense"]
         for attack in resolved["attack"]
+        if model.spec.attacks is None or attack.spec.label in model.spec.attacks
     ]
     store = Store(out / "results.sqlite")
     try:

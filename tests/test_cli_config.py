@@ -92,3 +92,82 @@ def test_list_and_validate_commands(toy_site):
 def test_leaderboard_command_errors(tmp_path):
     result = cli("leaderboard", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "no results" in result.stderr
+
+
+PER_MODEL_CONFIG = """
+[run]
+fad_encoder = ""
+name = "per-model"
+samples = 6
+quick_samples = 4
+batch_size = 3
+device = "cpu"
+
+[[datasets]]
+name = "toy-tones"
+
+[[models]]
+name = "toy-model"
+
+[[models]]
+name = "toy-model"
+label = "toy-model-seed1"
+seed = 1
+samples = 3
+attacks = ["fgsm, small"]
+
+[[defenses]]
+name = "none"
+
+[[attacks]]
+name = "fgsm"
+
+[[attacks]]
+name = "fgsm"
+label = "fgsm, small"
+eps = 0.001
+"""
+
+
+def test_model_samples_and_attacks_shape_the_grid(tmp_path, toy_site):
+    config = tmp_path / "run.toml"
+    config.write_text(PER_MODEL_CONFIG)
+    out = tmp_path / "out"
+    result = cli("run", str(config), "--out", str(out), sites=(toy_site,))
+    assert result.returncode == 0, result.stderr
+    board = cli("leaderboard", str(out), "--format", "json")
+    rows = {(r["model"], r["attack"]): r for r in __import__("json").loads(board.stdout)}
+    # the default model runs every attack on 6 clips, the second only its one attack on 3
+    assert set(rows) == {("toy-model", "fgsm"), ("toy-model", "fgsm, small"),
+                         ("toy-model-seed1", "fgsm, small")}
+    assert rows[("toy-model", "fgsm")]["n"] == 6
+    assert rows[("toy-model-seed1", "fgsm, small")]["n"] == 3
+    md = (out / "leaderboard.md").read_text()
+    assert "3–6 (by model, see n) clips" in md
+
+
+def test_model_run_keys_are_checked():
+    base = parse_config(PER_MODEL_CONFIG)
+    seed1 = base.components["model"][1]
+    assert (seed1.samples, seed1.attacks, seed1.params) == (3, ("fgsm, small",), {"seed": 1})
+    with pytest.raises(ConfigError, match=r"\[models.toy-model-seed1\] key 'attacks'.*"
+                                          r"Did you mean 'fgsm, small'"):
+        parse_config(PER_MODEL_CONFIG.replace('["fgsm, small"]', '["fgsm small"]'))
+    with pytest.raises(ConfigError, match=r"key 'samples'"):
+        parse_config(PER_MODEL_CONFIG.replace("samples = 3", "samples = -1"))
+    with pytest.raises(ConfigError, match=r"key 'attacks'"):
+        parse_config(PER_MODEL_CONFIG.replace('["fgsm, small"]', "[]"))
+
+
+@pytest.mark.parametrize("own,quick,expected", [
+    (None, False, 6), (None, True, 4), (3, False, 3), (3, True, 3), (10, True, 4), (0, True, 4),
+    (0, False, 0),
+])
+def test_model_samples_under_quick(own, quick, expected):
+    from dataclasses import replace
+
+    from musicbench.config import model_samples
+
+    config = parse_config(PER_MODEL_CONFIG)
+    spec = replace(config.components["model"][0], samples=own)
+    assert model_samples(spec, config.run, quick=quick) == expected
