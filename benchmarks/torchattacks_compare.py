@@ -138,7 +138,10 @@ def main() -> None:
                               generator=torch.Generator().manual_seed(args.seed)).adv
 
     def theirs(attack):
-        attack.set_model_training_mode("eval")
+        # torchattacks' default puts the model in eval mode for the attack; its
+        # set_model_training_mode takes booleans (a string there is truthy: train mode, and the
+        # model is left in train mode afterwards, so batch norm would use batch statistics).
+        attack.set_model_training_mode(model_training=False)
         return lambda: 2 * attack(x01, y) - 1
 
     alpha = 2.5 * args.eps / args.pgd_steps
@@ -164,6 +167,9 @@ def main() -> None:
             torch.manual_seed(args.seed)  # torchattacks draws its random start globally
             forwards[0] = 0
             seconds, adv = timed(fn, args.repeats)
+            # Both libraries must leave the network as they found it, or every later figure
+            # would come from a different model.
+            assert not model.module().training, f"{label} left the model in train mode"
             per_clip = forwards[0] / args.repeats / n
             adv = adv.detach()
             assert adv.abs().max() <= 1 + 1e-6
