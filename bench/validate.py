@@ -186,6 +186,18 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
         a, b = victim.scores(x, count=False), victim.scores(x, count=False)
     report.check("deterministic", lambda: _assert(torch.equal(a, b), "two forwards differ"))
 
+    def batch_independent() -> None:
+        # A module left in train mode scores a clip by its batch (batch norm's batch statistics,
+        # dropout) and drifts (running statistics update on every forward): every figure of a
+        # run would then depend on the batch size and on what ran before.
+        assert not model.module().training, "module() is in train mode; call .eval() in load()"
+        with torch.no_grad():
+            alone = victim.scores(x[1:], count=False)
+        assert torch.allclose(alone, a[1:], rtol=1e-4, atol=1e-5), (
+            "a clip scores differently alone than in a batch (max difference "
+            f"{(alone - a[1:]).abs().max().item():.3g}): batch statistics in the forward?")
+    report.check("eval mode, each clip scored independently of its batch", batch_independent)
+
     def grad() -> None:
         xg = x.clone().requires_grad_(True)
         victim.reset_counters(2)

@@ -85,6 +85,9 @@ def test_list_and_validate_commands(toy_site):
     assert "passed" in ok.stderr
     bad = cli("validate", "out-of-range", sites=(toy_site,))
     assert bad.returncode == 1 and "outside [-1, 1]" in bad.stderr
+    train_mode = cli("validate", "train-mode-model", sites=(toy_site,))
+    assert train_mode.returncode == 1 and "train mode" in train_mode.stderr
+    assert cli("validate", "toy-model", sites=(toy_site,)).returncode == 0
     missing = cli("validate", "pgdd")
     assert missing.returncode == 2 and "Did you mean 'pgd'" in missing.stderr
 

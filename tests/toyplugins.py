@@ -147,9 +147,19 @@ def register_datasets(register):
     register("toy-covers", ToyCovers, summary="retrieval toy for tests")
 
 
+class TrainModeModel(ToyModel):
+    """A classifier with batch norm that forgets to call eval() (validate must catch it)."""
+
+    def load(self, ctx=None):
+        super().load(ctx)
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(self.net, torch.nn.BatchNorm1d(3)).train()
+
+
 @hookimpl
 def register_models(register):
     register("toy-model", ToyModel, summary="random-weight classifier for tests")
+    register("train-mode-model", TrainModeModel, summary="left in train mode (tests)")
     register("toy-embedder", ToyEmbedder, summary="spectral-average retrieval toy for tests")
 
 
