@@ -29,6 +29,11 @@ JSON_FIELDS = (
 DEFENSE_COST_POINTS = 0.10
 """A defense losing more clean accuracy than this (vs ``none``) is flagged."""
 
+LOADED = 1.5
+"""A cell whose 1-minute load average went above this many times the CPU count shared the
+machine with other work (the run itself accounts for about its torch threads): its s/clip is
+flagged."""
+
 HIGHER_IS_BETTER = {
     "clean_accuracy": True, "robust_accuracy": True, "worst_case": True, "asr": True,
     "fad": False, "mean_queries": False, "seconds_per_clip": False,
@@ -119,6 +124,11 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
             for i in ok:
                 if records[i].info.get("threat") == "black-box" and rows[i]["asr"] > max(wb):
                     rows[i]["flags"].append("black-box beats white-box (gradient masking?)")
+    for rec, row in zip(records, rows, strict=True):
+        load, cpus = rec.info.get("load_average"), rec.info.get("cpus")
+        if load and cpus and max(load) > LOADED * cpus:
+            row["flags"].append(f"timed on a loaded machine (load average {max(load):.1f} on "
+                                f"{cpus} CPUs): s/clip is inflated")
     none_clean = {(r["dataset"], r["model"]): r["clean_accuracy"] for r in rows
                   if r["defense"] == "none" and r["clean_accuracy"] is not None}
     for r in rows:

@@ -7,6 +7,7 @@ so the local and distributed executors produce the same records.
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ def run_cell(spec: dict[str, Any], ws: Workspace, environment: dict[str, Any]) -
     started, t0 = now(), time.perf_counter()
     record = CellRecord(key=spec["key"], spec=spec, status="ok", started=started,
                         finished=started, seconds=0.0, environment=environment)
+    load_start = load_average()
     try:
         with PeakMemory(ws.device) as mem:
             _evaluate(spec, ws, record)
@@ -58,7 +60,19 @@ def run_cell(spec: dict[str, Any], ws: Workspace, environment: dict[str, Any]) -
         record.samples, record.metrics, record.audio_data = [], {}, {}
     record.finished = now()
     record.seconds = round(time.perf_counter() - t0, 3)
+    if load_start is not None:
+        # Wall-time columns mean little without the machine's load beside them.
+        record.info["load_average"] = [load_start, load_average()]
+        record.info["cpus"] = os.cpu_count()
     return record
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, where the OS has one (None on Windows)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _sync(device: torch.device) -> None:
