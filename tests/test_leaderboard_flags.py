@@ -28,8 +28,8 @@ def test_cells_timed_under_load_are_flagged_and_quiet_ones_are_not():
     old = _pair("fgsm", "white-box", 0.5)  # stored before loads were recorded
     records, rows = zip(busy, quiet, old, strict=True)
     _add_flags(list(records), list(rows))
-    assert rows[0]["flags"] == ["timed on a loaded machine (load average 6.0 on 2 CPUs): "
-                                "s/clip is inflated"]
+    assert rows[0]["flags"] == [("timed on a loaded machine (load average 6.0 on 2 CPUs): "
+                                 "s/clip is inflated")]
     assert rows[1]["flags"] == [] and rows[2]["flags"] == []
 
 
