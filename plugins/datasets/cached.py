@@ -16,6 +16,14 @@ from typing import Any
 
 import numpy as np
 
+INT16_SCALE = 32767.0
+"""Clips are stored as int16: ``round(x * INT16_SCALE)``; decoding divides by it."""
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16 (the stored form; decoding divides by 32767)."""
+    return np.clip(np.round(audio * INT16_SCALE), -32767, 32767).astype(np.int16)
+
 
 def recipe_path(cache_dir: Path | str, prefix: str, recipe: dict[str, Any]) -> Path:
     """``cache_dir/datasets/<prefix>-<16 hex of the recipe's sha256>``."""

@@ -67,7 +67,13 @@ import numpy as np
 from musicbench.audio import BadAudioError, load_audio
 from musicbench.errors import ConfigError, MusicbenchError
 from musicbench.interfaces import Dataset, Example
-from musicbench_plugins.datasets.cached import atomic_folder, load_or_build, recipe_path
+from musicbench_plugins.datasets.cached import (
+    INT16_SCALE,
+    atomic_folder,
+    load_or_build,
+    recipe_path,
+    to_int16,
+)
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context
@@ -75,7 +81,6 @@ if TYPE_CHECKING:
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 ROLES: tuple[str, ...] = ("query", "reference")
 _INDEX_FORMAT = 1
-_INT16_SCALE = 32767.0
 
 log = logging.getLogger("musicbench.datasets")
 
@@ -183,7 +188,7 @@ class StoredExamples(Sequence):
         import torch
 
         e = self._entries[i]
-        audio = np.asarray(self._clips[e["clip"]], dtype=np.float32) / np.float32(_INT16_SCALE)
+        audio = np.asarray(self._clips[e["clip"]], dtype=np.float32) / np.float32(INT16_SCALE)
         meta = dict(e["meta"], role=e["role"]) if e["role"] else dict(e["meta"])
         return Example(id=e["id"], audio=torch.from_numpy(audio), label=e["label"],
                        work_id=e["work_id"], meta=meta)
@@ -344,8 +349,7 @@ class AudioFileDataset(Dataset):
                     else:
                         x = audio.numpy()
                         start = (x.shape[0] - n_samples) // 2
-                        clip = np.clip(np.round(x[start : start + n_samples] * _INT16_SCALE),
-                                       -32767, 32767).astype("<i2")
+                        clip = to_int16(x[start : start + n_samples]).astype("<i2", copy=False)
                         out.write(clip.tobytes())
                         decoded.append((c, len(decoded)))
                     task.advance()

@@ -176,8 +176,7 @@ class GTZAN(AudioFileDataset):
                     continue
                 while entry.startswith("./"):
                     entry = entry[2:]
-                if entry.startswith("genres/"):
-                    entry = entry[len("genres/"):]
+                entry = entry.removeprefix("genres/")
                 parts = entry.split("/")
                 where = f"{SPLIT_FILES[split]}:{n}"
                 if len(parts) != 2 or parts[0] not in GENRES or not parts[1]:

@@ -119,7 +119,7 @@ def _files(folder: str, *patterns: str) -> list[str]:
     return sorted(found)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def list_works(style: str) -> tuple[WorkRef, ...]:
     """Every candidate work of ``style``, in sorted (path, number) order."""
     if style == "bach-chorale":

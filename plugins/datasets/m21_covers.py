@@ -65,6 +65,7 @@ from musicbench_plugins.datasets.cached import (
     load_or_build,
     read_clip_cache,
     recipe_path,
+    to_int16,
     write_clip_cache,
 )
 from musicbench_plugins.datasets.folder import (
@@ -73,18 +74,14 @@ from musicbench_plugins.datasets.folder import (
     fingerprint_clips,
     stratified_split,
 )
-
-# The rendering helpers of m21-styles, shared on purpose: one coverage rule, one pitch fold,
-# one int16 form, one process pool for both embedded datasets.
-from musicbench_plugins.datasets.m21_styles import (
-    _FRAME_RATE,
-    _MIN_COVERAGE,
-    _coverage,
-    _executor,
-    _fold_pitch,
-    _stable_int,
-    _to_int16,
-    _WorkResult,
+from musicbench_plugins.datasets.m21_render import (
+    FRAME_RATE,
+    MIN_COVERAGE,
+    WorkResult,
+    coverage,
+    fold_pitch,
+    process_map,
+    stable_int,
 )
 
 if TYPE_CHECKING:
@@ -153,7 +150,7 @@ def _version_plan(job: _CoverJob, v: int, n_voices: int, base_tempo: float,
                   transpose: int, timbre: str) -> dict[str, Any]:
     """The random choices of version ``v`` (its own generator: independent of other versions)."""
     rng = np.random.default_rng(
-        np.random.SeedSequence([job.seed, _stable_int(job.ref.work_id), 1 + v]))
+        np.random.SeedSequence([job.seed, stable_int(job.ref.work_id), 1 + v]))
     factor = float(2.0 ** rng.uniform(-math.log2(_TEMPO_FACTOR), math.log2(_TEMPO_FACTOR)))
     alt = rng.random() < _ALT_ARRANGEMENT_P
     arrangement = "full"
@@ -188,10 +185,10 @@ def _arrange(notes: m21_corpus.WorkNotes, plan: dict[str, Any]) -> tuple[np.ndar
         pitch = np.concatenate([pitch, pitch[top] - 12.0])
         velocity = np.concatenate([velocity, velocity[top] * 0.7])
         voice = np.concatenate([voice, np.full(int(top.sum()), notes.n_voices)])
-    return onset, duration, _fold_pitch(pitch), velocity, voice
+    return onset, duration, fold_pitch(pitch), velocity, voice
 
 
-def render_covers(job: _CoverJob) -> _WorkResult:
+def render_covers(job: _CoverJob) -> WorkResult:
     """Parse one work and render its versions (see the module docstring for the recipe).
 
     Returns a result whose ``clips`` is ``int16[versions, round(clip_seconds * sample_rate)]``
@@ -201,8 +198,8 @@ def render_covers(job: _CoverJob) -> _WorkResult:
     try:
         notes = m21_corpus.extract_notes(ref)
     except m21_corpus.WorkSkipped as exc:
-        return _WorkResult(ref.work_id, str(exc))
-    rng = np.random.default_rng(np.random.SeedSequence([job.seed, _stable_int(ref.work_id), 0]))
+        return WorkResult(ref.work_id, str(exc))
+    rng = np.random.default_rng(np.random.SeedSequence([job.seed, stable_int(ref.work_id), 0]))
     base_tempo = float(rng.uniform(*_BASE_TEMPO))
     keys = rng.permutation(_TRANSPOSITIONS)
     timbres = [str(t) for t in rng.permutation(sorted(synth.TIMBRES))]
@@ -212,15 +209,15 @@ def render_covers(job: _CoverJob) -> _WorkResult:
     length_q = notes.length_quarters
     win_q = [clip * p["tempo"] / 60.0 for p in plans]  # clip length in score quarters
     if length_q < max(win_q):
-        return _WorkResult(ref.work_id, f"too short ({length_q:.1f} quarters < {max(win_q):.1f} "
+        return WorkResult(ref.work_id, f"too short ({length_q:.1f} quarters < {max(win_q):.1f} "
                            "needed for a clip at the fastest version's tempo)")
     arranged = [_arrange(notes, p) for p in plans]
-    clip_frames = int(round(clip * _FRAME_RATE))
+    clip_frames = int(round(clip * FRAME_RATE))
     grids = []
     for (onset, duration, *_), p in zip(arranged, plans):
         spq = 60.0 / p["tempo"]
-        n_frames = int(np.ceil(length_q * spq * _FRAME_RATE)) + 1
-        grids.append(_coverage(onset * spq, (onset + duration) * spq, n_frames))
+        n_frames = int(np.ceil(length_q * spq * FRAME_RATE)) + 1
+        grids.append(coverage(onset * spq, (onset + duration) * spq, n_frames))
     starts_q: list[float] | None = None
     for _ in range(_ANCHOR_TRIES):
         centre = float(rng.uniform(max(win_q) / 2.0, length_q - max(win_q) / 2.0))
@@ -229,15 +226,15 @@ def render_covers(job: _CoverJob) -> _WorkResult:
             c = centre + p["shift_s"] * p["tempo"] / 60.0
             cand.append(float(np.clip(c - w / 2.0, 0.0, length_q - w)))
         ok = all(
-            grid[int(round(s * 60.0 / p["tempo"] * _FRAME_RATE)):][:clip_frames].mean()
-            >= _MIN_COVERAGE
+            grid[int(round(s * 60.0 / p["tempo"] * FRAME_RATE)):][:clip_frames].mean()
+            >= MIN_COVERAGE
             for grid, s, p in zip(grids, cand, plans)
         )
         if ok:
             starts_q = cand
             break
     if starts_q is None:
-        return _WorkResult(ref.work_id, "no position where every version is audible")
+        return WorkResult(ref.work_id, "no position where every version is audible")
 
     n_samples = int(round(clip * job.sample_rate))
     clips, metas = [], []
@@ -253,12 +250,12 @@ def render_covers(job: _CoverJob) -> _WorkResult:
         keep = (onset < start + clip) & (onset + duration + 1.5 > start - 1.0)
         events = list(zip(onset[keep], duration[keep], pitch[keep], vel[keep], voice[keep]))
         srng = np.random.default_rng(
-            np.random.SeedSequence([job.seed, _stable_int(ref.work_id), 1 + v, 1]))
+            np.random.SeedSequence([job.seed, stable_int(ref.work_id), 1 + v, 1]))
         audio = synth.render(events, sample_rate=job.sample_rate, timbre=p["timbre"], rng=srng,
                              start=start, duration=clip)
         if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < 1e-3:
-            return _WorkResult(ref.work_id, f"version {v} is silent")
-        clips.append(_to_int16(audio[:n_samples]))
+            return WorkResult(ref.work_id, f"version {v} is silent")
+        clips.append(to_int16(audio[:n_samples]))
         metas.append({
             "version": v,
             "tempo_bpm": round(p["tempo"], 2),
@@ -278,7 +275,7 @@ def render_covers(job: _CoverJob) -> _WorkResult:
         "n_voices": notes.n_voices,
         "length_q": round(length_q, 2),
     }
-    return _WorkResult(ref.work_id, None, np.stack(clips), metas, work_meta)
+    return WorkResult(ref.work_id, None, np.stack(clips), metas, work_meta)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,12 +389,12 @@ class M21Covers(Dataset):
                      for i, s in enumerate(classes)}
         targets = {s: min(per_class[s], len(m21_corpus.list_works(s))) for s in classes}
         candidates = {s: m21_corpus.candidate_works(s, max(targets[s], 1)) for s in classes}
-        accepted: dict[str, list[_WorkResult]] = {s: [] for s in classes}
+        accepted: dict[str, list[WorkResult]] = {s: [] for s in classes}
         skipped: dict[str, list[tuple[str, str]]] = {s: [] for s in classes}
         tried = dict.fromkeys(classes, 0)
         total = sum(targets.values())
         with ctx.progress("rendering m21-covers", total=total) as task, \
-                _executor(self.workers, total) as run_map:
+                process_map(self.workers, total) as run_map:
             # Rounds: ask for exactly the missing works, in candidate order, so a class keeps
             # the first `target` usable works of its order whatever the worker count.
             while True:
@@ -420,7 +417,7 @@ class M21Covers(Dataset):
         return self._assemble(accepted, skipped)
 
     def _assemble(
-        self, accepted: dict[str, list[_WorkResult]], skipped: dict[str, list[tuple[str, str]]]
+        self, accepted: dict[str, list[WorkResult]], skipped: dict[str, list[tuple[str, str]]]
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Split by work, order by (split, class, work id, version), build the index."""
         p: Params = self.params

@@ -33,14 +33,10 @@ that could be mistaken for a cache.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
-import multiprocessing
-import os
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -49,10 +45,21 @@ import numpy as np
 from musicbench.interfaces import Dataset, Example
 from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.cached import (
+    INT16_SCALE,
     load_or_build,
     read_clip_cache,
     recipe_path,
+    to_int16,
     write_clip_cache,
+)
+from musicbench_plugins.datasets.m21_render import (
+    FRAME_RATE,
+    MIN_COVERAGE,
+    WorkResult,
+    coverage,
+    fold_pitch,
+    process_map,
+    stable_int,
 )
 
 if TYPE_CHECKING:
@@ -62,11 +69,7 @@ SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _INDEX_FORMAT = 1
 _TEMPO_RANGE = (60.0, 132.0)  # quarter notes per minute
 _TRANSPOSE_RANGE = (-5, 6)  # semitones, inclusive
-_PITCH_RANGE = (24.0, 102.0)  # MIDI; notes outside are folded in by octaves
-_MIN_COVERAGE = 0.6  # fraction of a clip during which at least one note must sound
 _OFFSET_TRIES = 10
-_FRAME_RATE = 100  # Hz, for the coverage grid
-_INT16_SCALE = 32767.0
 
 
 @dataclass(frozen=True)
@@ -114,39 +117,7 @@ class _WorkJob:
     sample_rate: int
 
 
-@dataclass
-class _WorkResult:
-    work_id: str
-    reason: str | None  # None = usable
-    clips: np.ndarray | None = None  # int16 [k, clip_samples]
-    clip_meta: list[dict[str, Any]] = field(default_factory=list)
-    work_meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _stable_int(text: str) -> int:
-    """A 64-bit integer from ``text`` that is the same in every process (unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-
-
-def _fold_pitch(pitch: np.ndarray) -> np.ndarray:
-    """Move pitches outside ``_PITCH_RANGE`` into it by whole octaves."""
-    lo, hi = _PITCH_RANGE
-    up = np.ceil(np.maximum(lo - pitch, 0.0) / 12.0)
-    down = np.ceil(np.maximum(pitch - hi, 0.0) / 12.0)
-    return pitch + 12.0 * (up - down)
-
-
-def _coverage(onset: np.ndarray, end: np.ndarray, n_frames: int) -> np.ndarray:
-    """``bool[n_frames]``: whether any note sounds in each ``1/_FRAME_RATE`` s frame."""
-    starts = np.clip(np.floor(onset * _FRAME_RATE).astype(np.int64), 0, n_frames)
-    stops = np.clip(np.ceil(end * _FRAME_RATE).astype(np.int64), 0, n_frames)
-    delta = np.zeros(n_frames + 1, dtype=np.int64)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, stops, -1)
-    return np.cumsum(delta[:-1]) > 0
-
-
-def render_work(job: _WorkJob) -> _WorkResult:
+def render_work(job: _WorkJob) -> WorkResult:
     """Parse one work and render its clips (see the module docstring for the recipe).
 
     Returns a result whose ``clips`` is ``int16[k, round(clip_seconds * sample_rate)]`` with
@@ -156,15 +127,15 @@ def render_work(job: _WorkJob) -> _WorkResult:
     try:
         notes = m21_corpus.extract_notes(ref)
     except m21_corpus.WorkSkipped as exc:
-        return _WorkResult(ref.work_id, str(exc))
-    work_key = _stable_int(ref.work_id)
+        return WorkResult(ref.work_id, str(exc))
+    work_key = stable_int(ref.work_id)
     rng = np.random.default_rng(np.random.SeedSequence([job.seed, work_key, 0]))
     tempo = float(rng.uniform(*_TEMPO_RANGE))
     transpose = int(rng.integers(_TRANSPOSE_RANGE[0], _TRANSPOSE_RANGE[1] + 1))
     sec_per_q = 60.0 / tempo
     onset = notes.onset * sec_per_q
     duration = notes.duration * sec_per_q
-    pitch = _fold_pitch(notes.pitch + transpose)
+    pitch = fold_pitch(notes.pitch + transpose)
     swell_period = rng.uniform(6.0, 16.0)
     swell_phase = rng.uniform(0.0, 2.0 * np.pi)
     swell = 1.0 + 0.2 * np.sin(2.0 * np.pi * onset / swell_period + swell_phase)
@@ -173,10 +144,10 @@ def render_work(job: _WorkJob) -> _WorkResult:
     length = float(np.max(onset + duration))
     clip = job.clip_seconds
     if length < clip:
-        return _WorkResult(ref.work_id, f"too short ({length:.1f} s < {clip} s clip)")
+        return WorkResult(ref.work_id, f"too short ({length:.1f} s < {clip} s clip)")
 
-    sounding = _coverage(onset, onset + duration, int(np.ceil(length * _FRAME_RATE)) + 1)
-    clip_frames = int(round(clip * _FRAME_RATE))
+    sounding = coverage(onset, onset + duration, int(np.ceil(length * FRAME_RATE)) + 1)
+    clip_frames = int(round(clip * FRAME_RATE))
     n_samples = int(round(clip * job.sample_rate))
     span = length - clip
     timbres = sorted(synth.TIMBRES)
@@ -187,8 +158,8 @@ def render_work(job: _WorkJob) -> _WorkResult:
         start = None
         for _ in range(_OFFSET_TRIES):
             cand = float(rng.uniform(lo, hi))
-            f0 = int(round(cand * _FRAME_RATE))
-            if sounding[f0 : f0 + clip_frames].mean() >= _MIN_COVERAGE:
+            f0 = int(round(cand * FRAME_RATE))
+            if sounding[f0 : f0 + clip_frames].mean() >= MIN_COVERAGE:
                 start = cand
                 break
         if start is None:
@@ -206,10 +177,10 @@ def render_work(job: _WorkJob) -> _WorkResult:
         )
         if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < 1e-3:
             continue
-        clips.append(_to_int16(audio[:n_samples]))
+        clips.append(to_int16(audio[:n_samples]))
         metas.append({"offset_s": round(start, 4), "timbre": timbre})
     if not clips:
-        return _WorkResult(ref.work_id, "no audible clip")
+        return WorkResult(ref.work_id, "no audible clip")
     work_meta = {
         "file": ref.path,
         "number": ref.number,
@@ -220,12 +191,7 @@ def render_work(job: _WorkJob) -> _WorkResult:
         "n_notes": int(onset.size),
         "length_s": round(length, 2),
     }
-    return _WorkResult(ref.work_id, None, np.stack(clips), metas, work_meta)
-
-
-def _to_int16(audio: np.ndarray) -> np.ndarray:
-    """float audio in [-1, 1] -> int16 (the stored form; decoding divides by 32767)."""
-    return np.clip(np.round(audio * _INT16_SCALE), -32767, 32767).astype(np.int16)
+    return WorkResult(ref.work_id, None, np.stack(clips), metas, work_meta)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +257,7 @@ class M21Styles(Dataset):
         for i, ex in enumerate(self._index["examples"]):
             if ex["split"] != split:
                 continue
-            audio = torch.from_numpy(np.asarray(self._clips[i], dtype=np.float32) / _INT16_SCALE)
+            audio = torch.from_numpy(np.asarray(self._clips[i], dtype=np.float32) / INT16_SCALE)
             out.append(Example(id=ex["id"], audio=audio, label=ex["label"],
                                work_id=ex["work_id"], meta=dict(ex["meta"])))
         return out
@@ -325,11 +291,11 @@ class M21Styles(Dataset):
         p: Params = self.params
         targets = {s: min(p.works_per_class, len(m21_corpus.list_works(s))) for s in self.labels}
         candidates = {s: m21_corpus.candidate_works(s, p.works_per_class) for s in self.labels}
-        accepted: dict[str, list[_WorkResult]] = {s: [] for s in self.labels}
+        accepted: dict[str, list[WorkResult]] = {s: [] for s in self.labels}
         skipped: dict[str, list[tuple[str, str]]] = {s: [] for s in self.labels}
         tried = dict.fromkeys(self.labels, 0)
         with ctx.progress("rendering m21-styles", total=sum(targets.values())) as task, \
-                _executor(self.workers, sum(targets.values())) as run_map:
+                process_map(self.workers, sum(targets.values())) as run_map:
             # Rounds: ask for exactly the missing works, in candidate order. A class keeps the
             # first `target` usable works of its candidate order whatever the worker count.
             while True:
@@ -355,7 +321,7 @@ class M21Styles(Dataset):
         p: Params = self.params
         ids = sorted(work_ids)
         rng = np.random.default_rng(
-            np.random.SeedSequence([p.seed, _stable_int("m21-styles/split/" + style)])
+            np.random.SeedSequence([p.seed, stable_int("m21-styles/split/" + style)])
         )
         order = [ids[i] for i in rng.permutation(len(ids))]
         n = len(ids)
@@ -371,11 +337,11 @@ class M21Styles(Dataset):
 
     def _assemble(
         self,
-        accepted: dict[str, list[_WorkResult]],
+        accepted: dict[str, list[WorkResult]],
         skipped: dict[str, list[tuple[str, str]]],
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Order clips by (split, class, work id, clip) and build the index."""
-        rows: list[tuple[int, int, str, int, _WorkResult]] = []
+        rows: list[tuple[int, int, str, int, WorkResult]] = []
         for label, style in enumerate(self.labels):
             results = {r.work_id: r for r in accepted[style]}
             split_of = self._split_works(style, list(results))
@@ -433,39 +399,3 @@ def _fingerprint(clips: np.ndarray, examples: list[dict[str, Any]]) -> str:
     for i in range(0, len(clips), 256):
         h.update(np.ascontiguousarray(clips[i : i + 256], dtype="<i2").tobytes())
     return h.hexdigest()
-
-
-class _executor:
-    """Context manager yielding an ordered ``map(fn, items) -> list``: in-process when one
-    worker suffices, else a spawn-based process pool (spawn: safe after torch is imported)."""
-
-    def __init__(self, workers: int, n_jobs: int):
-        self.n = max(1, min(int(workers), n_jobs, os.cpu_count() or 1))
-        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
-
-    def __enter__(self):
-        if self.n > 1:
-            self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.n, mp_context=multiprocessing.get_context("spawn")
-            )
-        return self._map
-
-    def _map(self, fn, items):
-        if self.pool is not None:
-            try:
-                return list(self.pool.map(fn, items))
-            except concurrent.futures.process.BrokenProcessPool:
-                # Typically a script without an `if __name__ == "__main__":` guard, which
-                # spawned workers re-execute. Same results serially, just slower.
-                warnings.warn(
-                    "m21-styles worker processes failed to start (is the calling script missing "
-                    "an `if __name__ == \"__main__\":` guard?); rendering in this process",
-                    stacklevel=3,
-                )
-                self.pool.shutdown(cancel_futures=True)
-                self.pool = None
-        return [fn(x) for x in items]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
