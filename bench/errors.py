@@ -35,7 +35,8 @@ class PluginLoadError(MusicbenchError):
 
 
 class AttackContractError(MusicbenchError):
-    """An attack returned audio that breaks the Attack contract (shape, range, bound, finiteness)."""
+    """An attack returned audio that breaks the Attack contract (shape, range, bound,
+    finiteness)."""
 
 
 class GradientRefusedError(MusicbenchError):

@@ -16,7 +16,8 @@ from musicbench.workspace import Workspace
 
 
 def cell_label(spec: dict[str, Any]) -> str:
-    return " / ".join(spec[k].get("label", spec[k]["name"]) for k in ("dataset", "model", "defense", "attack"))
+    kinds = ("dataset", "model", "defense", "attack")
+    return " / ".join(spec[k].get("label", spec[k]["name"]) for k in kinds)
 
 
 class LocalExecutor:

@@ -73,5 +73,6 @@ class RichProgress:
             self.bars.stop_task(task_id)
             if logged:
                 final = self.bars.tasks[task_id].description.strip()
-                self.bars.console.print(f"{escape(final)}: done in {time.perf_counter() - t0:.1f} s",
+                elapsed = time.perf_counter() - t0
+                self.bars.console.print(f"{escape(final)}: done in {elapsed:.1f} s",
                                         highlight=False)

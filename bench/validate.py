@@ -273,7 +273,8 @@ def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
                     assert queries and refs, "the test split needs queries and references"
                 ref_works = {e.work_id for e in refs}
                 lost = sorted({e.work_id for e in queries} - ref_works)
-                assert not lost, f"split '{split}': queries of works without a reference: {lost[:3]}"
+                assert not lost, \
+                    f"split '{split}': queries of works without a reference: {lost[:3]}"
         report.check("retrieval: every query's work has a reference", query_sets)
     fresh = ws.make("dataset", name, params)
 

@@ -16,8 +16,8 @@ ISMIR 2025 (arXiv 2509.04980), as DESIGN.md section 9 reads it:
    best fill is kept if it lowered the margin below what the clip had before the region.
 4. Budget: ``budget`` queries per clip in total, the clean query and localisation included;
    what is left after localisation is shared equally by the clip's valid regions still to
-   come (a region that stops early leaves its rest to the next). A generation runs only if all of it fits,
-   so the budget is never exceeded.
+   come (a region that stops early leaves its rest to the next). A generation runs only if
+   all of it fits, so the budget is never exceeded.
 
 Readings of what the paper leaves open (population size, sigma, bounds, fitness): z is searched
 in the inpainter's latent box (its ``latent_range``, :func:`.maia_masks.latent_bounds`),

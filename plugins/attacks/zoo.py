@@ -51,7 +51,8 @@ class ZOOParams:
     coordinates estimated per iteration (2 queries each). ``block``: samples per coordinate
     (the dimension reduction). ``h``: finite-difference step (waveform units).
     ``learning_rate``: Adam's, per coordinate. ``const``: c of the paper's objective
-    ``‖δ‖² + c·margin``; None = margin only (needs ``eps``). ``kappa``: confidence. ``query_chunk``: rows per forward pass (memory only)."""
+    ``‖δ‖² + c·margin``; None = margin only (needs ``eps``). ``kappa``: confidence.
+    ``query_chunk``: rows per forward pass (memory only)."""
 
     eps: float | None = 0.002
     budget: int = 1000

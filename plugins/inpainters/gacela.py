@@ -277,8 +277,10 @@ class GacelaInpainter(TrainedOnFirstUse, Inpainter):
         pos = torch.arange(seg_len)[None]
         cut_left = (torch.rand(b, generator=gen) * s).long()
         cut_right = e + (torch.rand(b, generator=gen) * (seg_len - e)).long()
-        silence_left = (torch.rand(b, generator=gen) < p.edge_prob)[:, None] & (pos < cut_left[:, None])
-        silence_right = (torch.rand(b, generator=gen) < p.edge_prob)[:, None] & (pos >= cut_right[:, None])
+        silence_left = ((torch.rand(b, generator=gen) < p.edge_prob)[:, None]
+                        & (pos < cut_left[:, None]))
+        silence_right = ((torch.rand(b, generator=gen) < p.edge_prob)[:, None]
+                         & (pos >= cut_right[:, None]))
         seg = seg.masked_fill(silence_left | silence_right, 0.0).repeat_interleave(2, dim=0)
         return self._views(seg.to(device))
 
@@ -477,7 +479,8 @@ class GacelaInpainter(TrainedOnFirstUse, Inpainter):
         end = g0 + lengths  # first known sample after the gap
         left = (known[:, g0 - 1] - y[:, g0 - 1]) * usable[:, g0 - 1]
         right_at = end.clamp(max=width - 1)
-        right = (known[rows[:, 0], right_at] - y[rows[:, 0], right_at]) * usable[rows[:, 0], right_at]
+        r0 = rows[:, 0]
+        right = (known[r0, right_at] - y[r0, right_at]) * usable[r0, right_at]
         cols_left = g0 + torch.arange(ramp_len, device=y.device)[None].expand(n, -1)
         cols_right = end[:, None] - 1 - torch.arange(ramp_len, device=y.device)[None]
         corr = torch.zeros_like(y).index_put((rows.expand(-1, ramp_len), cols_left),
