@@ -5,7 +5,6 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import tomllib
 
-from musicbench.errors import ConfigError
+from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import build_params
 
 KINDS = ("dataset", "model", "defense", "attack")
@@ -179,8 +178,7 @@ def _check_model_attacks(components: dict[str, list[ComponentSpec]]) -> None:
     for model in components["model"]:
         for name in model.attacks or ():
             if name not in labels:
-                close = difflib.get_close_matches(name, labels, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(name, labels)
                 raise ConfigError(
                     f"attack '{name}' is not a label in this config's [[attacks]].{hint} "
                     f"Labels: {', '.join(labels)}.", table=model.table, key="attacks",

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``options`` to ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
 
 class MusicbenchError(Exception):
     """Base class of every error musicbench raises on purpose."""

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any
 
-from musicbench.errors import ConfigError
+from musicbench.errors import ConfigError, did_you_mean
 
 
 def build_params(params_type: type, values: Mapping[str, Any], *, table: str) -> Any:
@@ -25,8 +24,7 @@ def build_params(params_type: type, values: Mapping[str, Any], *, table: str) ->
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, list(fields))
             accepted = ", ".join(sorted(fields)) or "none"
             raise ConfigError(
                 f"unknown parameter.{hint} Accepted parameters: {accepted}.", table=table, key=key

@@ -8,7 +8,6 @@ makes new cells while a rerun of the same command finds its finished ones.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 import musicbench
 from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig
-from musicbench.errors import ConfigError
+from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import build_params
 from musicbench.plugins import PluginSystem
 
@@ -81,8 +80,7 @@ def _check_model_datasets(resolved: dict[str, list[Resolved]]) -> None:
     for model in resolved["model"]:
         for name in model.spec.datasets or ():
             if name not in dataset_names:
-                close = difflib.get_close_matches(name, dataset_names, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(name, dataset_names)
                 raise ConfigError(
                     f"dataset '{name}' is not in this config's [[datasets]].{hint}",
                     table=model.spec.table, key="datasets",
@@ -105,8 +103,7 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
         present = {r.name for r in resolved[kind]} | {r.spec.label for r in resolved[kind]}
         for name in names:
             if name not in present:
-                close = difflib.get_close_matches(name, sorted(present), n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
+                hint = did_you_mean(name, sorted(present))
                 raise ConfigError(
                     f"--only {kind}={name}: no such {kind} in this config.{hint} "
                     f"The config has: {', '.join(sorted(present))}."
