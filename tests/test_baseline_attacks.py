@@ -46,6 +46,20 @@ def test_cw_finds_smaller_l2_than_pgd_l2_at_the_same_success(tiny):
     assert l2(cw, x).mean() < 0.7 * l2(pgd, x).mean(), (l2(cw, x), l2(pgd, x))
 
 
+def test_cw_with_kappa_returns_clips_fooled_by_at_least_kappa(tiny):
+    """C&W's success is margin <= -kappa (the paper's confidence), not the harness's margin <= 0:
+    v1 kept the first smallest-L2 iterate past the boundary, at margins of -0.0002..-0.007
+    here."""
+    model, x, y = tiny
+    plain = attack(CW(CWParams()), model, x, y)
+    confident = attack(CW(CWParams(kappa=0.05)), model, x, y)
+    assert plain.success.all() and confident.success.all()
+    margin = Victim(model).margin(confident.adv, y, count=False)
+    assert (margin <= -0.05 + 1e-6).all(), margin
+    assert (Victim(model).margin(plain.adv, y, count=False) > -0.05).all()  # kappa mattered
+    assert (l2(confident, x) > l2(plain, x)).all()  # a confident adversarial costs distortion
+
+
 def test_binary_search_raises_c_when_failing_and_lowers_it_after_success():
     const = torch.tensor([1.0, 1.0, 1.0])
     lower = torch.tensor([0.0, 0.0, 0.5])
@@ -157,3 +171,34 @@ def test_black_box_attacks_stop_a_clip_once_it_is_fooled():
     for att in (NES(NESParams()), ZOO(ZOOParams())):
         res = attack(att, model, x, y, allow_gradients=False, budget=1000)
         assert res.success[1] and int(res.queries[1]) < 400, (type(att).__name__, res.queries)
+
+
+def test_zoo_step_scales_with_eps():
+    """ZOO v1 had a fixed Adam step (0.002), so a larger radius changed nothing: its perturbation
+    stayed at the step's size. v2's step is ``step_fraction * eps``."""
+    model = TinyClassifier()
+    model.load()
+    x = tone_batch(12, model.input_samples, seed=3)
+    with torch.no_grad():
+        y = Victim(model).predict(x)
+
+    def zoo(**params):
+        att = ZOO(ZOOParams(budget=300, block=8, **params))
+        return attack(att, model, x, y, allow_gradients=False, budget=300)
+
+    small, large, larger = zoo(eps=0.002), zoo(eps=0.01), zoo(eps=0.03)
+    assert ZOOParams(eps=0.01).step == 0.01 and ZOOParams(eps=0.002).step == 0.002
+    assert (large.adv - x).abs().amax(1).min() > 0.009  # the step reaches the new radius
+    assert l2(large, x).mean() > 3 * l2(small, x).mean()
+    assert int(small.success.sum()) < int(large.success.sum()) < int(larger.success.sum())
+    # The absolute step (v1's reading) is still expressible, and with it the radius stops
+    # mattering once it exceeds what a few Adam steps can reach.
+    fixed = [zoo(eps=eps, learning_rate=0.002) for eps in (0.01, 0.03)]
+    assert torch.equal(fixed[0].adv, fixed[1].adv)
+    assert int(fixed[0].success.sum()) < int(large.success.sum())
+
+
+def test_unbounded_zoo_needs_an_absolute_step():
+    with pytest.raises(ValueError, match="learning_rate"):
+        ZOOParams(eps=None, const=1.0)
+    assert ZOOParams(eps=None, const=1.0, learning_rate=0.002).step == 0.002

@@ -14,18 +14,23 @@ and early abort. Our readings:
 
 - Each search step restarts from the clean clip (``w = atanh(x)``) with fresh Adam state, as
   the paper does, so the search steps are independent optimisations with different ``c``.
-- The best adversarial clip of a sample is the successful iterate (margin <= 0, the harness's
-  own success test, whatever κ) with the smallest L2 distance, over every step of every search.
-  Samples never fooled are returned unchanged (the clean clip).
-- Binary search per clip: a search step that found an adversarial lowers the upper bound on
-  ``c`` and bisects; one that did not raises the lower bound and multiplies ``c`` by 10 until an
-  upper bound exists, then bisects.
+- Success, for the attack's own bookkeeping (best-so-far, binary search, early abort), is
+  margin <= -κ, as in the paper (its ``compare`` adds κ to the true class's logit before
+  taking the argmax): the best adversarial clip of a sample is the iterate with margin <= -κ
+  with the smallest L2 distance, over every step of every search. With κ = 0 this is the
+  harness's test (margin <= 0); with κ > 0 an iterate that only just crosses the boundary is
+  not kept, because κ asks for a confident adversarial. (Version 1 judged margin <= 0 whatever
+  κ, so κ only shaped the objective and the returned clip could have any margin in (-κ, 0].)
+  Samples never fooled with that margin are returned unchanged (the clean clip).
+- Binary search per clip: a search step that found an adversarial (margin <= -κ) lowers the
+  upper bound on ``c`` and bisects; one that did not raises the lower bound and multiplies
+  ``c`` by 10 until an upper bound exists, then bisects.
 - Early abort (``abort_early``), per clip: a search step ends when the objective has not
   dropped by 0.01% over the last ``max(1, steps // 10)`` steps (the paper's rule); a clip stops
   for good when a search step found an adversarial but did not lower its best distance (the
   search has converged), or when its search steps are spent. A clip the model already gets
-  wrong is detected by the first iterate's forward pass (which is the clean clip) and never
-  attacked: one query.
+  wrong (margin <= 0, whatever κ) is detected by the first iterate's forward pass (which is
+  the clean clip) and never attacked: one query.
 - Optional L2 budget: ``eps`` or ``snr_db`` (a per-clip radius from the clip's energy, see
   :mod:`musicbench_plugins.attacks.budgets`). Iterates are projected onto the ball after each
   Adam step and only iterates inside it are accepted as the best adversarial.
@@ -107,7 +112,7 @@ class CW(Attack):
     """
 
     threat = "white-box"
-    version = "1"
+    version = "2"  # 2: success (best-so-far, search, abort) is margin <= -kappa, not <= 0
     Params = CWParams
     # Contract tests (tests/test_attack_contracts.py) run with fewer steps: test time only.
     contract_params: ClassVar[dict[str, Any]] = {"binary_search_steps": 2, "steps": 10}
@@ -168,10 +173,11 @@ class CW(Attack):
             (grad,) = torch.autograd.grad(obj.sum(), wa)
             with torch.no_grad():
                 xa = xa.detach()
-                hit = margin.detach() <= 0
+                margin = margin.detach()
+                hit = margin <= -p.kappa  # the paper's success: confident by kappa
                 # The very first iterate is the clean clip: already wrong -> never attacked.
                 first = (search[active] == 0) & (inner[active] == 0)
-                wrong = hit & first
+                wrong = (margin <= 0) & first
                 if bool(wrong.any()):
                     done[active[wrong]] = True
                 l2 = (xa - clean).flatten(1).norm(dim=1)

@@ -25,6 +25,18 @@ threat model; None = unbounded as in the paper), coordinates per iteration, ``h`
 learning rate, ``c`` (fixed when set: no binary search on c, which a 1 000-query budget cannot
 afford).
 
+**The step scales with the radius.** Adam's first update of a coordinate moves it by exactly
+the learning rate (m̂ / sqrt(v̂) = ±1 after one gradient), and a 1 000-query budget updates
+most chosen coordinates once or twice, so the learning rate, not ``eps``, is what bounds the
+perturbation in practice. Version 1 used a fixed 0.002: at ``eps = 0.01`` almost no coordinate
+got near the radius and the attack behaved as at 0.002 (same ASR in leaderboards/maia.md).
+Now the learning rate is ``step_fraction · eps`` (default 1.0: a coordinate's first update
+takes it to the boundary, which at ``eps = 0.002`` is exactly version 1's 0.002);
+``learning_rate`` set to a number is the absolute step of version 1, and an unbounded ZOO
+(no radius to scale by) needs it. ``h`` stays absolute: it sets how local the derivative
+estimate is (the model's smoothness and float32 resolution), not how far the attack may go —
+as NES keeps ``sigma`` absolute while its step is ``eps / 5``.
+
 Queries: each iteration checks the current iterate (1 query; a clip stops as soon as it is
 misclassified) and then spends 2 queries per chosen coordinate; the last iteration takes only
 the coordinates the budget leaves, so a clip never exceeds ``budget``. The final iterate is
@@ -50,16 +62,19 @@ class ZOOParams:
     """``eps``: L-inf radius (None: unbounded). ``budget``: queries per clip. ``coordinates``:
     coordinates estimated per iteration (2 queries each). ``block``: samples per coordinate
     (the dimension reduction). ``h``: finite-difference step (waveform units).
-    ``learning_rate``: Adam's, per coordinate. ``const``: c of the paper's objective
-    ``‖δ‖² + c·margin``; None = margin only (needs ``eps``). ``kappa``: confidence.
-    ``query_chunk``: rows per forward pass (memory only)."""
+    ``step_fraction``: Adam's learning rate per coordinate as a fraction of ``eps``.
+    ``learning_rate``: an absolute learning rate instead (overrides ``step_fraction``; needed
+    when ``eps`` is unset). ``const``: c of the paper's objective ``‖δ‖² + c·margin``; None =
+    margin only (needs ``eps``). ``kappa``: confidence. ``query_chunk``: rows per forward pass
+    (memory only)."""
 
     eps: float | None = 0.002
     budget: int = 1000
     coordinates: int = 16
     block: int = 32
     h: float = 1e-4
-    learning_rate: float = 0.002
+    step_fraction: float = 1.0
+    learning_rate: float | None = None
     const: float | None = None
     kappa: float = 0.0
     query_chunk: int = 256
@@ -75,8 +90,13 @@ class ZOOParams:
             raise ValueError(f"block must be >= 1, got {self.block}")
         if not self.h > 0:
             raise ValueError(f"h must be > 0, got {self.h}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.step_fraction > 0:
+            raise ValueError(f"step_fraction must be > 0, got {self.step_fraction}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0 or unset, got {self.learning_rate}")
+        if self.eps is None and self.learning_rate is None:
+            raise ValueError("an unbounded ZOO (eps unset) has no radius to scale its step by: "
+                             "set learning_rate (e.g. 0.002, version 1's default)")
         if self.const is not None and not self.const > 0:
             raise ValueError(f"const must be > 0 or unset, got {self.const}")
         if self.eps is None and self.const is None:
@@ -86,6 +106,14 @@ class ZOOParams:
             raise ValueError(f"kappa must be >= 0, got {self.kappa}")
         if self.query_chunk < 1:
             raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+
+    @property
+    def step(self) -> float:
+        """Adam's learning rate per coordinate: ``learning_rate`` if set, else
+        ``step_fraction · eps``."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return self.step_fraction * (self.eps or 0.0)  # both unset is refused above
 
 
 def upsample(z: torch.Tensor, block: int, length: int) -> torch.Tensor:
@@ -101,7 +129,7 @@ class ZOO(Attack):
     """
 
     threat = "black-box"
-    version = "1"
+    version = "2"  # 2: learning rate = step_fraction * eps (was a fixed 0.002)
     Params = ZOOParams
 
     def bound(self) -> Bound | None:
@@ -129,6 +157,7 @@ class ZOO(Attack):
         steps = torch.zeros(batch, dtype=torch.long, device=dev)
         active = torch.arange(batch, device=dev)
         b1, b2 = _BETAS
+        lr = p.step
         while active.numel() and remaining_budget(victim, p.budget, active) >= 1:
             adv = (audio[active] + upsample(z[active], p.block, length)).clamp_(-1, 1)
             _, centre = score_rows(victim, adv, target[active], active, "margin", p.query_chunk)
@@ -157,7 +186,7 @@ class ZOO(Attack):
             mc = m[active].gather(1, coords).mul_(b1).add_(grad, alpha=1 - b1)
             vc = v[active].gather(1, coords).mul_(b2).addcmul_(grad, grad, value=1 - b2)
             tc = clock[active].gather(1, coords) + 1
-            zc = zc - p.learning_rate * (mc / (1 - b1 ** tc)) / (
+            zc = zc - lr * (mc / (1 - b1 ** tc)) / (
                 (vc / (1 - b2 ** tc)).sqrt() + _ADAM_EPS)
             if p.eps is not None:
                 zc = zc.clamp(-p.eps, p.eps)
