@@ -157,6 +157,45 @@ def leaderboard(
 
 
 @app.command()
+def compare(
+    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
+    labels: Annotated[list[str], typer.Argument(
+        help="attack labels, the first compared with each other; with --attack, defense labels")],
+    model: Annotated[str, typer.Option("--model", help="model label")],
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="dataset label (needed when the model ran on several)")] = None,
+    defense: Annotated[Optional[str], typer.Option(
+        "--defense", help="the defense the attacks are compared under (default: none)")] = None,
+    attack: Annotated[Optional[str], typer.Option(
+        "--attack", help="compare the defenses LABELS under this attack")] = None,
+    fmt: Annotated[Optional[str], typer.Option(
+        "--format", help="md | csv | json on stdout (default: a table on stderr)")] = None,
+) -> None:
+    """Paired comparison of cells on the same clips: difference [95% CI], McNemar p, Holm."""
+    from musicbench.compare import RENDERERS, cells_of, columns
+    from musicbench.compare import compare as compare_run
+
+    if fmt is not None and fmt not in RENDERERS:
+        print_error(f"--format must be one of {', '.join(RENDERERS)}, got '{fmt}'")
+        raise typer.Exit(code=2)
+    try:
+        result = compare_run(out, labels, model=model, dataset=dataset, defense=defense,
+                             attack=attack)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    if fmt is not None:
+        sys.stdout.write(RENDERERS[fmt](result))
+        return
+    table = Table(title=escape(result.header()), title_justify="left")
+    for col in columns(result):
+        table.add_column(escape(col), justify="left" if col in ("A", "B") else "right")
+    for pair in result.pairs:
+        table.add_row(*(escape(c) for c in cells_of(pair)))
+    stderr.print(table)
+
+
+@app.command()
 def validate(
     name: Annotated[str, typer.Argument(help="a registered plugin name")],
     kind: Annotated[Optional[str], typer.Option("--kind", help="when NAME is ambiguous")] = None,
