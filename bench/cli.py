@@ -258,12 +258,10 @@ def train(
 def _add_plugin_commands() -> None:
     from musicbench.plugins import get_plugins
 
-    plugins = get_plugins()
-    for impl in plugins.pm.hook.register_commands.get_hookimpls():
-        try:
-            impl.function(app=app)
-        except Exception as exc:  # a broken plugin command must not take the CLI down
-            print_note(f"plugin '{impl.plugin_name}' failed to add commands: {exc}", "yellow")
+    # One call per plugin: a broken plugin command must not take the CLI, or the commands of
+    # the plugins after it, down.
+    for failure in get_plugins().call_each("register_commands", app=app):
+        print_note(f"plugin '{failure.plugin}' failed to add commands: {failure.error}", "yellow")
 
 
 def main() -> None:

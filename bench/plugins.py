@@ -35,6 +35,17 @@ class PluginInfo:
     registered: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
 
 
+@dataclass(frozen=True)
+class HookFailure:
+    """One plugin's hook implementation raised ``error`` (see :meth:`PluginSystem.call_each`)."""
+
+    plugin: str
+    error: Exception
+
+    def __str__(self) -> str:
+        return f"{self.plugin}: {type(self.error).__name__}: {self.error}"
+
+
 class PluginSystem:
     """A pluggy manager plus one :class:`Registry` per component kind.
 
@@ -106,9 +117,7 @@ class PluginSystem:
         staged: list[Entry] = []
         try:
             for kind, hook_name in hookspecs.REGISTER_HOOKS.items():
-                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin is plugin:
-                        impl.function(register=_stager(staged, kind, info))
+                self._caller_of(plugin, hook_name)(register=_stager(staged, kind, info))
             self._commit(staged)
         except Exception as exc:
             self.pm.unregister(plugin)
@@ -127,10 +136,7 @@ class PluginSystem:
                 added.append(entry)
         except DuplicateNameError:
             for entry in added:  # roll back: a failed plugin contributes nothing
-                reg = self.registries[entry.kind]
-                reg._entries.pop(entry.name, None)
-                for alias in entry.aliases:
-                    reg._aliases.pop(alias, None)
+                self.registries[entry.kind].remove(entry.name)
             raise
 
     def remove_plugin(self, name: str) -> None:
@@ -140,10 +146,32 @@ class PluginSystem:
         if plugin is not None:
             self.pm.unregister(plugin)
         for kind, comp in (info.registered if info else []):
-            reg = self.registries[kind]
-            entry = reg._entries.pop(comp, None)
-            for alias in entry.aliases if entry else ():
-                reg._aliases.pop(alias, None)
+            self.registries[kind].remove(comp)
+
+    # -- calling hooks ----------------------------------------------------------------------
+
+    def _caller_of(self, plugin: object, hook_name: str) -> pluggy.HookCaller:
+        """Hook ``hook_name`` as pluggy calls it, restricted to ``plugin``'s implementation:
+        what one plugin returns or raises is its own, never another's."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[HookFailure]:
+        """Call ``hook_name`` once per plugin that implements it, in pluggy's order
+        (``tryfirst``/``trylast``, then last registered first), each through pluggy. A plugin
+        that raises does not stop the others: its error is returned, and nothing else is."""
+        caller: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
+        order: list[object] = []
+        for impl in reversed(caller.get_hookimpls()):  # the order pluggy itself calls them in
+            if not any(impl.plugin is p for p in order):
+                order.append(impl.plugin)
+        failures = []
+        for plugin in order:
+            try:
+                self._caller_of(plugin, hook_name)(**kwargs)
+            except Exception as exc:
+                failures.append(HookFailure(self.pm.get_name(plugin) or repr(plugin), exc))
+        return failures
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -155,14 +183,9 @@ class PluginSystem:
         return self.registries[kind].get(name)
 
     def notify_cell_finished(self, record: Any) -> list[str]:
-        """Call every ``cell_finished`` observer; returns the errors they raised (never raises)."""
-        errors = []
-        for impl in self.pm.hook.cell_finished.get_hookimpls():
-            try:
-                impl.function(record=record)
-            except Exception as exc:
-                errors.append(f"{impl.plugin_name}: {type(exc).__name__}: {exc}")
-        return errors
+        """Call every ``cell_finished`` observer; returns the errors they raised (never raises).
+        One failing observer does not keep the record from the others."""
+        return [str(f) for f in self.call_each("cell_finished", record=record)]
 
 
 def _stager(staged: list[Entry], kind: str, info: PluginInfo):

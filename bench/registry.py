@@ -88,6 +88,18 @@ class Registry:
         for alias in entry.aliases:
             self._aliases[alias] = entry.name
 
+    def remove(self, name: str) -> Entry:
+        """Drop the entry registered as ``name`` (its canonical name) with its aliases, and
+        return it. A name that is not registered, or an alias, raises :class:`KeyError`."""
+        entry = self._entries.pop(name, None)
+        if entry is None:
+            what = f"an alias of '{self._aliases[name]}'" if name in self._aliases else "unknown"
+            raise KeyError(f"cannot remove {self.kind} '{name}': {what}; remove an entry by "
+                           f"its registered name ({', '.join(self.names()) or 'none registered'})")
+        for alias in entry.aliases:
+            del self._aliases[alias]
+        return entry
+
     def _owner(self, key: str) -> Entry | None:
         if key in self._entries:
             return self._entries[key]

@@ -6,7 +6,10 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
+
 from musicbench import hookimpl, hookspecs
+from musicbench.plugins import PluginSystem
 from musicbench.session import RunOptions, execute
 
 DOCS = Path(__file__).parent.parent / "docs" / "plugins.md"
@@ -50,6 +53,58 @@ def test_cell_finished_observers_see_every_record_and_cannot_break_the_run(
     outcome = execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
     assert not outcome.failed
     assert seen == [(("toy-tones", "toy-model", "none", "fgsm"), "ok", 8)]
+
+
+class _Seen:
+    def __init__(self, log):
+        self.log = log
+
+    @hookimpl
+    def cell_finished(self, record):
+        self.log.append(record)
+
+
+class _BrokenObserver:
+    @hookimpl
+    def cell_finished(self, record):
+        raise RuntimeError("observer bug")
+
+
+@pytest.mark.parametrize("broken_at", [0, 1, 2])
+def test_a_failing_cell_finished_observer_neither_stops_the_others_nor_goes_unreported(
+        broken_at):
+    seen = []
+    plugins = [_Seen(seen), _Seen(seen)]
+    plugins.insert(broken_at, _BrokenObserver())
+    system = PluginSystem(discover=False)
+    for i, plugin in enumerate(plugins):
+        assert system.add_plugin(plugin, f"observer-{i}").status == "loaded"
+    record = object()
+    errors = system.notify_cell_finished(record)
+    assert seen == [record, record]
+    assert errors == [f"observer-{broken_at}: RuntimeError: observer bug"]
+
+
+def test_a_failing_register_commands_plugin_does_not_stop_the_others():
+    import typer
+
+    class Adds:
+        @hookimpl
+        def register_commands(self, app):
+            app.command("added")(lambda: None)
+
+    class Breaks:
+        @hookimpl(tryfirst=True)  # called first: the other plugin must still add its command
+        def register_commands(self, app):
+            raise ValueError("cannot add")
+
+    system = PluginSystem(discover=False)
+    system.add_plugin(Adds(), "adds")
+    system.add_plugin(Breaks(), "breaks")
+    app = typer.Typer()
+    failures = system.call_each("register_commands", app=app)
+    assert [c.name for c in app.registered_commands] == ["added"]
+    assert [(f.plugin, str(f.error)) for f in failures] == [("breaks", "cannot add")]
 
 
 def test_register_commands_adds_a_cli_command(tmp_path):

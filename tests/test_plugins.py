@@ -8,6 +8,7 @@ from conftest import cli, make_site
 from musicbench import hookimpl
 from musicbench.errors import UnknownNameError
 from musicbench.plugins import PluginSystem
+from musicbench.registry import Entry, Registry
 
 
 def test_builtins_are_discovered_through_entry_points():
@@ -50,6 +51,51 @@ def test_aliases_resolve_to_the_entry():
     assert system.get("attack", "lan").name == "long-attack-name"
     system.remove_plugin("aliased")
     assert "lan" not in system.registry("attack")
+
+
+def test_registry_remove_drops_the_entry_and_its_aliases_by_name_only():
+    reg = Registry("attack")
+    reg.add(Entry("attack", "long-name", object, "dist 1", "p", aliases=("ln", "l")))
+    with pytest.raises(KeyError, match="alias of 'long-name'"):
+        reg.remove("ln")
+    with pytest.raises(KeyError, match="unknown"):
+        reg.remove("nope")
+    assert reg.remove("long-name").name == "long-name"
+    assert len(reg) == 0 and "ln" not in reg and "l" not in reg
+    reg.add(Entry("attack", "ln", object, "dist 2", "q"))  # the freed alias is a free name
+
+
+def test_register_hooks_go_through_pluggy_one_plugin_at_a_time():
+    """Each plugin's register hooks are called through the plugin manager (so pluggy's
+    monitoring, argument checks and wrappers apply) with only that plugin's implementations."""
+
+    class One:
+        @hookimpl
+        def register_attacks(self, register):
+            register("one-attack", object)
+
+    class Two:
+        @hookimpl
+        def register_attacks(self, register):
+            register("two-attack", object)
+
+        @hookimpl
+        def register_models(self, register):
+            register("two-model", object)
+
+    system = PluginSystem(discover=False)
+    calls = []
+    system.pm.add_hookcall_monitoring(
+        lambda hook, impls, kwargs: calls.append((hook, [i.plugin_name for i in impls])),
+        lambda outcome, hook, impls, kwargs: None,
+    )
+    system.add_plugin(One(), "one")
+    system.add_plugin(Two(), "two")
+    assert ("register_attacks", ["one"]) in calls
+    assert ("register_attacks", ["two"]) in calls and ("register_models", ["two"]) in calls
+    assert all(len(impls) <= 1 for _, impls in calls)  # never another plugin's hook
+    assert system.plugins["two"].registered == [("attack", "two-attack"), ("model", "two-model")]
+    assert system.get("attack", "one-attack").plugin == "one"
 
 
 def test_plugin_raising_in_register_is_failed_and_others_work():
