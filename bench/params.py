@@ -32,8 +32,26 @@ def build_params(params_type: type, values: Mapping[str, Any], *, table: str) ->
         kwargs[key] = coerce(value, hints[key], table=table, key=key)
     try:
         return params_type(**kwargs)
-    except (TypeError, ValueError) as exc:  # __post_init__ range checks land here
-        raise ConfigError(str(exc), table=table) from exc
+    except Exception as exc:  # the plugin's own checks (__post_init__) rejected the values
+        raise ConfigError(_rejection(params_type, exc), table=table) from exc
+
+
+def _rejection(params_type: type, exc: Exception) -> str:
+    """One line for values a ``Params`` dataclass refused to build from.
+
+    Building a ``Params`` runs nothing but the plugin's own checks, so whatever they raise
+    means "not these values", whatever its type (``ValueError`` and ``TypeError`` by our
+    convention; ``AssertionError``, ``KeyError``, ... in plugins that chose otherwise, or a bug
+    in those checks). Either way nothing has run and the table is where to look: the user gets
+    a config error naming it, not a traceback into the harness (the original stays chained as
+    ``__cause__``). A message that says nothing on its own is prefixed with its type.
+    """
+    message = str(exc)
+    if isinstance(exc, (TypeError, ValueError, AssertionError)) and message:
+        return message
+    check = ".__post_init__" if hasattr(params_type, "__post_init__") else ""
+    detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"{params_type.__qualname__}{check} rejected the values: {detail}"
 
 
 def coerce(value: Any, annotation: Any, *, table: str, key: str) -> Any:

@@ -1,5 +1,10 @@
 """Conformance checks for one plugin (``musicbench validate NAME``), the same checks the
-contract tests apply to every built-in. Odd lengths, determinism, budgets, ranges."""
+contract tests apply to every built-in. Odd lengths, determinism, budgets, ranges.
+
+Every check is explicit (:func:`require` raises :class:`CheckFailed`), never a bare
+``assert``: ``python -O`` strips assert statements, and a validator that passes everything
+under ``-O`` is worse than none (HEAR's validator raises for the same reason).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,22 @@ import torch
 
 from musicbench.cache import cache_dir
 from musicbench.environment import resolve_device
-from musicbench.errors import ConfigError, UnknownNameError
+from musicbench.errors import ConfigError, GradientRefusedError, UnknownNameError, did_you_mean
 from musicbench.hookspecs import REGISTER_HOOKS
 from musicbench.plugins import PluginSystem, get_plugins
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import ReferenceSet, Victim
 from musicbench.workspace import Workspace
+
+
+class CheckFailed(Exception):
+    """The plugin broke the check being run; the message says how (with the values seen)."""
+
+
+def require(condition: bool | torch.Tensor, message: str) -> None:
+    """Fail the running check with ``message`` unless ``condition`` holds."""
+    if not bool(condition):
+        raise CheckFailed(message)
 
 
 @dataclass
@@ -38,11 +53,13 @@ class ValidationReport:
         return all(c.ok for c in self.checks)
 
     def check(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; an AssertionError or any exception fails the check with its message."""
+        """Run ``fn`` and record the check: :class:`CheckFailed` and :class:`ConfigError` (a
+        parameter the plugin rejects) fail it with their one-line message, any other exception
+        (the plugin crashed) with its type, message and the last frames of its traceback."""
         try:
             value = fn()
-        except AssertionError as exc:
-            self.checks.append(Check(name, False, str(exc) or "assertion failed"))
+        except (CheckFailed, ConfigError) as exc:
+            self.checks.append(Check(name, False, str(exc)))
             return None
         except Exception as exc:
             detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
@@ -100,6 +117,8 @@ def validate_plugin(
     plugins = plugins or get_plugins()
     kind = find_kind(plugins, name, kind)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
+    if params:  # values the user gave are checked first: a rejected one is a usage error
+        ws.make(kind, name, params)  # raises ConfigError ([table] key: message), no check runs
     report = ValidationReport(kind, name)
     checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
               "metric": _metric, "inpainter": _inpainter, "encoder": _encoder}
@@ -142,13 +161,13 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
         return
     victim, res = first
     report.check("deterministic for a fixed seed",
-                 lambda: _assert(torch.equal(run(0)[1].adv, res.adv), "two runs differ"))
-    report.check("counts its queries", lambda: _assert(
+                 lambda: require(torch.equal(run(0)[1].adv, res.adv), "two runs differ"))
+    report.check("counts its queries", lambda: require(
         bool((res.queries > 0).all()), f"queries {res.queries.tolist()}"))
     if budget is not None:
-        report.check(f"queries within budget {budget}", lambda: _assert(
+        report.check(f"queries within budget {budget}", lambda: require(
             int(res.queries.max()) <= budget, f"max queries {int(res.queries.max())}"))
-    report.check("stops early on a sample that is already wrong", lambda: _assert(
+    report.check("stops early on a sample that is already wrong", lambda: require(
         int(res.queries[0]) <= 2, f"{int(res.queries[0])} queries on an already-wrong sample"))
     if black_box:
         def refuses() -> None:
@@ -156,10 +175,9 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
             v.reset_counters(x.shape[0])
             try:
                 v.loss(x.clone().requires_grad_(True), y)
-            except Exception as exc:
-                assert "refuses gradients" in str(exc), str(exc)
+            except GradientRefusedError:
                 return
-            raise AssertionError("a black-box victim handed out gradients")
+            raise CheckFailed("a black-box victim handed out gradients")
         report.check("black-box: victim refuses gradients", refuses)
 
 
@@ -184,18 +202,18 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
     victim = make_victim()
     with torch.no_grad():
         a, b = victim.scores(x, count=False), victim.scores(x, count=False)
-    report.check("deterministic", lambda: _assert(torch.equal(a, b), "two forwards differ"))
+    report.check("deterministic", lambda: require(torch.equal(a, b), "two forwards differ"))
 
     def batch_independent() -> None:
         # A module left in train mode scores a clip by its batch (batch norm's batch statistics,
         # dropout) and drifts (running statistics update on every forward): every figure of a
         # run would then depend on the batch size and on what ran before.
-        assert not model.module().training, "module() is in train mode; call .eval() in load()"
+        require(not model.module().training, "module() is in train mode; call .eval() in load()")
         with torch.no_grad():
             alone = victim.scores(x[1:], count=False)
-        assert torch.allclose(alone, a[1:], rtol=1e-4, atol=1e-5), (
-            "a clip scores differently alone than in a batch (max difference "
-            f"{(alone - a[1:]).abs().max().item():.3g}): batch statistics in the forward?")
+        require(torch.allclose(alone, a[1:], rtol=1e-4, atol=1e-5),
+                "a clip scores differently alone than in a batch (max difference "
+                f"{(alone - a[1:]).abs().max().item():.3g}): batch statistics in the forward?")
     report.check("eval mode, each clip scored independently of its batch", batch_independent)
 
     def grad() -> None:
@@ -203,9 +221,50 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
         victim.reset_counters(2)
         loss = victim.loss(xg, a.argmax(-1))
         (g,) = torch.autograd.grad(loss.sum(), xg)
-        assert torch.isfinite(g).all(), "non-finite input gradient"
-        assert g.abs().sum() > 0, "zero input gradient: is the front end inside the model?"
+        require(torch.isfinite(g).all(), "non-finite input gradient")
+        require(g.abs().sum() > 0, "zero input gradient: is the front end inside the model?")
     report.check("differentiable from the waveform", grad)
+    _cam_layer(model, make_victim(), x, report)
+
+
+def _cam_layer(model: Any, victim: Victim, x: torch.Tensor, report: ValidationReport) -> None:
+    """``cam_layer`` (what Grad-CAM, hence MAIA-WB, reads) names a submodule of ``module()``
+    whose activation is ``[N, C, T']`` or ``[N, C, F', T']`` and depends on the audio."""
+    layer = model.cam_layer
+    if not layer:
+        report.check("cam_layer: none declared (Grad-CAM attacks such as maia-wb cannot run "
+                     "on this model)", lambda: None)
+        return
+
+    def reads() -> None:
+        net = model.module()
+        names = [n for n, _ in net.named_modules() if n]
+        if layer not in names:
+            shown = ", ".join(names[:12]) + (f" (and {len(names) - 12} more)"
+                                             if len(names) > 12 else "")
+            raise CheckFailed(
+                f"cam_layer '{layer}' is not a submodule of module() "
+                f"({type(net).__name__}).{did_you_mean(layer, names)} Set cam_layer to one of "
+                f"its named_modules(): {shown or 'it has none'}")
+        acts: list[torch.Tensor] = []
+        handle = net.get_submodule(layer).register_forward_hook(
+            lambda _m, _i, out: acts.append(out[0] if isinstance(out, (tuple, list)) else out))
+        try:
+            xg = x.clone().requires_grad_(True)
+            victim.reset_counters(x.shape[0])
+            with torch.enable_grad():
+                scores = victim.scores(xg)
+        finally:
+            handle.remove()
+        require(bool(acts), f"cam_layer '{layer}' did not run in a forward pass")
+        bad = [tuple(a.shape) for a in acts if a.dim() not in (3, 4)]
+        require(not bad, f"cam_layer '{layer}' gives activations of shape {bad[:1]}; Grad-CAM "
+                         "reads [N, C, T'] or [N, C, F', T'] with time last")
+        grads = torch.autograd.grad(scores.sum(), acts, allow_unused=True)
+        require(any(g is not None and bool(g.abs().sum() > 0) for g in grads),
+                f"the scores do not depend on cam_layer '{layer}' (zero or no gradient): "
+                "name a block the logits are computed from")
+    report.check(f"cam_layer '{layer}' is a submodule Grad-CAM can read", reads)
 
 
 def _loaded(ws: Workspace, name: str, params: dict[str, Any]):
@@ -222,11 +281,12 @@ def _victim_factory(model, device: torch.device, report: ValidationReport):  # n
     def embeddings() -> torch.Tensor:
         with torch.no_grad():
             emb = model.embed(refs_audio)
-        assert emb.dim() == 2 and emb.shape[0] == 3, f"embed gave {tuple(emb.shape)}"
-        assert torch.isfinite(emb).all(), "non-finite embeddings"
+        require(emb.dim() == 2 and emb.shape[0] == 3,
+                f"embed gave {tuple(emb.shape)}, expected [3, D]")
+        require(torch.isfinite(emb).all(), "non-finite embeddings")
         norms = emb.norm(dim=1)
-        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4), \
-            f"embeddings are not L2-normalised (norms {norms.tolist()})"
+        require(torch.allclose(norms, torch.ones_like(norms), atol=1e-4),
+                f"embeddings are not L2-normalised (norms {norms.tolist()})")
         return emb
     emb = report.check("embed -> [B, D], L2-normalised", embeddings)
     if emb is None:
@@ -238,9 +298,9 @@ def _victim_factory(model, device: torch.device, report: ValidationReport):  # n
 def _scores(victim: Victim, x: torch.Tensor, k: int) -> None:
     with torch.no_grad():
         out = victim.scores(x, count=False)
-    assert out.shape == (x.shape[0], k), f"got {tuple(out.shape)}, expected ({x.shape[0]}, {k})"
-    assert out.dtype == torch.float32, f"dtype {out.dtype}"
-    assert torch.isfinite(out).all(), "non-finite logits"
+    require(out.shape == (x.shape[0], k), f"got {tuple(out.shape)}, expected ({x.shape[0]}, {k})")
+    require(out.dtype == torch.float32, f"dtype {out.dtype}, expected torch.float32")
+    require(torch.isfinite(out).all(), "non-finite logits")
 
 
 def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
@@ -256,37 +316,49 @@ def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
         def clips(examples=examples, split=split) -> None:
             for e in examples:
                 a = e.audio
-                assert a.dim() == 1 and a.dtype == torch.float32, f"{e.id}: {a.dtype} {a.shape}"
-                assert torch.isfinite(a).all(), f"{e.id}: non-finite samples"
-                assert a.abs().max() <= 1.0, f"{e.id}: outside [-1, 1]"
-                if ds.task == "classification":
-                    assert e.label is not None and 0 <= e.label < len(ds.labels), f"{e.id} label"
+                if a.dim() != 1 or a.dtype != torch.float32:
+                    raise CheckFailed(f"{e.id}: audio {a.dtype} of shape {tuple(a.shape)}, "
+                                      "expected torch.float32 of shape [T]")
+                if not torch.isfinite(a).all():
+                    raise CheckFailed(f"{e.id}: non-finite samples")
+                if a.abs().max() > 1.0:
+                    raise CheckFailed(f"{e.id}: peak {float(a.abs().max()):.3g} is outside "
+                                      "[-1, 1]")
+                if ds.task == "classification" and not (
+                        e.label is not None and 0 <= e.label < len(ds.labels)):
+                    raise CheckFailed(f"{e.id}: label {e.label!r} is not an index into the "
+                                      f"{len(ds.labels)} labels")
                 work = e.work_id or e.id
                 other = works.setdefault(work, split)
-                assert other == split, f"work '{work}' is in splits {other} and {split}"
+                if other != split:
+                    raise CheckFailed(f"work '{work}' is in splits {other} and {split}")
         report.check(f"split '{split}': clips are float32 mono in [-1, 1], split by work", clips)
     if ds.task == "retrieval":
         def query_sets() -> None:
             for split in ("train", "valid", "test"):
                 queries, refs = ds.queries(split), ds.references(split)
                 if split == "test":
-                    assert queries and refs, "the test split needs queries and references"
+                    require(bool(queries) and bool(refs),
+                            f"the test split has {len(queries)} queries and {len(refs)} "
+                            "references; it needs both")
                 ref_works = {e.work_id for e in refs}
                 lost = sorted({e.work_id for e in queries} - ref_works)
-                assert not lost, \
-                    f"split '{split}': queries of works without a reference: {lost[:3]}"
+                require(not lost,
+                        f"split '{split}': queries of works without a reference: {lost[:3]}")
         report.check("retrieval: every query's work has a reference", query_sets)
     fresh = ws.make("dataset", name, params)
 
     def stable() -> None:
         fresh.prepare(ws.ctx)
-        assert fresh.fingerprint() == ds.fingerprint(), "fingerprint changed on re-prepare"
+        require(fresh.fingerprint() == ds.fingerprint(),
+                f"fingerprint changed on re-prepare: {ds.fingerprint()!r} then "
+                f"{fresh.fingerprint()!r}")
     report.check("fingerprint is stable", stable)
 
 
 def _nonempty(ds, split: str):  # noqa: ANN001
     examples = ds.examples(split)
-    assert len(examples) > 0, f"split '{split}' has no examples"
+    require(len(examples) > 0, f"split '{split}' has no examples")
     return examples
 
 
@@ -301,11 +373,12 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
 
     def contract() -> None:
         y = out(0)
-        assert y.shape == x.shape and y.dtype == x.dtype, f"{tuple(y.shape)} {y.dtype}"
-        assert torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]"
+        require(y.shape == x.shape and y.dtype == x.dtype,
+                f"returned {tuple(y.shape)} {y.dtype} for {tuple(x.shape)} {x.dtype}")
+        require(torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]")
     report.check("keeps shape and dtype, finite, in [-1, 1]", contract)
     report.check("deterministic for a fixed seed",
-                 lambda: _assert(torch.equal(out(0), out(0)), "two draws with one seed differ"))
+                 lambda: require(torch.equal(out(0), out(0)), "two draws with one seed differ"))
 
 
 def _metric(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
@@ -317,8 +390,8 @@ def _metric(ws: Workspace, name: str, params: dict[str, Any], report: Validation
 
     def shape() -> None:
         v = metric.compute(x, y, 16_000)
-        assert v.shape == (3,), f"shape {tuple(v.shape)}"
-        assert torch.isfinite(v).all(), "non-finite values"
+        require(v.shape == (3,), f"returned shape {tuple(v.shape)} for 3 pairs, expected (3,)")
+        require(torch.isfinite(v).all(), f"non-finite values {v.tolist()}")
     report.check("one finite value per pair", shape)
 
 
@@ -336,9 +409,9 @@ def _encoder(ws: Workspace, name: str, params: dict[str, Any],
     def shape() -> torch.Tensor:
         with torch.no_grad():
             e = encoder.embed(x)
-        assert e.dim() == 3 and e.shape[0] == 3 and e.shape[2] == encoder.dim, (
-            f"embed gave {tuple(e.shape)}, expected [3, frames, dim={encoder.dim}]")
-        assert e.shape[1] >= 1 and torch.isfinite(e).all(), "no frames, or non-finite"
+        require(e.dim() == 3 and e.shape[0] == 3 and e.shape[2] == encoder.dim,
+                f"embed gave {tuple(e.shape)}, expected [3, frames, dim={encoder.dim}]")
+        require(e.shape[1] >= 1 and torch.isfinite(e).all(), "no frames, or non-finite")
         return e
     e = report.check(f"embed -> [B, frames, dim={encoder.dim}], finite", shape)
     if e is None:
@@ -346,10 +419,10 @@ def _encoder(ws: Workspace, name: str, params: dict[str, Any],
     with torch.no_grad():
         again, alone = encoder.embed(x), encoder.embed(x[1:2])
         longer = encoder.embed(torch.cat([x, x], dim=1)[:1])
-    report.check("deterministic", lambda: _assert(torch.equal(again, e), "two calls differ"))
-    report.check("a row's frames do not depend on its batch", lambda: _assert(
+    report.check("deterministic", lambda: require(torch.equal(again, e), "two calls differ"))
+    report.check("a row's frames do not depend on its batch", lambda: require(
         torch.allclose(alone[0], e[1], atol=1e-4, rtol=1e-4), "batched and alone differ"))
-    report.check("longer clips give more frames", lambda: _assert(
+    report.check("longer clips give more frames", lambda: require(
         longer.shape[1] > e.shape[1], f"{longer.shape[1]} frames for twice the audio, "
                                       f"{e.shape[1]} for once"))
 
@@ -381,13 +454,14 @@ def _inpainter(ws: Workspace, name: str, params: dict[str, Any],
     def contract() -> torch.Tensor:
         with torch.no_grad():
             y = inpainter.inpaint(x, mask, z)
-        assert y.shape == x.shape and y.dtype == x.dtype, f"{tuple(y.shape)} {y.dtype}"
-        assert y.device == x.device, f"device {y.device}, input on {x.device}"
-        assert torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]"
-        assert torch.equal(y[~mask], x[~mask]), "unmasked samples changed"
+        require(y.shape == x.shape and y.dtype == x.dtype,
+                f"returned {tuple(y.shape)} {y.dtype} for {tuple(x.shape)} {x.dtype}")
+        require(y.device == x.device, f"device {y.device}, input on {x.device}")
+        require(torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]")
+        require(torch.equal(y[~mask], x[~mask]), "unmasked samples changed")
         for b in range(3):
             rms = float(y[b][mask[b]].square().mean().sqrt())
-            assert rms > 1e-3, f"row {b}: the gaps stay (nearly) silent (rms {rms:.2g})"
+            require(rms > 1e-3, f"row {b}: the gaps stay (nearly) silent (rms {rms:.2g})")
         return y
     y = report.check("fills the gaps: shape, dtype, finite, [-1, 1], unmasked samples "
                      "unchanged, non-silent", contract)
@@ -395,33 +469,30 @@ def _inpainter(ws: Workspace, name: str, params: dict[str, Any],
         return
     with torch.no_grad():
         again = inpainter.inpaint(x, mask, z)
-    report.check("deterministic", lambda: _assert(torch.equal(again, y), "two calls differ"))
+    report.check("deterministic", lambda: require(torch.equal(again, y), "two calls differ"))
 
     def gradients() -> None:
         xg, zg = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
         out = inpainter.inpaint(xg, mask, zg)
         weight = tone_batch(3, x.shape[1], seed=8, device=device)  # a generic loss
         gx, gz = torch.autograd.grad((out * weight * mask).sum(), (xg, zg), allow_unused=True)
-        assert gx is not None and torch.isfinite(gx).all(), "no finite gradient in the audio"
-        assert gx.abs().sum() > 0, "zero gradient in the audio through the fill"
+        require(gx is not None and torch.isfinite(gx).all(), "no finite gradient in the audio")
+        require(gx.abs().sum() > 0, "zero gradient in the audio through the fill")
         if inpainter.latent_dim == 0:
             return
         gz = torch.zeros_like(z) if gz is None else gz
-        assert torch.isfinite(gz).all(), "non-finite gradient in z"
+        require(torch.isfinite(gz).all(), "non-finite gradient in z")
         with torch.no_grad():
             moved = inpainter.inpaint(x, mask, z + 1e-3 * torch.sign(z + 0.5))
         changes = (moved - y).abs().amax(dim=1) > 1e-6
-        assert not bool((changes & (gz.abs().sum(1) == 0)).any()), \
-            "the fill moves with z but its gradient in z is zero"
+        require(not bool((changes & (gz.abs().sum(1) == 0)).any()),
+                "the fill moves with z but its gradient in z is zero")
     report.check("differentiable in the audio and in z", gradients)
 
 
 def _latent(inpainter: Any, gen: torch.Generator) -> torch.Tensor:
     z = inpainter.sample_latent(3, gen)
-    assert z.shape == (3, inpainter.latent_dim), f"shape {tuple(z.shape)}"
-    assert torch.isfinite(z).all(), "non-finite latent"
+    require(z.shape == (3, inpainter.latent_dim),
+            f"shape {tuple(z.shape)}, expected (3, {inpainter.latent_dim})")
+    require(torch.isfinite(z).all(), "non-finite latent")
     return z
-
-
-def _assert(cond: bool, message: str) -> None:
-    assert cond, message

@@ -50,12 +50,13 @@ def toy_site(tmp_path) -> Path:
 
 
 def cli(*args: str, sites: tuple[Path, ...] = (), cwd: Path | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the musicbench CLI in a subprocess with extra sites (and tests/) on PYTHONPATH."""
+        timeout: float = 600, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run the musicbench CLI in a subprocess with extra sites (and tests/) on PYTHONPATH;
+    ``python_flags`` go to the interpreter (e.g. ``("-O",)``)."""
     env = dict(os.environ)
     paths = [str(s) for s in sites] + [str(TESTS)]
     env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["COLUMNS"] = "200"
-    cmd = [sys.executable, "-c", "from musicbench.cli import main; main()", *args]
+    cmd = [sys.executable, *python_flags, "-c", "from musicbench.cli import main; main()", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)

@@ -102,6 +102,7 @@ class ToyEmbedder(TinyClassifier):
     """TinyClassifier's spectral features as an L2-normalised retrieval embedding."""
 
     task = "retrieval"
+    cam_layer = None  # embed() never runs the classifier's "conv" block: nothing for Grad-CAM
 
     def __init__(self, params: ToyModelParams | None = None):
         super().__init__(n_classes=3, seed=(params or ToyModelParams()).seed)
