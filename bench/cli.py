@@ -103,20 +103,32 @@ def list_(
             print_error(f"unknown kind '{kind}'; kinds: {', '.join(kinds)}")
             raise typer.Exit(code=2)
         kinds = [kind]
-    table = Table(title="musicbench plugins")
-    for col in ("kind", "name", "provider", "status", "summary"):
-        table.add_column(col, overflow="fold")
+    header = ("kind", "name", "provider", "status", "summary")
+    rows: list[tuple[str, ...]] = []
     for k in kinds:
         for entry in plugins.registry(k):
-            status = plugins.plugins[entry.plugin].status
             aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
-            table.add_row(k, escape(entry.name + aliases), escape(entry.provider), status,
-                          escape(entry.doc_summary))
+            rows.append((k, entry.name + aliases, entry.provider,
+                         plugins.plugins[entry.plugin].status, entry.doc_summary))
     for info in plugins.plugins.values():
         if info.status != "loaded":
-            table.add_row("plugin", escape(info.name), escape(info.provider),
-                          "[red]failed" if info.status == "failed" else "disabled",
-                          escape(info.error or ""))
+            rows.append(("plugin", info.name, info.provider,
+                         "failed" if info.status == "failed" else "disabled", info.error or ""))
+    if not sys.stdout.isatty():
+        # A pipe or a file: one line per plugin, columns as wide as their longest cell (a rich
+        # table would be squeezed to 80 columns and fold names and summaries over lines).
+        lines = [tuple(" ".join(cell.split()) for cell in row) for row in (header, *rows)]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+        for line in lines:
+            cells = [c.ljust(w) for c, w in zip(line, widths)] + [line[-1]]
+            sys.stdout.write("  ".join(cells).rstrip() + "\n")
+        return
+    table = Table(title="musicbench plugins")
+    for col in header:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        status = "[red]failed" if row[3] == "failed" else row[3]
+        table.add_row(*(escape(c) for c in row[:3]), status, escape(row[4]))
     from rich.console import Console
 
     Console().print(table)
