@@ -264,13 +264,17 @@ def test_wheel_lookup_explains_what_to_do_when_it_cannot_download(tmp_path, monk
 
 # -- the real checkpoints and the converted models --------------------------------------------
 
-_LOCAL_WHEELS = (Path("/tmp/mnn") / wheel.WHEEL_NAME, cache_dir() / "musicnn" / wheel.WHEEL_NAME)
+# The user's cache (read before the autouse fixture isolates MUSICBENCH_HOME), so a machine
+# that ran musicbench once does not download again; MUSICBENCH_MUSICNN_WHEEL (honoured by
+# wheel.locate itself) points the tests at any other copy.
+_LOCAL_WHEELS = (cache_dir() / "musicnn" / wheel.WHEEL_NAME,)
 
 
 @pytest.fixture(scope="session")
 def musicnn_cache(tmp_path_factory) -> Path:
-    """A fresh cache dir holding the wheel: copied from a local copy if there is one, else
-    fetched by the production code path (pip). Skips when neither works (offline)."""
+    """A fresh cache dir holding the wheel: copied from the user's cache if it is there, else
+    found through MUSICBENCH_MUSICNN_WHEEL or fetched by the production code path (pip).
+    Skips when none works (offline)."""
     cache = tmp_path_factory.mktemp("musicnn-cache")
     for src in _LOCAL_WHEELS:
         if src.is_file():
