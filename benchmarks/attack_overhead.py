@@ -45,7 +45,7 @@ def main() -> None:
     model.labels = tuple(f"c{i}" for i in range(6))
     torch.manual_seed(0)
     p = model.params
-    model._freeze(StyleCNNNet(6, p.width, p.n_mels).to(device))
+    model.freeze(StyleCNNNet(6, p.width, p.n_mels).to(device))
     net = model.module()
     x = tone_batch(args.batch, model.input_samples, seed=0, device=device)
     with torch.no_grad():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_attack_contracts import fragile_setup
 
+from musicbench.api import snr_db, snr_radius
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import Victim
-from musicbench_plugins.attacks.budgets import eps_from_snr, snr_db
 from musicbench_plugins.attacks.cw import CW, CWParams, update_const
 from musicbench_plugins.attacks.nes import NES, NESParams
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
@@ -100,16 +100,17 @@ def test_cw_l2_bound_is_respected_and_declared(tiny):
 
 # -- SNR budgets -------------------------------------------------------------------------------
 
-def test_eps_from_snr_matches_the_snr_definition():
+def test_snr_radius_matches_the_snr_definition():
     x = tone_batch(3, 4000, seed=1) * torch.tensor([[1.0], [0.1], [0.5]])
-    eps = eps_from_snr(x, 30.0, "l2")
+    thirty = torch.full((3,), 30.0, dtype=torch.float64)  # snr_db computes in float64
+    eps = snr_radius(x, 30.0, "l2")
     delta = torch.randn(x.shape)
     delta = delta / delta.norm(dim=1, keepdim=True) * eps
-    assert torch.allclose(snr_db(x, x + delta), torch.full((3,), 30.0), atol=1e-3)
+    assert torch.allclose(snr_db(x, x + delta), thirty, atol=1e-3)
     # L-inf: a full-scale square wave at eps has exactly that SNR
-    eps = eps_from_snr(x, 30.0, "linf")
+    eps = snr_radius(x, 30.0, "linf")
     square = eps * torch.where(torch.arange(4000) % 2 == 0, 1.0, -1.0)
-    assert torch.allclose(snr_db(x, x + square), torch.full((3,), 30.0), atol=1e-3)
+    assert torch.allclose(snr_db(x, x + square), thirty, atol=1e-3)
 
 
 @pytest.mark.parametrize("make", [

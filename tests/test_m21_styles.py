@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from musicbench.api import write_clip_cache
 from musicbench.interfaces import Context
 from musicbench_plugins.datasets import m21_corpus, m21_styles, synth
-from musicbench_plugins.datasets.cached import write_clip_cache
 from musicbench_plugins.datasets.m21_styles import M21Styles, Params
 
 TINY = Params(works_per_class=3, clips_per_work=1, clip_seconds=2.0)

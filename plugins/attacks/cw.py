@@ -46,9 +46,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from musicbench.api import check_snr_db, project_l2, snr_radius as eps_from_snr
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
-from musicbench_plugins.attacks.budgets import check_snr_db, eps_from_snr, project_l2
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8

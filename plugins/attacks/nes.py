@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
+from musicbench.api import Objective, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
-from musicbench_plugins.attacks.queries import Objective, remaining_budget, score_rows
 
 
 @dataclass(frozen=True)

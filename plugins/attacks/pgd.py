@@ -12,7 +12,7 @@ stopping costs no extra query).
   perturbation).
 
 The budget is ``eps`` (a radius in the chosen norm) or, when ``snr_db`` is set, a per-clip
-radius derived from each clip's own energy (see :mod:`musicbench_plugins.attacks.budgets`).
+radius derived from each clip's own energy (see :mod:`musicbench.budgets`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,15 @@ from typing import Literal
 
 import torch
 
-from musicbench.interfaces import Attack, AttackResult, Bound
-from musicbench.victim import Victim
-from musicbench_plugins.attacks.budgets import check_snr_db, eps_from_snr, project_l2
+from musicbench.api import (
+    Attack,
+    AttackResult,
+    Bound,
+    Victim,
+    check_snr_db,
+    project_l2,
+    snr_radius,
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class PGD(Attack):
     ) -> AttackResult:
         p = self.params
         if p.snr_db is not None:
-            eps: float | torch.Tensor = eps_from_snr(audio, p.snr_db, p.norm)  # [B, 1]
+            eps: float | torch.Tensor = snr_radius(audio, p.snr_db, p.norm)  # [B, 1]
         else:
             eps = p.eps
         if p.norm == "l2":

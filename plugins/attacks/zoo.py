@@ -49,9 +49,9 @@ from dataclasses import dataclass
 
 import torch
 
+from musicbench.api import remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
-from musicbench_plugins.attacks.queries import remaining_budget, score_rows
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8

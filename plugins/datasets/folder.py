@@ -64,16 +64,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import numpy as np
 
-from musicbench.audio import BadAudioError, load_audio
-from musicbench.errors import ConfigError, MusicbenchError
-from musicbench.interfaces import Dataset, Example
-from musicbench_plugins.datasets.cached import (
+from musicbench.api import (
     INT16_SCALE,
     atomic_folder,
     load_or_build,
     recipe_path,
     to_int16,
 )
+from musicbench.audio import BadAudioError, load_audio
+from musicbench.errors import ConfigError, MusicbenchError
+from musicbench.interfaces import Dataset, Example
 
 if TYPE_CHECKING:
     from musicbench.interfaces import Context

@@ -59,15 +59,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from musicbench.interfaces import Dataset, Example
-from musicbench_plugins.datasets import m21_corpus, synth
-from musicbench_plugins.datasets.cached import (
+from musicbench.api import (
     load_or_build,
     read_clip_cache,
     recipe_path,
     to_int16,
     write_clip_cache,
 )
+from musicbench.interfaces import Dataset, Example
+from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.folder import (
     SPLITS,
     StoredExamples,

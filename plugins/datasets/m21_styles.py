@@ -42,9 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from musicbench.interfaces import Dataset, Example
-from musicbench_plugins.datasets import m21_corpus, synth
-from musicbench_plugins.datasets.cached import (
+from musicbench.api import (
     INT16_SCALE,
     load_or_build,
     read_clip_cache,
@@ -52,6 +50,8 @@ from musicbench_plugins.datasets.cached import (
     to_int16,
     write_clip_cache,
 )
+from musicbench.interfaces import Dataset, Example
+from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.m21_render import (
     FRAME_RATE,
     MIN_COVERAGE,

@@ -57,8 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from musicbench.checkpoints import save_module
-from musicbench.interfaces import Context, Dataset, Inpainter
+from musicbench.api import Context, Dataset, Inpainter, TrainedOnFirstUse
 from musicbench_plugins.inpainters.gacela_nets import Critic, Generator
 from musicbench_plugins.inpainters.gaps import check_inputs, composite, gap_runs
 from musicbench_plugins.inpainters.spectral import (
@@ -66,7 +65,6 @@ from musicbench_plugins.inpainters.spectral import (
     continue_phase,
     griffin_lim_known,
 )
-from musicbench_plugins.trained import TrainedOnFirstUse
 
 INFERENCE_ONLY = frozenset({"gl_iterations", "edge_ramp"})  # not part of the checkpoint key
 
@@ -179,13 +177,13 @@ class GacelaInpainter(TrainedOnFirstUse, Inpainter):
         critics += [Critic(p.n_mels, p.critic_frames, p.width) for _ in p.mel_critic_context]
         return nn.ModuleList(critics)
 
-    def _make_net(self, ds: Dataset) -> Generator:
+    def make_net(self, ds: Dataset) -> Generator:
         return self._make_generator()
 
-    def _key_params(self) -> dict[str, Any]:
+    def key_params(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self.params).items() if k not in INFERENCE_ONLY}
 
-    def _freeze(self, net: Generator) -> None:
+    def freeze(self, net: Generator) -> None:
         net.eval().requires_grad_(False)  # inpaint needs gradients in z and audio only
         self.view = self.view.to(next(net.parameters()).device)
         self.net = net
@@ -194,7 +192,7 @@ class GacelaInpainter(TrainedOnFirstUse, Inpainter):
         """Train on the train split of ``train_dataset``, save the generator, freeze it, and
         return a summary (losses, valid L1 of the scaled log-magnitude, seconds)."""
         p = self.params
-        ds = self._dataset(ctx)
+        ds = self.training_dataset(ctx)
         device = ctx.device
         bank = torch.stack([e.audio for e in ds.examples("train")])  # [N, T] on the CPU
         seg_len = self.view.samples(2 * p.context_frames + p.gap_frames)
@@ -257,11 +255,7 @@ class GacelaInpainter(TrainedOnFirstUse, Inpainter):
             "train_seconds": round(time.perf_counter() - t0, 1),
             "params": asdict(p),
         }
-        path = self._checkpoint(ctx, ds)
-        save_module(net, path, summary)
-        self._freeze(net)
-        self.training_summary = summary
-        return summary | {"checkpoint": str(path)}
+        return self.save_trained(ctx, ds, net, summary)
 
     def _batch(self, bank: torch.Tensor, seg_len: int, gen: torch.Generator,
                device: torch.device) -> dict[str, torch.Tensor]:

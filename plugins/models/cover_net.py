@@ -37,11 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.checkpoints import save_module
-from musicbench.interfaces import Context, Dataset
+from musicbench.api import Context, Dataset, TrainedModel
 from musicbench.metrics import retrieval_ranking
 from musicbench_plugins.models.frontends import LogFrequencySpectrogram
-from musicbench_plugins.models.trained import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -136,7 +134,7 @@ class CoverNet(TrainedModel):
         super().__init__(params)
         self.input_seconds = self.params.input_seconds
 
-    def _make_net(self, ds: Dataset) -> CoverNetNet:
+    def make_net(self, ds: Dataset) -> CoverNetNet:
         p = self.params
         return CoverNetNet(p.width, p.dim, len(_training_works(ds)), self.sample_rate,
                            p.chroma, p.hop, p.pool_pitch)
@@ -150,7 +148,7 @@ class CoverNet(TrainedModel):
         """Train on the train split's works, keep the best epoch by valid top-1, save, and
         return a summary with valid and test top-1 and mAP."""
         p = self.params
-        ds = self._dataset(ctx)
+        ds = self.training_dataset(ctx)
         device = ctx.device
         works = _training_works(ds)
         if len(works) < 2:
@@ -159,7 +157,7 @@ class CoverNet(TrainedModel):
         for e in ds.examples("train"):
             by_work[e.work_id].append(_fit_length(e.audio, self.input_samples))
         audio = {w: torch.stack(by_work[w]) for w in works}
-        net = self._build(ds, device)
+        net = self.build_net(ds, device)
         opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=1e-4)
         per_epoch = max(1, len(works) // p.works_per_batch)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.learning_rate,
@@ -204,11 +202,7 @@ class CoverNet(TrainedModel):
             "test_map": round(test["map"], 4), "test_mr1": round(test["mr1"], 2),
             "train_seconds": round(time.perf_counter() - t0, 1), "params": asdict(p),
         }
-        path = self._checkpoint(ctx, ds)
-        save_module(net, path, summary)
-        self._freeze(net)
-        self.training_summary = summary
-        return summary | {"checkpoint": str(path)}
+        return self.save_trained(ctx, ds, net, summary)
 
 
 def _training_works(ds: Dataset) -> list[str]:

@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.checkpoints import save_module
-from musicbench.interfaces import Context, Dataset
+from musicbench.api import Context, Dataset, TrainedModel
 from musicbench_plugins.models.frontends import LogMel
-from musicbench_plugins.models.trained import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class StyleCNN(TrainedModel):
     Params = StyleCNNParams
     checkpoint_prefix = "style-cnn"
 
-    def _make_net(self, ds: Dataset) -> StyleCNNNet:
+    def make_net(self, ds: Dataset) -> StyleCNNNet:
         self.labels = tuple(ds.labels)
         p = self.params
         return StyleCNNNet(len(ds.labels), p.width, p.n_mels, self.sample_rate)
@@ -104,12 +102,12 @@ class StyleCNN(TrainedModel):
         """Train on the train split, keep the best epoch on the valid split, save, and return
         a summary (accuracies on valid and test)."""
         p = self.params
-        ds = self._dataset(ctx)
+        ds = self.training_dataset(ctx)
         device = ctx.device
         train = ds.examples("train")
         x_train = torch.stack([e.audio for e in train])
         y_train = torch.tensor([e.label for e in train])
-        net = self._build(ds, device)
+        net = self.build_net(ds, device)
         opt = torch.optim.AdamW(net.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
         batches = (len(train) + p.batch_size - 1) // p.batch_size
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.learning_rate,
@@ -150,11 +148,7 @@ class StyleCNN(TrainedModel):
             "train_seconds": round(time.perf_counter() - t0, 1),
             "params": asdict(p),
         }
-        path = self._checkpoint(ctx, ds)
-        save_module(net, path, summary)
-        self._freeze(net)
-        self.training_summary = summary
-        return summary | {"checkpoint": str(path)}
+        return self.save_trained(ctx, ds, net, summary)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

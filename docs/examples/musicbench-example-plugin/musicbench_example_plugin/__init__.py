@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from musicbench import hookimpl
 
-if TYPE_CHECKING:
-    from musicbench.registry import RegisterFn
+if TYPE_CHECKING:  # musicbench.api imports torch: not at discovery time
+    from musicbench.api import RegisterFn
 
 __version__ = "0.1.0"
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.interfaces import Attack, AttackResult, Bound
-from musicbench.victim import Victim
+from musicbench.api import Attack, AttackResult, Bound, Victim
 
 
 @dataclass(frozen=True)

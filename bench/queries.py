@@ -1,5 +1,6 @@
 """Scoring for score-based (black-box) attacks: many perturbed copies of each clip, scored
-through the Victim in bounded chunks, every row counted as one query of its clip."""
+through the Victim in bounded chunks, every row counted as one query of its clip (public
+through :mod:`musicbench.api`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Perturbation budgets given in dB SNR, turned into per-sample norm bounds.
+"""Perturbation budgets for attack code: a per-clip budget in dB SNR, and projection onto a
+norm ball (public through :mod:`musicbench.api`).
 
 An attack budget in dB is relative to each clip's own loudness, so a quiet clip gets a small
 perturbation and a loud one a larger one. With the SNR of DESIGN.md section 5,
@@ -11,34 +12,20 @@ perturbation and a loud one a larger one. With the SNR of DESIGN.md section 5,
   the ball has at least that SNR, because ``‖δ‖₂ <= sqrt(T)·‖δ‖∞``.
 
 So both forms guarantee an SNR of at least ``snr_db`` dB for every returned clip. A silent clip
-gets eps 0: it cannot be perturbed at all under a relative budget.
+gets eps 0: it cannot be perturbed at all under a relative budget. The radius is
+:func:`musicbench.interfaces.snr_radius` (the harness checks returned clips against the same
+function, through ``Bound(norm, eps, snr_db=...)``); the SNR itself is
+:func:`musicbench.metrics.snr_db`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-
-from musicbench.interfaces.attack import snr_radius
-
-
-def eps_from_snr(audio: torch.Tensor, snr_db: float, norm: Literal["linf", "l2"]) -> torch.Tensor:
-    """Per-sample radius ``eps[B, 1]`` (audio's dtype and device) for ``audio[B, T]`` so that
-    every perturbation inside the ``norm`` ball has an SNR of at least ``snr_db`` dB (the
-    harness checks returned clips against the same :func:`musicbench.interfaces.snr_radius`)."""
-    return snr_radius(audio, snr_db, norm)
-
-
-def snr_db(clean: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
-    """``[B]``: SNR in dB of ``adv[B, T]`` against ``clean[B, T]`` (inf where they are equal)."""
-    noise = (adv - clean).flatten(1).pow(2).sum(1)
-    signal = clean.flatten(1).pow(2).sum(1)
-    return 10 * torch.log10(signal / noise)
 
 
 def check_snr_db(value: float | None) -> None:
-    """Range check for an ``snr_db`` parameter (used by attack ``Params``)."""
+    """Range check for an ``snr_db`` parameter (call it in an attack's ``Params.__post_init__``
+    or ``__init__``): ``None`` (no SNR budget) or a number in [-20, 120] dB."""
     if value is not None and not -20.0 <= value <= 120.0:
         raise ValueError(f"snr_db must be within [-20, 120] dB (or unset), got {value}")
 

@@ -1,5 +1,6 @@
 """The on-disk cache every rendered or decoded dataset shares: a folder named by a hash of
-everything its content depends on, loaded if readable, rebuilt (and replaced) otherwise."""
+everything its content depends on, loaded if readable, rebuilt (and replaced) otherwise
+(public through :mod:`musicbench.api`)."""
 
 from __future__ import annotations
 
