@@ -3,6 +3,8 @@ harness rejects attacks that break the contract."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -24,8 +26,6 @@ BLACK_BOX = [n for n in BUILTIN_ATTACKS
 
 @pytest.mark.parametrize("name", BUILTIN_ATTACKS)
 def test_builtin_attack_passes_validation(name):
-    if _skip_reason(name):
-        pytest.skip(f"attack '{name}' opts out of contract tests: {_skip_reason(name)}")
     report = validate_plugin(name, kind="attack", device="cpu", params=_contract_params(name))
     failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.ok]
     assert not failed, failed
@@ -95,37 +95,47 @@ def test_model_validation_runs_every_check(name, toy_plugins):
     report = validate_plugin(name, kind="model", device="cpu", plugins=toy_plugins)
     assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
     names = " ".join(c.name for c in report.checks)
-    for expected in ("odd longer length", "shorter length", "deterministic", "differentiable"):
+    for expected in ("odd longer length", "shorter length", "deterministic", "differentiable",
+                     "cam_layer"):
         assert expected in names
 
 
 # -- every registered attack, on a tiny model: the DESIGN.md section 4 contract -------------
 #
-# An attack class may set ``contract_params`` (a dict of parameters that make it cheap or
-# runnable here, e.g. a non-learned inpainter) and ``contract_skip`` (a reason string: the
-# attack cannot run in unit tests yet). Both are read from the registered class, so attacks
-# registered later are covered without editing this file.
+# Every built-in attack runs every test below; none is skipped, and an attack cannot exempt
+# itself (nothing is read from the attack class). Where a test runs an attack with other than
+# its defaults, the parameters and the reason are listed here, for a reviewer to judge.
+#
+# Black-box attacks get a 200-query budget (400 where a clip must be fooled, 60 in the budget
+# test): what is checked is that the budget is counted and never exceeded, which any budget
+# shows, and the default 1000 would only make these tests five times slower.
+CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
+    # C&W's defaults (5 values of c x 50 Adam steps, 12.5 times these) made the validation
+    # test alone take 56 s instead of 1 s (2 shared CPU cores) and test nothing more: shape,
+    # range, determinism, counting and early stop hold for any step count, and 2 x 10 still
+    # runs the binary search (a second c) and Adam's early abort.
+    "cw": {"binary_search_steps": 2, "steps": 10},
+    # The default inpainter, GACELA, is trained on first use: minutes, in every test's empty
+    # cache. `baseline` is a complete non-learned Inpainter (it copies a passage of the same
+    # clip) and these tests check the attack's contract, not the quality of its fills
+    # (tests/test_inpainters.py checks the inpainters themselves). The contract clips are
+    # 0.25 s (TinyClassifier's input) and the natural gap, GACELA's 0.37 s, would be the whole
+    # clip with no context left to inpaint from: 0.05 s gaps keep context on both sides.
+    "maia-wb": {"inpainter": "baseline", "gap_seconds": 0.05},
+    "maia-bb": {"inpainter": "baseline", "gap_seconds": 0.05},
+}
 
 
 def _attack_class(name: str) -> type:
     return PluginSystem().get("attack", name).load()
 
 
-def _skip_reason(name: str) -> str | None:
-    return getattr(_attack_class(name), "contract_skip", None)
-
-
-def _contract_params(name: str) -> dict:
-    """Black-box attacks get a 200-query budget here (test time); the class may override."""
-    cls = _attack_class(name)
-    small = {"budget": 200} if cls.threat == "black-box" else {}
-    return small | dict(getattr(cls, "contract_params", {}) or {})
+def _contract_params(name: str) -> dict[str, Any]:
+    small = {"budget": 200} if _attack_class(name).threat == "black-box" else {}
+    return small | CONTRACT_PARAMS.get(name, {})
 
 
 def _make_attack(name: str, **overrides):
-    reason = _skip_reason(name)
-    if reason:
-        pytest.skip(f"attack '{name}' opts out of contract tests: {reason}")
     ws = Workspace(PluginSystem(), cache_dir=cache_dir(), device=torch.device("cpu"))
     attack = ws.make("attack", name, _contract_params(name) | overrides)
     attack.prepare(ws.ctx)
@@ -192,8 +202,13 @@ class FragileModel(TargetModel):
 
 
 def fragile_setup() -> tuple[FragileModel, torch.Tensor, torch.Tensor]:
-    """Clips [already wrong, fragile, robust, robust] and their (right) labels."""
-    x = tone_batch(4, 4000, seed=5)
+    """Clips [already wrong, fragile, robust, robust] and their (right) labels.
+
+    The tones drift (a slow ramp under them), so no two passages of a clip are the same: an
+    inpainting attack that pastes one passage of the clip over another moves the mean the
+    fragile clip's decision reads, as it would on real music. (On a steady tone every copy
+    equals the original, and no fill could fool anything.)"""
+    x = (0.8 * tone_batch(4, 4000, seed=5) + torch.linspace(-0.15, 0.15, 4000)).clamp(-1, 1)
     model = FragileModel(x, offset=[-1.0, 1.0, 100.0, 100.0], slope=[0.0, 1e4, 100.0, 100.0])
     return model, x, torch.zeros(4, dtype=torch.long)
 
@@ -242,16 +257,13 @@ def test_black_box_attack_respects_its_budget_without_gradients(name):
 @pytest.mark.parametrize("name", BUILTIN_ATTACKS)
 def test_attack_stops_early_per_sample(name):
     model, x, y = fragile_setup()
-    note = getattr(_attack_class(name), "contract_fragile_note", None)
     # black-box: enough budget to fool the fragile clip (NES needs ~5 iterations of 51)
-    more = {"budget": 400} if name in BLACK_BOX and not note else {}
+    more = {"budget": 400} if name in BLACK_BOX else {}
     attack = _make_attack(name, **more)
     victim = _victim_for(attack, model)
     res = attack(victim, x, y, generator=torch.Generator().manual_seed(0))
     # already wrong: never attacked (one query at most to find out, two for slack)
     assert int(res.queries[0]) <= 2, res.queries
-    if note:  # the attack declares why the fragile clip is out of its reach
-        pytest.skip(f"'{name}': {note}")
     # fragile: fooled, and it stops spending queries long before the robust clips do
     assert bool(res.success[1]), "the fragile clip should be fooled"
     assert not res.success[2:].any()
