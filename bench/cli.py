@@ -239,13 +239,20 @@ def validate(
 def train(
     name: Annotated[str, typer.Argument(help="a trainable model or inpainter "
                                              "(e.g. style-cnn, cover-net, gacela)")],
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option("--param", "-p", help="KEY=VALUE parameter (TOML value), as in a run "
+                                          "config; repeatable"),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Train a model (or other trainable plugin) and save its weights in the cache."""
+    """Train a model or inpainter (anything with fit(ctx)) and save its weights in the cache,
+    where a run with the same parameters loads them."""
     from musicbench.cache import cache_dir
     from musicbench.environment import resolve_device
     from musicbench.plugins import get_plugins
     from musicbench.ui import RichProgress
+    from musicbench.validate import parse_params
     from musicbench.workspace import Workspace
 
     plugins = get_plugins()
@@ -255,11 +262,13 @@ def train(
             ws = Workspace(plugins, cache_dir=cache_dir(), device=dev, progress=progress)
             kind = "inpainter" if (name in plugins.registry("inpainter")
                                    and name not in plugins.registry("model")) else "model"
-            component = ws.make(kind, name)
+            component = ws.make(kind, name, parse_params(param or []))
             fit = getattr(component, "fit", None)
-            if fit is None:
-                raise ConfigError(f"{kind} '{name}' has nothing to train (it ships its weights "
-                                  "or needs none)")
+            if not callable(fit):
+                raise ConfigError(
+                    f"{kind} '{name}' has nothing to train: it has no fit(ctx) method (it ships "
+                    "its weights or needs none). A model that musicbench trains subclasses "
+                    "musicbench.api.TrainedModel (docs/plugins.md section 9)")
             summary = fit(ws.ctx)
     except ConfigError as exc:
         _fail_config(exc)
