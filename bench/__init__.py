@@ -11,7 +11,12 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+RESULTS_VERSION = "2"
+"""Version of the harness's result-bearing code (scoring, re-scoring, metrics, FAD; the modules
+in :data:`musicbench.sources.CORE_MODULES`). It is part of every cell key: bump it when a
+change to that code changes results. 2: FAD over every attacked clip, exact intervals."""
+
+__all__ = ["__version__", "RESULTS_VERSION"]
 
 from musicbench.hookspecs import hookimpl  # noqa: E402  (the one name plugin authors need)
 

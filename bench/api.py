@@ -33,9 +33,11 @@ from musicbench.errors import (
 )
 from musicbench.hookspecs import hookimpl
 from musicbench.interfaces import (
+    DEFAULT_THREAT_MODEL,
     Attack,
     AttackResult,
     Bound,
+    CellAudio,
     Component,
     Context,
     Dataset,
@@ -49,9 +51,12 @@ from musicbench.interfaces import (
     Preprocessor,
     Progress,
     SampleMetric,
+    SetMetric,
+    SetMetricResult,
     TargetModel,
     Task,
     Threat,
+    ThreatModel,
     TrainingDefense,
     snr_radius,
 )
@@ -83,9 +88,14 @@ __all__ = [
     "Preprocessor",
     "Progress",
     "SampleMetric",
+    "SetMetric",
+    "SetMetricResult",
+    "CellAudio",
     "TargetModel",
     "Task",
     "Threat",
+    "ThreatModel",
+    "DEFAULT_THREAT_MODEL",
     "TrainingDefense",
     # what attacks are given
     "Victim",

@@ -36,3 +36,16 @@ def load_module(module: torch.nn.Module, path: Path, device: torch.device) -> di
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta.get("musicbench", "{}"))
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """A hash of ``module``'s state dict (names, dtypes, shapes and values), independent of
+    device: two modules with equal weights and buffers have equal digests."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -42,6 +42,9 @@ def run(
         Optional[list[str]], typer.Option("--only", help="KIND=NAME, repeatable")
     ] = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local")] = None,
+    rerun_dirty: Annotated[bool, typer.Option(
+        "--rerun-dirty", help="recompute finished cells computed from a modified source tree "
+                              "(needed before publishing them)")] = False,
 ) -> None:
     """Run every (dataset, model, defense, attack) cell of CONFIG; resumes if rerun."""
     from musicbench.plugins import get_plugins
@@ -49,7 +52,7 @@ def run(
     from musicbench.ui import RichProgress
 
     options = RunOptions(config=config, quick=quick, device=device, out=out,
-                         only=list(only or []), executor=executor)
+                         only=list(only or []), executor=executor, rerun_dirty=rerun_dirty)
     plugins = get_plugins()
     try:
         with RichProgress() as progress:
@@ -140,9 +143,17 @@ def leaderboard(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write to FILE")]
     = None,
     fmt: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
+    allow_dirty: Annotated[bool, typer.Option(
+        "--allow-dirty", help="write -o FILE even from a modified tree or modified-tree cells")]
+    = False,
 ) -> None:
-    """Render the leaderboard of a stored run."""
-    from musicbench.leaderboard import RENDERERS, render
+    """Render the leaderboard of a stored run (stdout, or -o FILE to publish it).
+
+    Publishing (-o) refuses when this source tree has uncommitted changes or when a cell was
+    computed from one (its revision ends in +dirty): a published figure must be reproducible
+    from the revisions its header names."""
+    from musicbench.environment import git_revision
+    from musicbench.leaderboard import RENDERERS, build, dirty_revisions
     from musicbench.store import Store
 
     if fmt not in RENDERERS:
@@ -154,12 +165,24 @@ def leaderboard(
         raise typer.Exit(code=2)
     store = Store(db)
     try:
-        text = render(store, fmt)
+        board = build(store)
     except FileNotFoundError as exc:
         print_error(exc)
         raise typer.Exit(code=2) from None
     finally:
         store.close()
+    if output is not None and not allow_dirty:
+        problems = dirty_revisions(board)
+        here = git_revision()
+        if here.endswith("+dirty"):
+            problems.insert(0, f"this tree ({here})")
+        if problems:
+            print_error(f"refusing to publish {output}: not reproducible from a clean revision "
+                        f"({'; '.join(problems)}). Commit, then recompute those cells with "
+                        "`musicbench run CONFIG --rerun-dirty`, or pass --allow-dirty for a "
+                        "draft.")
+            raise typer.Exit(code=2)
+    text = RENDERERS[fmt](board)
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:

@@ -33,12 +33,21 @@ class RunSettings:
     keep_audio: int = 2
     executor: str = "local"
     fad_encoder: str = "musicnn"  # encoder plugin for the FAD column; "" = no FAD
+    # per-clip metrics of attacked clips (metric plugins of level "sample"); part of the key
+    metrics: tuple[str, ...] = ("lsd", "snr")
+    # metrics over a cell's clip set (level "set"), each where it applies: FAD needs
+    # fad_encoder, mAP/MR1 a retrieval cell
+    set_metrics: tuple[str, ...] = ("fad", "map")
 
     def __post_init__(self) -> None:
         if self.samples < 0 or self.quick_samples < 0:
             raise ValueError("samples and quick_samples must be >= 0 (0: the whole test split)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        for name in ("metrics", "set_metrics"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a metric twice: {list(values)}")
         if self.keep_audio < 0:
             raise ValueError("keep_audio must be >= 0")
         if self.executor != "local":
@@ -64,6 +73,9 @@ class ComponentSpec:
     # which [[attacks]] (by label) run on it; None = the run's samples / every attack.
     samples: int | None = None
     attacks: tuple[str, ...] | None = None
+    # models only: evaluate against the model's clean top-1 ("pseudo-label mode") because the
+    # dataset's labels are not the model's; an explicit choice, never a side effect of a typo
+    pseudo_labels: bool = False
 
 
 @dataclass
@@ -140,11 +152,15 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                         "expected a list of dataset names", table=f"{table}.{name}", key="datasets"
                     )
                 datasets = tuple(datasets)
-            samples, attacks = None, None
+            samples, attacks, pseudo = None, None, False
             if kind == "model":
                 samples, attacks = _model_run_keys(entry, f"{table}.{label}")
+                pseudo = entry.pop("pseudo_labels", False)
+                if not isinstance(pseudo, bool):
+                    raise ConfigError(f"expected true or false, got {pseudo!r}",
+                                      table=f"{table}.{label}", key="pseudo_labels")
             specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label,
-                                       samples, attacks))
+                                       samples, attacks, pseudo))
         labels = [s.label for s in specs]
         for lab in labels:
             if labels.count(lab) > 1:

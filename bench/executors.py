@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from musicbench.cells import CellSpec
 from musicbench.interfaces import Progress
 from musicbench.runner import run_cell
 from musicbench.store import CellRecord
 from musicbench.workspace import Workspace
 
 
-def cell_label(spec: dict[str, Any]) -> str:
-    kinds = ("dataset", "model", "defense", "attack")
-    return " / ".join(spec[k].get("label", spec[k]["name"]) for k in kinds)
+def cell_label(spec: CellSpec) -> str:
+    return " / ".join(spec.labels)
 
 
 class LocalExecutor:
@@ -27,7 +27,7 @@ class LocalExecutor:
 
     def run(
         self,
-        specs: list[dict[str, Any]],
+        specs: list[CellSpec],
         ws: Workspace,
         environment: dict[str, Any],
         on_record: Callable[[CellRecord], None],

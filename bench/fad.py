@@ -4,8 +4,15 @@ Kilgour, Zuluaga, Roblek, Sharifi, "Fréchet Audio Distance: A Metric for Evalua
 Enhancement Algorithms", 2019. Gaussians are fitted in float64;
 FAD = ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)). The matrix square root is
 scipy's Schur-based ``sqrtm``; when the product is singular (non-finite root) both covariances
-get ``eps * I`` added, the usual fallback. With fewer frames than twice the dimension the
-covariance estimate means nothing, and the value is NaN with that reason.
+get ``eps * I`` added, the usual fallback.
+
+When FAD means nothing it is NaN with the reason. The rule counts **clips**: frames of one clip
+are strongly autocorrelated, so a few long clips give many frames but little information about
+the distribution of the set. A set needs at least :data:`FAD_MIN_CLIPS` clips, and (because the
+covariance of ``D``-dimensional frames is singular below ``D`` samples) ``2 * D`` frames too.
+FAD from N clips is biased upward, more so for small N (Chong & Forsyth, "Effectively Unbiased
+FID and Inception Score", CVPR 2020), so values compare only between sets of equal N: the
+harness scores every attack of one (dataset, model, defense) on the same attacked clips.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from scipy import linalg
 SQRTM_EPS = 1e-6
 IMAG_TOLERANCE = 1e-3
 NEGATIVE_TOLERANCE = 1e-6  # relative to tr(S1) + tr(S2)
+FAD_MIN_CLIPS = 10
+"""Fewest clips per set for a FAD value (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +77,19 @@ def _sqrtm(m: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.asarray(root), any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
 
 
-def fad(clean: np.ndarray, adv: np.ndarray) -> FadResult:
-    """FAD between ``clean[N, D]`` and ``adv[M, D]`` frame embeddings.
+def fad(clean: np.ndarray, adv: np.ndarray, *, clips: int | None = None) -> FadResult:
+    """FAD between ``clean[N, D]`` and ``adv[M, D]`` frame embeddings of ``clips`` clips each.
 
-    NaN with a reason when either set has fewer than ``2 * D`` frames.
+    NaN with a reason when there are fewer than :data:`FAD_MIN_CLIPS` clips, or when either
+    set has fewer than ``2 * D`` frames. ``clips=None``: frames are independent items.
     """
     clean = np.asarray(clean, dtype=np.float64)
     adv = np.asarray(adv, dtype=np.float64)
     if clean.ndim != 2 or adv.ndim != 2 or clean.shape[1] != adv.shape[1]:
         raise ValueError(f"fad needs [N, D] and [M, D]; got {clean.shape} and {adv.shape}")
     dim = clean.shape[1]
+    if clips is not None and clips < FAD_MIN_CLIPS:
+        return FadResult(math.nan, f"{clips} clips < {FAD_MIN_CLIPS}: too few for FAD")
     fewest = min(clean.shape[0], adv.shape[0])
     if fewest < 2 * dim:
         return FadResult(math.nan, f"{fewest} frames < 2 x {dim} dimensions: too few for a "

@@ -1,8 +1,9 @@
 """Leaderboards are data rendered from the store: markdown, CSV or JSON (DESIGN.md section 7).
 
 JSON rows carry exactly the field names of the contract; markdown adds a header that lets a
-reader rerun the result, a model x defense table with the worst case over attacks, and a table
-of every cell with confidence intervals and sanity flags.
+reader rerun the result, a model x defense table with the worst case **per threat model**
+(never pooled across threat models), the robust accuracy of each attack, and a table of every
+cell with exact intervals, the clip counts each figure stands on, and sanity flags.
 """
 
 from __future__ import annotations
@@ -16,18 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from musicbench.interfaces.attack import ThreatModel
+from musicbench.metrics import clopper_pearson
 from musicbench.store import CellRecord, Store
 
 JSON_FIELDS = (
-    "dataset", "model", "defense", "attack", "status", "n", "clean_accuracy", "asr", "asr_ci",
-    "robust_accuracy", "robust_accuracy_ci", "lsd", "snr_db", "fad", "fad_encoder",
-    "mean_queries", "seconds_per_clip", "adaptive", "flags", "error", "map_clean", "map_adv",
-    "mr1_adv",
+    "dataset", "model", "defense", "attack", "status", "threat", "threat_model", "n",
+    "n_attacked", "n_success", "clean_accuracy", "clean_accuracy_ci", "asr", "asr_ci",
+    "robust_accuracy", "robust_accuracy_ci", "lsd", "snr_db", "metrics", "fad", "fad_encoder",
+    "fad_clips", "mean_queries", "seconds_per_clip", "adaptive", "flags", "error", "map_clean",
+    "map_adv", "mr1_clean", "mr1_adv", "revision", "key",
 )
-"""Field names scripts rely on; change only with a version bump."""
+"""Field names scripts rely on; change only with a version bump (additions are compatible)."""
 
 DEFENSE_COST_POINTS = 0.10
-"""A defense losing more clean accuracy than this (vs ``none``) is flagged."""
+"""A defense losing more clean accuracy than this (vs the undefended twin) is flagged."""
+
+EPS_TOLERANCE = 1 / 64
+"""Robust accuracy may rise with ε by sampling noise; flag only above this fraction of clips."""
 
 LOADED = 1.5
 """A cell whose 1-minute load average went above this many times the CPU count shared the
@@ -38,10 +45,15 @@ HIGHER_IS_BETTER = {
     "clean_accuracy": True, "robust_accuracy": True, "worst_case": True, "asr": True,
     "fad": False, "mean_queries": False, "seconds_per_clip": False,
 }
-"""Directions of the harness's own columns; per-sample metrics declare theirs (the plugin's
-``higher_is_better``, stored with each cell)."""
+"""Directions of the harness's own columns; metrics declare theirs (stored with each cell)."""
 
 METRIC_COLUMNS = {"lsd": "lsd", "snr": "snr_db"}
+"""Per-sample metrics with a top-level JSON field of their own (the rest are in ``metrics``)."""
+
+METRIC_TITLES = {"lsd": "LSD", "snr": "SNR dB", "linf": "L∞", "l2": "L2"}
+
+UNDEFENDED = "none"
+"""The defense label a defended row is compared with for the clean-accuracy cost flag."""
 
 
 def _f(x: Any) -> float | None:
@@ -59,134 +71,264 @@ def _ci(mv: Any) -> list[float | None] | None:
 
 def cell_row(record: CellRecord) -> dict[str, Any]:
     """One JSON row (contract field names) from a stored cell."""
-    m = record.metrics
+    m, info, spec = record.metrics, record.info, record.spec
     d, model, defense, attack = record.names
 
     def val(name: str) -> float | None:
         return _f(m[name].value) if name in m else None
 
+    ok = record.status == "ok"
+    fad_meta = info.set_metrics.get("fad", {})
+    sample_metrics = [k for k in info.higher_is_better if k in m and k in spec.run.metrics]
+    flags = list(info.flags)
+    if fad_meta.get("note"):
+        flags.append(f"FAD not computed: {fad_meta['note']}" if val("fad") is None
+                     else f"FAD: {fad_meta['note']}")
     return {
         "dataset": d, "model": model, "defense": defense, "attack": attack,
         "status": record.status,
-        "n": record.info.get("n"),
+        "threat": spec.threat,
+        "threat_model": spec.threat_model.to_dict(),
+        "n": info.n if ok else None,
+        "n_attacked": info.n_attacked if ok else None,
+        "n_success": info.n_success if ok else None,
         "clean_accuracy": val("clean_accuracy"),
+        "clean_accuracy_ci": _ci(m.get("clean_accuracy")),
         "asr": val("asr"), "asr_ci": _ci(m.get("asr")),
         "robust_accuracy": val("robust_accuracy"),
         "robust_accuracy_ci": _ci(m.get("robust_accuracy")),
         "lsd": val("lsd"), "snr_db": val("snr"),
-        "fad": val("fad"), "fad_encoder": record.info.get("fad_encoder"),
+        "metrics": {k: {"value": val(k), "ci": _ci(m.get(k)), "n": info.n_success}
+                    for k in sample_metrics},
+        "fad": val("fad"), "fad_encoder": fad_meta.get("encoder"),
+        "fad_clips": fad_meta.get("n"),
         "mean_queries": val("mean_queries"), "seconds_per_clip": val("seconds_per_clip"),
-        "adaptive": record.info.get("adaptive", "none") if record.status == "ok" else None,
-        "flags": list(record.info.get("flags", [])) + (
-            [(f"FAD not computed: {record.info['fad_note']}" if val("fad") is None
-              else f"FAD: {record.info['fad_note']}")]
-            if record.info.get("fad_note") else []),
+        "adaptive": info.adaptive if ok else None,
+        "flags": flags,
         "error": record.error,
-        "map_clean": val("map_clean"), "map_adv": val("map_adv"), "mr1_adv": val("mr1_adv"),
+        "map_clean": val("map_clean"), "map_adv": val("map_adv"),
+        "mr1_clean": val("mr1_clean"), "mr1_adv": val("mr1_adv"),
+        "revision": record.environment.get("git_revision"),
+        "key": record.key,
     }
+
+
+@dataclass
+class WorstCase:
+    """Per-sample worst case over the attacks of one threat model on one (dataset, model,
+    defense): the clips that survive every one of them (AutoAttack's practice for one ε)."""
+
+    threat_model: ThreatModel
+    survivors: int
+    n: int
+    attacks: list[str]
+    complete: bool  # False when a cell of the group failed: the value is then an upper bound
+
+    @property
+    def value(self) -> float | None:
+        return self.survivors / self.n if self.n else None
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return clopper_pearson(self.survivors, self.n)
+
+
+@dataclass
+class Summary:
+    dataset: str
+    model: str
+    defense: str
+    n: int | None
+    clean_accuracy: float | None
+    clean_accuracy_ci: list[float | None] | None
+    robust_accuracy: dict[str, float | None]  # by attack label
+    worst_case: list[WorstCase]  # in threat-model order
 
 
 @dataclass
 class Leaderboard:
     header: dict[str, Any]
     rows: list[dict[str, Any]]
-    summary: list[dict[str, Any]]  # per (dataset, model, defense)
-    attacks: list[str]
+    summary: list[Summary]
+    attacks: list[tuple[str, ThreatModel]]  # attack labels with their threat model
+    threat_models: list[ThreatModel]
     higher_is_better: dict[str, bool]
+    metrics: list[str]  # configured per-sample metrics, in order
+
+
+def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
+    """The cells a leaderboard shows and the run its header describes.
+
+    The latest run planned without ``--only`` sets the grid; runs after it (``--only`` subsets
+    of the same config) replace the cells they reran, matched by label, and add any new ones.
+    A store with only ``--only`` runs shows all of them.
+    """
+    runs = store.runs()
+    if not runs:
+        raise FileNotFoundError(f"{store.path} holds no run yet; start one with `musicbench run`")
+    full = [i for i, r in enumerate(runs) if not r["settings"].get("only")]
+    first = full[-1] if full else 0
+    keys_by_label: dict[tuple[str, ...], str] = {}
+    labels_of = {r.key: r.names for r in store.cells()}
+    for run in runs[first:]:
+        for key in run["plan"]:
+            keys_by_label[labels_of.get(key, (key,))] = key
+    return list(keys_by_label.values()), runs[first]
 
 
 def build(store: Store) -> Leaderboard:
-    """Collect the latest run's planned cells (finished ones) and derive tables and flags."""
-    run = store.latest_run()
-    if run is None:
-        raise FileNotFoundError(f"{store.path} holds no run yet; start one with `musicbench run`")
-    records = store.cells(run["plan"])
+    """Collect the planned cells (finished ones) and derive tables and flags."""
+    keys, run = plan_keys(store)
+    records = _grouped(store.cells(keys))
     rows = [cell_row(r) for r in records]
     _add_flags(records, rows)
-    attacks = list(dict.fromkeys(r["attack"] for r in rows))
-    summary = _summaries(records, rows, attacks)
-    header = _header(run, records)
+    summary, threat_models, attacks = _summaries(records, rows)
+    header = _header(run, records, len(keys))
     higher = dict(HIGHER_IS_BETTER)
+    metrics: list[str] = []
     for r in records:
-        for metric, better in r.info.get("higher_is_better", {}).items():
+        for metric, better in r.info.higher_is_better.items():
             higher[METRIC_COLUMNS.get(metric, metric)] = better
-    return Leaderboard(header, rows, summary, attacks, higher)
+        for name in r.spec.run.metrics:
+            if name not in metrics and name in r.info.higher_is_better and name in r.metrics:
+                metrics.append(name)
+    return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics)
+
+
+def _grouped(records: list[CellRecord]) -> list[CellRecord]:
+    """Plan order, but the cells of one (dataset, model, defense) together and, within it,
+    grouped by threat model (default first), so that what is compared sits together."""
+    first: dict[tuple[str, str, str], int] = {}
+    for i, r in enumerate(records):
+        first.setdefault(r.names[:3], i)
+    order = sorted(range(len(records)), key=lambda i: (
+        first[records[i].names[:3]], records[i].spec.threat_model.sort_key(), i))
+    return [records[i] for i in order]
 
 
 def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
-    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["dataset"], r["model"], r["defense"])].append(i)
+    """Sanity flags, each comparing cells of one threat model only (DESIGN.md section 6)."""
+    groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        if r.status == "ok" and rows[i]["asr"] is not None:
+            groups[(*r.names[:3], r.spec.threat_model)].append(i)
     for idxs in groups.values():
-        ok = [i for i in idxs if rows[i]["status"] == "ok" and rows[i]["asr"] is not None]
-        wb = [rows[i]["asr"] for i in ok if records[i].info.get("threat") == "white-box"]
-        if wb:
-            for i in ok:
-                if records[i].info.get("threat") == "black-box" and rows[i]["asr"] > max(wb):
-                    rows[i]["flags"].append("black-box beats white-box (gradient masking?)")
+        white = [i for i in idxs if records[i].spec.threat == "white-box"]
+        if not white:
+            continue
+        best = max(white, key=lambda i: rows[i]["asr"])
+        for i in idxs:
+            if records[i].spec.threat == "black-box" and rows[i]["asr"] > rows[best]["asr"]:
+                rows[i]["flags"].append(
+                    f"black-box beats every white-box attack of its threat model (here "
+                    f"{rows[best]['attack']}, {100 * rows[best]['asr']:.1f}%): gradient masking?")
+    _flag_eps_monotonic(records, rows)
     for rec, row in zip(records, rows, strict=True):
-        load, cpus = rec.info.get("load_average"), rec.info.get("cpus")
+        load, cpus = rec.info.load_average, rec.info.cpus
         if load and cpus and max(load) > LOADED * cpus:
             row["flags"].append(f"timed on a loaded machine (load average {max(load):.1f} on "
                                 f"{cpus} CPUs): s/clip is inflated")
-    none_clean = {(r["dataset"], r["model"]): r["clean_accuracy"] for r in rows
-                  if r["defense"] == "none" and r["clean_accuracy"] is not None}
+    undefended = {(r["dataset"], r["model"]): r["clean_accuracy"] for r in rows
+                  if r["defense"] == UNDEFENDED and r["clean_accuracy"] is not None}
     for r in rows:
-        base = none_clean.get((r["dataset"], r["model"]))
-        if r["defense"] != "none" and base is not None and r["clean_accuracy"] is not None:
+        base = undefended.get((r["dataset"], r["model"]))
+        if r["defense"] != UNDEFENDED and base is not None and r["clean_accuracy"] is not None:
             if base - r["clean_accuracy"] > DEFENSE_COST_POINTS:
                 r["flags"].append(
                     f"defense costs {100 * (base - r['clean_accuracy']):.1f} points of clean "
                     "accuracy")
 
 
+def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
+    """Robust accuracy should not rise as ε grows: same attack, same parameters but ε, same
+    norm, same (dataset, model, defense). A rise beyond sampling noise hints at a broken
+    attack or gradient masking."""
+    series: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        tm = r.spec.threat_model
+        if r.status != "ok" or tm.kind != "norm" or rows[i]["robust_accuracy"] is None:
+            continue
+        others = json.dumps({k: v for k, v in r.spec.attack.params.items() if k != "eps"},
+                            sort_keys=True)
+        series[(*r.names[:3], r.spec.attack.name, tm.norm, others)].append(i)
+    for idxs in series.values():
+        idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
+        for a, b in zip(idxs, idxs[1:], strict=False):
+            if rows[b]["robust_accuracy"] > rows[a]["robust_accuracy"] + EPS_TOLERANCE:
+                rows[b]["flags"].append(
+                    f"robust accuracy rises with ε ({rows[a]['attack']}: "
+                    f"{100 * rows[a]['robust_accuracy']:.1f}% → "
+                    f"{100 * rows[b]['robust_accuracy']:.1f}%)")
+
+
 def _summaries(
-    records: list[CellRecord], rows: list[dict[str, Any]], attacks: list[str]
-) -> list[dict[str, Any]]:
-    """Per (dataset, model, defense): clean accuracy, robust accuracy per attack, and the
-    worst case: the fraction of clips that survive every attack (per-sample AND)."""
+    records: list[CellRecord], rows: list[dict[str, Any]]
+) -> tuple[list[Summary], list[ThreatModel], list[tuple[str, ThreatModel]]]:
+    """Per (dataset, model, defense): clean accuracy, robust accuracy per attack, and per
+    threat model the worst case: the fraction of clips that survive every attack of it."""
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        groups[(r["dataset"], r["model"], r["defense"])].append(i)
+    for i, r in enumerate(records):
+        groups[r.names[:3]].append(i)
+    threat_models = sorted({r.spec.threat_model for r in records}, key=ThreatModel.sort_key)
+    attacks: dict[str, ThreatModel] = {}
+    for r in records:
+        attacks.setdefault(r.names[3], r.spec.threat_model)
+    attack_order = sorted(attacks.items(), key=lambda a: a[1].sort_key())
     out = []
     for (d, m, df), idxs in groups.items():
-        per_attack = {rows[i]["attack"]: rows[i]["robust_accuracy"] for i in idxs}
         ok = [i for i in idxs if records[i].status == "ok"]
-        survive: dict[str, bool] = {}
-        for i in ok:
-            for s in records[i].samples:
-                alive = s.clean_correct and not s.success
-                survive[s.sample_id] = survive.get(s.sample_id, True) and alive
-        worst = (sum(survive.values()) / len(survive)) if survive else None
-        clean = [rows[i]["clean_accuracy"] for i in ok if rows[i]["clean_accuracy"] is not None]
-        out.append({
-            "dataset": d, "model": m, "defense": df,
-            "clean_accuracy": clean[0] if clean else None,
-            "robust_accuracy": per_attack,
-            "worst_case_robust_accuracy": worst,
-            "complete": len(ok) == len(idxs),
-        })
-    return out
+        worst = []
+        for tm in threat_models:
+            cells = [i for i in idxs if records[i].spec.threat_model == tm]
+            if not cells:
+                continue
+            survive: dict[str, bool] = {}
+            for i in cells:
+                if records[i].status != "ok":
+                    continue
+                for s in records[i].samples:
+                    alive = s.clean_correct and not s.success
+                    survive[s.sample_id] = survive.get(s.sample_id, True) and alive
+            worst.append(WorstCase(tm, sum(survive.values()), len(survive),
+                                   [rows[i]["attack"] for i in cells],
+                                   all(records[i].status == "ok" for i in cells)))
+        clean = next((rows[i] for i in ok if rows[i]["clean_accuracy"] is not None), None)
+        out.append(Summary(
+            dataset=d, model=m, defense=df,
+            n=rows[ok[0]]["n"] if ok else None,
+            clean_accuracy=clean["clean_accuracy"] if clean else None,
+            clean_accuracy_ci=clean["clean_accuracy_ci"] if clean else None,
+            robust_accuracy={rows[i]["attack"]: rows[i]["robust_accuracy"] for i in idxs},
+            worst_case=worst,
+        ))
+    return out, threat_models, attack_order
 
 
-def _header(run: dict[str, Any], records: list[CellRecord]) -> dict[str, Any]:
+def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dict[str, Any]:
     env = run["environment"]
     settings = run["settings"]
     fingerprints = {}
-    samples: dict[str, int | str] = {}
     counts: dict[str, set[int]] = {}
     for r in records:
-        ds = r.spec["dataset"]
-        fingerprints[ds["name"]] = ds["fingerprint"]
-        counts.setdefault(ds["name"], set()).add(r.info.get("n", r.spec["run"]["samples"]))
+        fingerprints[r.spec.dataset.label] = r.spec.dataset.fingerprint
+        if r.status == "ok":
+            counts.setdefault(r.spec.dataset.label, set()).add(r.info.n)
+    samples: dict[str, int | str] = {}
     for name, ns in counts.items():
         # models may evaluate different numbers of clips ([[models]] samples = N)
         samples[name] = (next(iter(ns)) if len(ns) == 1
                          else f"{min(ns)}–{max(ns)} (by model, see n)")
+    revisions: dict[str, int] = {}
+    for r in records:
+        rev = str(r.environment.get("git_revision", "unknown"))
+        revisions[rev] = revisions.get(rev, 0) + 1
+    asked = {label: meta.get("samples_asked") for label, meta in
+             settings.get("datasets", {}).items()}
     return {
         "date": run["finished"] or run["started"],
         "musicbench": env.get("musicbench"),
         "git_revision": env.get("git_revision"),
+        "revisions": revisions,
         "torch": env.get("torch"),
         "device": settings.get("device"),
         "gpu": env.get("gpu"),
@@ -195,10 +337,19 @@ def _header(run: dict[str, Any], records: list[CellRecord]) -> dict[str, Any]:
         "quick": settings.get("quick"),
         "dataset_fingerprints": fingerprints,
         "samples": samples,
+        "samples_asked": asked,
+        "planned": planned,
+        "stored": len(records),
         "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
         "skipped": {name: meta.get("skipped", [])
                     for name, meta in settings.get("datasets", {}).items()},
     }
+
+
+def dirty_revisions(board: Leaderboard) -> list[str]:
+    """Revisions of cells computed from a modified tree (``...+dirty``) or an unknown one."""
+    return [rev for rev in board.header["revisions"]
+            if rev.endswith("+dirty") or rev == "unknown"]
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -208,7 +359,7 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _pct_ci(x: float | None, ci: list[float | None] | None) -> str:
+def _pct_ci(x: float | None, ci: Any) -> str:
     if x is None:
         return "—"
     if not ci or ci[0] is None or ci[1] is None:
@@ -224,14 +375,21 @@ def _num(x: float | None, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def render_markdown(board: Leaderboard) -> str:
-    def _arrow(col: str) -> str:
-        return "↑" if board.higher_is_better.get(col, True) else "↓"
+def _table(head: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return lines
 
-    h = board.header
-    lines = ["# musicbench leaderboard", ""]
-    lines.append(f"- date: {h['date']}")
-    lines.append(f"- musicbench {h['musicbench']} (git {h['git_revision']}), torch {h['torch']}")
+
+def _header_lines(h: dict[str, Any]) -> list[str]:
+    lines = ["# musicbench leaderboard", "", f"- date: {h['date']}"]
+    revs = h.get("revisions") or {}
+    if len(revs) <= 1:
+        rev = next(iter(revs), h["git_revision"])
+        lines.append(f"- musicbench {h['musicbench']} (git {rev}), torch {h['torch']}")
+    else:
+        lines.append(f"- musicbench {h['musicbench']}, torch {h['torch']}; cells computed at "
+                     + ", ".join(f"git {r} ({n} cells)" for r, n in revs.items()))
     device = h["device"] + (f" ({h['gpu']})" if h.get("gpu") else "")
     if str(h["device"]).startswith("cuda"):
         device += " — GPU run: results may differ from CPU in the last digits"
@@ -240,8 +398,12 @@ def render_markdown(board: Leaderboard) -> str:
                  ("; quick run" if h.get("quick") else ""))
     if h.get("command"):
         lines.append(f"- command: `{h['command']}`")
+    if h["stored"] < h["planned"]:
+        lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
+                     "not run yet**")
     for name, fp in h["dataset_fingerprints"].items():
-        lines.append(f"- dataset `{name}`: {h['samples'].get(name)} clips, fingerprint `{fp}`")
+        lines.append(f"- dataset `{name}`: {h['samples'].get(name, '—')} clips, fingerprint "
+                     f"`{fp}`")
         skipped = h.get("skipped", {}).get(name) or []
         if skipped:
             lines.append(f"  - {len(skipped)} input(s) skipped:")
@@ -249,56 +411,91 @@ def render_markdown(board: Leaderboard) -> str:
             if len(skipped) > 20:
                 lines.append(f"    - ... and {len(skipped) - 20} more (results.sqlite, "
                              "runs.settings)")
-    lines += ["", "Accuracies in %, 95% bootstrap CI in brackets. ↑/↓: the better direction for "
-              "the column's subject (accuracy: the model; ASR, LSD, SNR, FAD: the attack). "
-              "Retrieval: a query is right when its nearest reference is of its work (top-1); "
-              "mAP over the reference set, MR1 = mean rank of the first correct reference.", ""]
-    lines += ["## Robustness by model and defense", ""]
-    head = (["dataset", "model", "defense", f"clean acc {_arrow('clean_accuracy')}"]
-            + [f"robust acc: {a} ↑" for a in board.attacks]
-            + [f"worst-case robust acc {_arrow('worst_case')}"])
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    return lines
+
+
+def render_markdown(board: Leaderboard) -> str:
+    def arrow(col: str) -> str:
+        return "↑" if board.higher_is_better.get(col, True) else "↓"
+
+    lines = _header_lines(board.header)
+    lines += ["", "Accuracies and rates in %, with exact (Clopper–Pearson) 95% intervals in "
+              "brackets; perceptual metrics are means over the successful clips (`n ok`), with a "
+              "bootstrap interval in the JSON. FAD is over every attacked clip (`n att`), so it "
+              "compares across the attacks of one model and defense. A **threat model** is what "
+              "an attack may change (an L∞/L2 radius, an SNR budget, a region, or nothing bounds "
+              "it); worst cases and flags never mix threat models. ↑/↓: the better direction "
+              "for the column's subject (accuracy: the model; ASR, LSD, SNR, FAD: the attack).",
+              ""]
+    lines += ["## Worst-case robust accuracy by threat model", "",
+              "Per model and defense, the clips that survive every attack of a threat model "
+              "(per-clip AND); the attacks each stands on are listed below the table.", ""]
+    tms = board.threat_models
+    head = (["dataset", "model", "defense", "n", f"clean acc {arrow('clean_accuracy')}"]
+            + [f"{tm.label} {arrow('worst_case')}" for tm in tms])
+    body = []
     for s in board.summary:
-        worst = _pct(s["worst_case_robust_accuracy"])
-        if not s["complete"]:
-            worst += " (incomplete: a cell failed)"
-        cells = ([s["dataset"], s["model"], s["defense"], _pct(s["clean_accuracy"])]
-                 + [_pct(s["robust_accuracy"].get(a)) for a in board.attacks] + [worst])
-        lines.append("| " + " | ".join(cells) + " |")
+        by_tm = {w.threat_model: w for w in s.worst_case}
+        cells = [s.dataset, s.model, s.defense, "—" if s.n is None else str(s.n),
+                 _pct_ci(s.clean_accuracy, s.clean_accuracy_ci)]
+        for tm in tms:
+            w = by_tm.get(tm)
+            if w is None:
+                cells.append("—")
+                continue
+            text = _pct_ci(w.value, w.ci)
+            if not w.complete:
+                text += " (a cell failed: upper bound)"
+            cells.append(text)
+        body.append(cells)
+    lines += _table(head, body)
+    lines.append("")
+    for tm in tms:
+        names = [a for a, t in board.attacks if t == tm]
+        lines.append(f"- {tm.label}: {', '.join(names)}")
+    lines += ["", "## Robust accuracy by attack", ""]
+    head = ["dataset", "model", "defense"] + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks]
+    body = [[s.dataset, s.model, s.defense] + [_pct(s.robust_accuracy.get(a))
+                                               for a, _ in board.attacks]
+            for s in board.summary]
+    lines += _table(head, body)
     lines += ["", "## Every cell", ""]
     retrieval = any(r["map_clean"] is not None for r in board.rows)
-    head = ["dataset", "model", "defense", "attack", "n", f"ASR {_arrow('asr')}",
-            f"robust acc {_arrow('robust_accuracy')}"]
+    encoders = {r["fad_encoder"] for r in board.rows if r["fad_encoder"]}
+    one_encoder = encoders.pop() if len(encoders) == 1 else None
+    head = ["dataset", "model", "defense", "attack", "threat model", "n", "n att", "n ok",
+            f"ASR {arrow('asr')}", f"robust acc {arrow('robust_accuracy')}"]
     if retrieval:
         head += ["mAP clean → adv", "MR1 adv ↓"]
-    encoders = {r["fad_encoder"] for r in board.rows if r["fad_encoder"]}
-    fad_head = f"FAD ({encoders.pop()}) {_arrow('fad')}" if len(encoders) == 1 else \
-        f"FAD {_arrow('fad')}"
-    head += [fad_head, f"LSD {_arrow('lsd')}", f"SNR dB {_arrow('snr_db')}",
-             f"queries {_arrow('mean_queries')}", f"s/clip {_arrow('seconds_per_clip')}",
+    head += [f"FAD ({one_encoder}) {arrow('fad')}" if one_encoder else f"FAD {arrow('fad')}"]
+    head += [f"{METRIC_TITLES.get(m, m)} {arrow(METRIC_COLUMNS.get(m, m))}"
+             for m in board.metrics]
+    head += [f"queries {arrow('mean_queries')}", f"s/clip {arrow('seconds_per_clip')}",
              "adaptive", "flags"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * len(head))
+    body = []
     for r in board.rows:
+        names = [r["dataset"], r["model"], r["defense"], r["attack"], r["threat_model"]["label"]]
         if r["status"] != "ok":
-            err = (r["error"] or "").replace("|", "\\|").splitlines()[0][:120]
-            cells = [r["dataset"], r["model"], r["defense"], r["attack"], "—",
-                     f"**failed**: {err}"] + ["—"] * (len(head) - 6)
-        else:
-            fad = _num(r["fad"])
-            if r["fad"] is not None and r["fad_encoder"] and "(" not in fad_head:
-                fad += f" ({r['fad_encoder']})"  # several encoders: name each value
-            cells = [r["dataset"], r["model"], r["defense"], r["attack"], str(r["n"]),
-                     _pct_ci(r["asr"], r["asr_ci"]),
-                     _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"])]
-            if retrieval:
-                cells += [f"{_num(r['map_clean'], 3)} → {_num(r['map_adv'], 3)}"
-                          if r["map_clean"] is not None else "—", _num(r["mr1_adv"], 2)]
-            cells += [fad, _num(r["lsd"], 3), _num(r["snr_db"], 1), _num(r["mean_queries"], 1),
-                     _num(r["seconds_per_clip"], 3), r["adaptive"] or "none",
-                     "; ".join(r["flags"]) or ""]
-        lines.append("| " + " | ".join(cells) + " |")
+            err = (r["error"] or "").splitlines()[0][:120] if r["error"] else ""
+            body.append(names + [f"**failed**: {err}"] + ["—"] * (len(head) - 6))
+            continue
+        cells = names + [str(r["n"]), str(r["n_attacked"]), str(r["n_success"]),
+                         _pct_ci(r["asr"], r["asr_ci"]),
+                         _pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"])]
+        if retrieval:
+            cells += [f"{_num(r['map_clean'], 3)} → {_num(r['map_adv'], 3)}"
+                      if r["map_clean"] is not None else "—", _num(r["mr1_adv"], 2)]
+        fad = _num(r["fad"])
+        if r["fad"] is not None and r["fad_encoder"] and not one_encoder:
+            fad += f" ({r['fad_encoder']})"  # several encoders: name each value
+        cells.append(fad)
+        for m in board.metrics:
+            value = r["metrics"].get(m, {}).get("value")
+            cells.append(_num(value, 3 if m == "lsd" else 1 if m == "snr" else 4))
+        cells += [_num(r["mean_queries"], 1), _num(r["seconds_per_clip"], 3),
+                  r["adaptive"] or "none", "; ".join(r["flags"])]
+        body.append(cells)
+    lines += _table(head, body)
     lines.append("")
     return "\n".join(lines)
 
@@ -313,8 +510,10 @@ def render_csv(board: Leaderboard) -> str:
     writer.writeheader()
     for r in board.rows:
         flat = {k: r[k] for k in JSON_FIELDS}
-        for k in ("asr_ci", "robust_accuracy_ci", "flags"):
+        for k in ("clean_accuracy_ci", "asr_ci", "robust_accuracy_ci", "flags"):
             flat[k] = "" if flat[k] is None else ";".join(str(v) for v in flat[k])
+        flat["threat_model"] = r["threat_model"]["label"]
+        flat["metrics"] = json.dumps(r["metrics"], sort_keys=True)
         writer.writerow({k: "" if v is None else v for k, v in flat.items()})
     return buf.getvalue()
 

@@ -1,12 +1,15 @@
 """Metric computations of the leaderboard contract (DESIGN.md section 5).
 
-Per-sample distances are batched torch code on (clean, adv) pairs; set-level rates come with
-95% bootstrap confidence intervals over samples (fixed seed, percentile method).
+Per-sample distances are batched torch code on (clean, adv) pairs. Proportions (clean
+accuracy, ASR, robust accuracy) come with exact Clopper–Pearson 95% intervals, which never
+collapse to a point (41/41 is [91.4, 100], not [100, 100]); means with a percentile bootstrap
+(fixed seed).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +70,21 @@ def bootstrap_ci(values: np.ndarray, *, seed: int = BOOTSTRAP_SEED) -> tuple[flo
     return (float(low), float(high))
 
 
+def clopper_pearson(k: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval for a binomial proportion k/n (Clopper & Pearson, 1934): the
+    beta quantiles that bound p with at least ``level`` coverage. (NaN, NaN) when n == 0."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return (math.nan, math.nan)
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    alpha = 1.0 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return (low, high)
+
+
 def rate(values: np.ndarray) -> float:
     """Mean of a 0/1 array, NaN when empty."""
     values = np.asarray(values, dtype=np.float64)
@@ -75,8 +93,8 @@ def rate(values: np.ndarray) -> float:
 
 def classification_summary(
     clean_correct: np.ndarray, attacked_success: np.ndarray
-) -> dict[str, float | tuple[float, float]]:
-    """Clean accuracy, ASR and robust accuracy (with CIs) of one cell.
+) -> dict[str, Any]:
+    """Clean accuracy, ASR and robust accuracy, each with its exact interval and its counts.
 
     :param clean_correct: ``bool[N]`` the model is right on the clean clip.
     :param attacked_success: ``bool[N]`` the attack made a clean-correct clip wrong (False for
@@ -85,13 +103,16 @@ def classification_summary(
     clean_correct = np.asarray(clean_correct, dtype=bool)
     success = np.asarray(attacked_success, dtype=bool) & clean_correct
     robust = clean_correct & ~success
-    asr_values = success[clean_correct].astype(np.float64)
+    n, n_attacked = int(clean_correct.size), int(clean_correct.sum())
+    n_success, n_robust = int(success.sum()), int(robust.sum())
     return {
+        "n": n, "n_attacked": n_attacked, "n_success": n_success,
         "clean_accuracy": rate(clean_correct),
-        "asr": rate(asr_values),
-        "asr_ci": bootstrap_ci(asr_values),
+        "clean_accuracy_ci": clopper_pearson(n_attacked, n),
+        "asr": n_success / n_attacked if n_attacked else math.nan,
+        "asr_ci": clopper_pearson(n_success, n_attacked),
         "robust_accuracy": rate(robust),
-        "robust_accuracy_ci": bootstrap_ci(robust.astype(np.float64)),
+        "robust_accuracy_ci": clopper_pearson(n_robust, n),
     }
 
 

@@ -54,6 +54,20 @@ def _rejection(params_type: type, exc: Exception) -> str:
     return f"{params_type.__qualname__}{check} rejected the values: {detail}"
 
 
+def component_params(cls: type, values: Mapping[str, Any], *, table: str, what: str) -> Any:
+    """The validated ``Params`` of component class ``cls`` from a config mapping: the one
+    place parameters are checked (the planner and the workspace both come here).
+
+    :param what: how messages name the component, e.g. ``"attack 'pgd'"``.
+    """
+    params_type = getattr(cls, "Params", None)
+    if params_type is None:
+        if values:
+            raise ConfigError(f"{what} takes no parameters", table=table, key=next(iter(values)))
+        return None
+    return build_params(params_type, values, table=table)
+
+
 def coerce(value: Any, annotation: Any, *, table: str, key: str) -> Any:
     """Check ``value`` against ``annotation``; int -> float is the only conversion allowed."""
     ok, converted = _check(value, annotation)

@@ -1,23 +1,27 @@
-"""Turn a config into cells: validate every name and parameter first, then expand the grid.
+"""Turn a config into cells: validate every name and parameter first, then resolve each
+component once and expand the grid into typed :class:`~musicbench.cells.CellSpec` records.
 
-A cell is one (dataset, model, defense, attack). Its key hashes the resolved spec, the dataset
-fingerprint, the plugin versions and the musicbench version, so a changed plugin or dataset
-makes new cells while a rerun of the same command finds its finished ones.
+A cell is one (dataset, model, defense, attack). Its key hashes the resolved components
+(versions, parameters, trained-weights hashes, the dataset fingerprint), the run settings that
+change results and the musicbench version, so a changed plugin, weight file or dataset makes
+new cells while a rerun of the same command finds its finished ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import musicbench
-from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig
+from musicbench.cells import CellRun, CellSpec, ComponentRef
+from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig, RunSettings, model_samples
 from musicbench.errors import ConfigError, did_you_mean
-from musicbench.params import build_params
+from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
+
+if TYPE_CHECKING:
+    from musicbench.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -33,14 +37,12 @@ class Resolved:
     def params_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else {}
 
-    def ref(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "label": self.spec.label if self.spec.label != self.spec.name else self.name,
-            "version": str(getattr(self.cls, "version", "1")),
-            "params": self.params_dict(),
-            "provider": self.provider,
-        }
+    def ref(self, *, weights: str | None = None, fingerprint: str | None = None) -> ComponentRef:
+        return ComponentRef(
+            kind=self.spec.kind, name=self.name, label=self.spec.label,
+            version=str(getattr(self.cls, "version", "1")), params=self.params_dict(),
+            provider=self.provider, weights=weights, fingerprint=fingerprint,
+        )
 
 
 def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved]]:
@@ -54,25 +56,31 @@ def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved
             except ConfigError as exc:
                 raise ConfigError(str(exc), table=TABLES[kind], key="name") from exc
             cls = entry.load()
-            params_type = getattr(cls, "Params", None)
-            if params_type is None:
-                if spec.params:
-                    raise ConfigError(
-                        f"{kind} '{spec.name}' takes no parameters", table=spec.table,
-                        key=next(iter(spec.params)),
-                    )
-                params = None
-            else:
-                params = build_params(params_type, spec.params, table=spec.table)
+            params = component_params(cls, spec.params, table=spec.table,
+                                      what=f"{kind} '{spec.name}'")
             items.append(Resolved(spec, entry.name, cls, params, entry.provider))
         out[kind] = items
     _check_model_datasets(out)
+    _check_metrics(config, plugins)
+    return out
+
+
+def _check_metrics(config: RunConfig, plugins: PluginSystem) -> None:
     if config.run.fad_encoder:
         try:
             plugins.get("encoder", config.run.fad_encoder)
         except ConfigError as exc:
             raise ConfigError(str(exc), table="run", key="fad_encoder") from exc
-    return out
+    for key, level in (("metrics", "sample"), ("set_metrics", "set")):
+        for name in getattr(config.run, key):
+            try:
+                cls = plugins.get("metric", name).load()
+            except ConfigError as exc:
+                raise ConfigError(str(exc), table="run", key=key) from exc
+            if getattr(cls, "level", "sample") != level:
+                other = "set_metrics" if level == "sample" else "metrics"
+                raise ConfigError(f"metric '{name}' is computed per {getattr(cls, 'level', '?')}"
+                                  f"; list it under {other}", table="run", key=key)
 
 
 def _check_model_datasets(resolved: dict[str, list[Resolved]]) -> None:
@@ -133,46 +141,77 @@ def model_dataset_pairs(
     return pairs
 
 
-def cell_spec(
-    dataset: Resolved,
-    fingerprint: str,
-    model: Resolved,
-    defense: Resolved,
-    attack: Resolved,
-    *,
-    seed: int,
-    samples: int,
-    batch_size: int,
-    keep_audio: int,
-    fad_encoder: str = "",
-) -> dict[str, Any]:
-    """The plain-data spec of one cell, with its ``key``."""
-    spec: dict[str, Any] = {
-        "dataset": {**dataset.ref(), "fingerprint": fingerprint},
-        "model": model.ref(),
-        "defense": defense.ref(),
-        "attack": attack.ref(),
-        "run": {"seed": seed, "samples": samples, "batch_size": batch_size,
-                "keep_audio": keep_audio, "fad_encoder": fad_encoder},
-        "musicbench": musicbench.__version__,
-    }
-    spec["key"] = cell_key(spec)
-    return spec
+@dataclass
+class Plan:
+    """Every cell of a run, resolved, and what the leaderboard header says of each dataset."""
+
+    specs: list[CellSpec]
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # by dataset label
 
 
-def cell_key(spec: dict[str, Any]) -> str:
-    body = {k: ({kk: vv for kk, vv in v.items() if kk != "label"} if isinstance(v, dict) else v)
-            for k, v in spec.items() if k != "key"}
-    # keep_audio changes only the listening material kept, not a result.
-    body["run"] = {k: v for k, v in body["run"].items() if k != "keep_audio"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+def plan_cells(
+    resolved: dict[str, list[Resolved]], ws: Workspace, settings: RunSettings, *, quick: bool
+) -> Plan:
+    """Resolve every cell once: prepare datasets (fingerprints), load models (weights), prepare
+    attacks (threat model, inpainter weights). Raises :class:`ConfigError` on a mismatch the
+    config must fix (labels of a model that do not match its dataset)."""
+    pairs = model_dataset_pairs(resolved)
+    datasets: dict[str, Any] = {}
+    meta: dict[str, dict[str, Any]] = {}
+    for ds in resolved["dataset"]:
+        if any(d is ds for d, _ in pairs):
+            prepared = ws.dataset(ds.name, ds.params_dict())
+            datasets[ds.spec.label] = prepared
+            meta[ds.spec.label] = {"name": ds.name, "fingerprint": prepared.fingerprint(),
+                                   "skipped": [list(p) for p in prepared.problems()]}
+    models: dict[str, ComponentRef] = {}
+    for ds, model in pairs:
+        loaded = ws.model(model.name, model.params_dict())
+        if model.spec.label not in models:
+            models[model.spec.label] = model.ref(weights=loaded.weights_digest())
+        _check_labels(model, loaded, datasets[ds.spec.label])
+    defenses = [(d, d.ref()) for d in resolved["defense"]]
+    attacks = []
+    for attack in resolved["attack"]:
+        made = ws.make("attack", attack.name, attack.params_dict())
+        made.prepare(ws.ctx)
+        attacks.append((attack, attack.ref(weights=made.weights_digest()), made.threat,
+                        made.threat_model()))
+    specs = []
+    for ds, model in pairs:
+        run = CellRun(seed=settings.seed,
+                      samples=model_samples(model.spec, settings, quick=quick),
+                      batch_size=settings.batch_size, keep_audio=settings.keep_audio,
+                      fad_encoder=settings.fad_encoder,
+                      metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
+                      pseudo_labels=model.spec.pseudo_labels)
+        ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
+        for defense, defense_ref in defenses:
+            for attack, attack_ref, threat, threat_model in attacks:
+                if model.spec.attacks is not None and attack.spec.label not in model.spec.attacks:
+                    continue
+                specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref, attack_ref,
+                                      run, threat, threat_model, harness_version()))
+    return Plan(specs, meta)
 
 
-def cell_seed(spec: dict[str, Any]) -> int:
-    """The cell's RNG seed: from the run seed and the components, independent of cell order."""
-    parts = [spec["run"]["seed"]] + [
-        [spec[k]["name"], spec[k]["params"]] for k in ("dataset", "model", "defense", "attack")
-    ]  # labels are presentation only: they change neither the key nor the seed
-    blob = json.dumps(parts, sort_keys=True).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
+def harness_version() -> str:
+    """What cell keys hold of the harness: its release and its results version."""
+    return f"{musicbench.__version__}+results.{musicbench.RESULTS_VERSION}"
+
+
+def _check_labels(model: Resolved, loaded: Any, dataset: Any) -> None:
+    """A classifier is scored on the dataset's labels mapped onto its own by name. Labels that
+    do not match are a config error unless the model entry chose pseudo-label mode."""
+    if loaded.task != "classification" or model.spec.pseudo_labels:
+        return
+    missing = [lab for lab in dataset.labels if lab not in loaded.labels]
+    if missing:
+        hints = "".join(f" '{lab}':{did_you_mean(lab, loaded.labels) or ' no close match.'}"
+                        for lab in missing[:5])
+        raise ConfigError(
+            f"dataset '{dataset.name}' has labels that model '{model.name}' does not know:{hints}"
+            " Rename the labels, or set pseudo_labels = true on the model to score it against"
+            " its own clean top-1 (pseudo-label mode).",
+            table=model.spec.table, key="pseudo_labels",
+        )

@@ -7,12 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from musicbench.cache import cache_dir
-from musicbench.config import RunConfig, load_config, model_samples
+from musicbench.config import RunConfig, load_config
+from musicbench.errors import ConfigError
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.executors import EXECUTORS
 from musicbench.interfaces import Progress
 from musicbench.interfaces.context import NullProgress
-from musicbench.planner import apply_only, cell_spec, model_dataset_pairs, resolve
+from musicbench.planner import apply_only, plan_cells, resolve
 from musicbench.plugins import PluginSystem
 from musicbench.runner import now
 from musicbench.store import CellRecord, Store
@@ -29,6 +30,7 @@ class RunOptions:
     out: Path | None = None
     only: list[str] = field(default_factory=list)
     executor: str | None = None
+    rerun_dirty: bool = False  # recompute cells computed from a modified tree (to publish)
 
 
 @dataclass
@@ -57,18 +59,20 @@ def execute(
     progress: Progress | None = None,
     argv: list[str] | None = None,
 ) -> RunOutcome:
-    """Validate everything, then run every unfinished cell. Raises ConfigError before any work."""
+    """Validate everything, then run every unfinished cell. Raises ConfigError before any work.
+
+    ``--only`` narrows what runs now, not the plan: the run records the keys of the cells it
+    was asked for, and the leaderboard renders every stored cell of the config
+    (:func:`musicbench.leaderboard.build`).
+    """
     from musicbench.leaderboard import write_leaderboard
 
     progress = progress or NullProgress()
     config = load_config(options.config)
     resolved = apply_only(resolve(config, plugins), options.only)
-    pairs = model_dataset_pairs(resolved)
     device = resolve_device(options.device or config.run.device)
     executor_name = options.executor or config.run.executor
     if executor_name not in EXECUTORS:
-        from musicbench.errors import ConfigError
-
         raise ConfigError(
             f"unknown executor '{executor_name}'; available: {', '.join(EXECUTORS)}",
             table="run", key="executor",
@@ -78,41 +82,21 @@ def execute(
     out = output_dir(config, options)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
                    seed=settings.seed)
-
-    fingerprints, datasets_meta = {}, {}
-    for ds in resolved["dataset"]:
-        if any(d is ds for d, _ in pairs):
-            prepared = ws.dataset(ds.name, ds.params_dict())
-            fingerprints[ds.name] = prepared.fingerprint()
-            datasets_meta[ds.spec.label] = {
-                "name": ds.name, "fingerprint": fingerprints[ds.name],
-                "skipped": [list(p) for p in prepared.problems()],
-            }
-    specs = [
-        cell_spec(ds, fingerprints[ds.name], model, defense, attack, seed=settings.seed,
-                  samples=model_samples(model.spec, settings, quick=options.quick),
-                  batch_size=settings.batch_size,
-                  keep_audio=settings.keep_audio, fad_encoder=settings.fad_encoder)
-        for ds, model in pairs
-        for defense in resolved["defense"]
-        for attack in resolved["attack"]
-        if model.spec.attacks is None or attack.spec.label in model.spec.attacks
-    ]
+    plan = plan_cells(resolved, ws, settings, quick=options.quick)
+    specs = plan.specs
     store = Store(out / "results.sqlite")
     try:
-        done = store.finished_keys()
-        todo = [s for s in specs if s["key"] not in done]
-        for _, model in pairs:  # train or load before the cells, with its own progress bar
-            if any(s["model"]["name"] == model.name for s in todo):
-                ws.model(model.name, model.params_dict())
+        done = store.finished_keys(clean_only=options.rerun_dirty)
+        todo = [s for s in specs if s.key not in done]
         environment = describe_environment(device)
         run_settings = asdict(settings) | {"samples_used": samples, "quick": options.quick,
                                            "device": str(device), "executor": executor_name,
-                                           "datasets": datasets_meta}
+                                           "datasets": plan.datasets,
+                                           "only": list(options.only)}
         run_id = store.start_run(
             started=now(), config_source=config.source, config_text=config.text,
             argv=argv if argv is not None else sys.argv, settings=run_settings,
-            environment=environment, plan=[s["key"] for s in specs],
+            environment=environment, plan=[s.key for s in specs],
         )
 
         def on_record(record: CellRecord) -> None:
@@ -124,7 +108,7 @@ def execute(
 
         EXECUTORS[executor_name]().run(todo, ws, environment, on_record, progress)
         store.finish_run(run_id, now())
-        records = store.cells([s["key"] for s in specs])
+        records = store.cells([s.key for s in specs])
         board = write_leaderboard(store, out / "leaderboard.md", fmt="md")
     finally:
         store.close()

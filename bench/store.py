@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from musicbench.cells import CellInfo, CellSpec
+
+SCHEMA_VERSION = 2
+"""2: cells keep a typed spec (threat model, weights, metrics) and a typed info record."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,15 +104,14 @@ class MetricValue:
 class CellRecord:
     """Everything one finished (or failed) cell produced. Plain data: picklable, JSON-able."""
 
-    key: str
-    spec: dict[str, Any]
+    spec: CellSpec
     status: str  # ok | failed
     started: str
     finished: str
     seconds: float
     attack_seconds: float = 0.0
     peak_memory_mb: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # adaptive, flags, notes, fad encoder...
+    info: CellInfo = field(default_factory=CellInfo)
     error: str | None = None
     traceback: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
@@ -121,10 +123,13 @@ class CellRecord:
     audio_data: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
     @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
     def names(self) -> tuple[str, str, str, str]:
-        s = self.spec
-        return tuple(s[k].get("label", s[k]["name"])  # type: ignore[return-value]
-                     for k in ("dataset", "model", "defense", "attack"))
+        """(dataset, model, defense, attack) labels, as tables name them."""
+        return self.spec.labels
 
 
 def _num(x: float | None) -> float | None:
@@ -191,32 +196,46 @@ class Store:
         with self._tx() as c:
             c.execute("UPDATE runs SET finished=? WHERE id=?", (finished, run_id))
 
-    def latest_run(self) -> dict[str, Any] | None:
-        row = self.conn.execute(
-            "SELECT id, started, finished, config_source, config_text, argv, settings,"
-            " environment, plan FROM runs ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run started on this store, oldest first (``plan``: the cell keys it planned)."""
         keys = ["id", "started", "finished", "config_source", "config_text", "argv",
                 "settings", "environment", "plan"]
-        run = dict(zip(keys, row, strict=True))
-        for k in ("argv", "settings", "environment", "plan"):
-            run[k] = json.loads(run[k])
-        return run
+        out = []
+        for row in self.conn.execute(
+            "SELECT id, started, finished, config_source, config_text, argv, settings,"
+            " environment, plan FROM runs ORDER BY id"
+        ):
+            run = dict(zip(keys, row, strict=True))
+            for k in ("argv", "settings", "environment", "plan"):
+                run[k] = json.loads(run[k])
+            out.append(run)
+        return out
+
+    def latest_run(self) -> dict[str, Any] | None:
+        runs = self.runs()
+        return runs[-1] if runs else None
 
     # -- cells -------------------------------------------------------------------------------
 
-    def finished_keys(self) -> set[str]:
-        """Keys of cells that completed successfully (a rerun skips them)."""
-        return {r[0] for r in self.conn.execute("SELECT key FROM cells WHERE status='ok'")}
+    def finished_keys(self, *, clean_only: bool = False) -> set[str]:
+        """Keys of cells that completed successfully (a rerun skips them); ``clean_only``
+        leaves out cells computed from a modified or unknown source tree."""
+        rows = self.conn.execute("SELECT key, environment FROM cells WHERE status='ok'")
+        if not clean_only:
+            return {r[0] for r in rows}
+        out = set()
+        for key, env in rows:
+            rev = str(json.loads(env).get("git_revision", "unknown"))
+            if not (rev.endswith("+dirty") or rev == "unknown"):
+                out.add(key)
+        return out
 
     def _write_audio(self, record: CellRecord) -> None:
         if not record.audio_data:
             return
         import soundfile
 
-        rate = int(record.info.get("sample_rate", 16_000))
+        rate = int(record.info.sample_rate)
         folder = self.path.parent / "audio" / record.key
         folder.mkdir(parents=True, exist_ok=True)
         record.audio = []
@@ -240,9 +259,10 @@ class Store:
                 "INSERT INTO cells (key, dataset, model, defense, attack, spec, status, started,"
                 " finished, seconds, attack_seconds, peak_memory_mb, info, error, traceback,"
                 " environment, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.key, d, m, df, a, json.dumps(record.spec, sort_keys=True),
+                (record.key, d, m, df, a, json.dumps(record.spec.to_dict(), sort_keys=True),
                  record.status, record.started, record.finished, record.seconds,
-                 record.attack_seconds, record.peak_memory_mb, json.dumps(record.info),
+                 record.attack_seconds, record.peak_memory_mb,
+                 json.dumps(record.info.to_dict()),
                  record.error, record.traceback, json.dumps(record.environment), run_id),
             )
             c.executemany(
@@ -273,9 +293,9 @@ class Store:
         by_key: dict[str, CellRecord] = {}
         for r in rows:
             by_key[r[0]] = CellRecord(
-                key=r[0], spec=json.loads(r[1]), status=r[2], started=r[3], finished=r[4],
-                seconds=r[5], attack_seconds=r[6] or 0.0, peak_memory_mb=r[7],
-                info=json.loads(r[8]), error=r[9], traceback=r[10],
+                spec=CellSpec.from_dict(json.loads(r[1])), status=r[2], started=r[3],
+                finished=r[4], seconds=r[5], attack_seconds=r[6] or 0.0, peak_memory_mb=r[7],
+                info=CellInfo.from_dict(json.loads(r[8])), error=r[9], traceback=r[10],
                 environment=json.loads(r[11]),
             )
         for r in self.conn.execute(

@@ -21,7 +21,7 @@ from musicbench.errors import ConfigError, GradientRefusedError, UnknownNameErro
 from musicbench.hookspecs import REGISTER_HOOKS
 from musicbench.plugins import PluginSystem, get_plugins
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import ReferenceSet, Victim
+from musicbench.victim import ReferenceSet, Victim, begin_batch, judge
 from musicbench.workspace import Workspace
 
 
@@ -143,7 +143,7 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
     x = tone_batch(4, model.input_samples + 37, seed=1, device=device)  # odd length: windows
     probe = Victim(model)
     with torch.no_grad():
-        y = probe.predict(x)
+        y = judge(probe).predict(x)
     y[0] = (y[0] + 1) % len(model.labels)  # sample 0 is already misclassified
     black_box = attack.threat == "black-box"
     budget = getattr(attack.params, "budget", None)
@@ -172,7 +172,7 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
     if black_box:
         def refuses() -> None:
             v = Victim(model, allow_gradients=False)
-            v.reset_counters(x.shape[0])
+            begin_batch(v, x.shape[0])
             try:
                 v.loss(x.clone().requires_grad_(True), y)
             except GradientRefusedError:
@@ -201,7 +201,7 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
     x = tone_batch(2, model.input_samples, seed=3, device=device)
     victim = make_victim()
     with torch.no_grad():
-        a, b = victim.scores(x, count=False), victim.scores(x, count=False)
+        a, b = judge(victim).scores(x), judge(victim).scores(x)
     report.check("deterministic", lambda: require(torch.equal(a, b), "two forwards differ"))
 
     def batch_independent() -> None:
@@ -210,7 +210,7 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
         # run would then depend on the batch size and on what ran before.
         require(not model.module().training, "module() is in train mode; call .eval() in load()")
         with torch.no_grad():
-            alone = victim.scores(x[1:], count=False)
+            alone = judge(victim).scores(x[1:])
         require(torch.allclose(alone, a[1:], rtol=1e-4, atol=1e-5),
                 "a clip scores differently alone than in a batch (max difference "
                 f"{(alone - a[1:]).abs().max().item():.3g}): batch statistics in the forward?")
@@ -218,7 +218,7 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
 
     def grad() -> None:
         xg = x.clone().requires_grad_(True)
-        victim.reset_counters(2)
+        begin_batch(victim, 2)
         loss = victim.loss(xg, a.argmax(-1))
         (g,) = torch.autograd.grad(loss.sum(), xg)
         require(torch.isfinite(g).all(), "non-finite input gradient")
@@ -251,7 +251,7 @@ def _cam_layer(model: Any, victim: Victim, x: torch.Tensor, report: ValidationRe
             lambda _m, _i, out: acts.append(out[0] if isinstance(out, (tuple, list)) else out))
         try:
             xg = x.clone().requires_grad_(True)
-            victim.reset_counters(x.shape[0])
+            begin_batch(victim, x.shape[0])
             with torch.enable_grad():
                 scores = victim.scores(xg)
         finally:
@@ -297,7 +297,7 @@ def _victim_factory(model, device: torch.device, report: ValidationReport):  # n
 
 def _scores(victim: Victim, x: torch.Tensor, k: int) -> None:
     with torch.no_grad():
-        out = victim.scores(x, count=False)
+        out = judge(victim).scores(x)
     require(out.shape == (x.shape[0], k), f"got {tuple(out.shape)}, expected ({x.shape[0]}, {k})")
     require(out.dtype == torch.float32, f"dtype {out.dtype}, expected torch.float32")
     require(torch.isfinite(out).all(), "non-finite logits")

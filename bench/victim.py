@@ -66,7 +66,7 @@ class Victim:
     ):
         if model.task not in ("classification", "retrieval"):
             raise NotImplementedError(f"model '{model.name}' has unknown task '{model.task}'")
-        self.model = model
+        self._model = model
         self.references = references
         self.defense = defense
         self.allow_gradients = allow_gradients
@@ -82,10 +82,22 @@ class Victim:
         self.used_bpda = False
         self._scale = 1.0 / RETRIEVAL_TEMPERATURE if model.task == "retrieval" else 1.0
 
+    @property
+    def model(self) -> TargetModel:
+        """The model itself, for white-box attacks that hook into it (Grad-CAM). A black-box
+        attack gets no model: everything it learns must go through counted queries."""
+        if not self.allow_gradients:
+            raise GradientRefusedError(
+                "this victim serves a black-box attack: it exposes scores through counted "
+                "queries only, not the model"
+            )
+        return self._model
+
     # -- counters ---------------------------------------------------------------------------
 
-    def reset_counters(self, batch: int, device: torch.device | str | None = None) -> None:
-        """Start counting for a new batch of ``batch`` samples."""
+    def _reset_counters(self, batch: int, device: torch.device | str | None = None) -> None:
+        """Start counting for a new batch of ``batch`` samples (the harness does, through
+        :func:`begin_batch`, before every attack call)."""
         device = device if device is not None else "cpu"
         self.queries = torch.zeros(batch, dtype=torch.long, device=device)
         self.gradient_calls = torch.zeros(batch, dtype=torch.long, device=device)
@@ -152,30 +164,22 @@ class Victim:
         return torch.stack(outs)
 
     def _scores_once(self, audio: torch.Tensor) -> torch.Tensor:
-        window = self.model.input_samples
-        if self.model.task == "classification":
-            return score_windows(self.model.forward, audio, window)
+        model = self._model
+        window = model.input_samples
+        if model.task == "classification":
+            return score_windows(model.forward, audio, window)
         if self.references is None:
-            raise ValueError(f"retrieval model '{self.model.name}': this victim has no "
+            raise ValueError(f"retrieval model '{model.name}': this victim has no "
                              "reference set to score against")
-        emb = F.normalize(score_windows(self.model.embed, audio, window), dim=-1)
+        emb = F.normalize(score_windows(model.embed, audio, window), dim=-1)
         return work_similarities(emb, self.references)
-
-    def embed(self, audio: torch.Tensor) -> torch.Tensor:
-        """``audio[B, T]`` -> L2-normalised ``[B, D]`` through the defense (retrieval; the
-        harness's own use for references and mAP, not counted)."""
-        with torch.no_grad():
-            emb = score_windows(self.model.embed, self._defended(audio, False),
-                                self.model.input_samples)
-        return F.normalize(emb, dim=-1)
 
     # -- what attacks use ---------------------------------------------------------------------
 
-    def scores(
-        self, audio: torch.Tensor, *, index: torch.Tensor | None = None, count: bool = True
-    ) -> torch.Tensor:
-        """``audio[B, T]`` -> ``logits[B, K]`` (mean over EOT draws)."""
-        return self._logits_draws(audio, index, count).mean(0)
+    def scores(self, audio: torch.Tensor, *, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``audio[B, T]`` -> ``logits[B, K]`` (mean over EOT draws). Counted, like every call
+        an attack makes."""
+        return self._logits_draws(audio, index, True).mean(0)
 
     def margin(
         self,
@@ -183,10 +187,9 @@ class Victim:
         target: torch.Tensor,
         *,
         index: torch.Tensor | None = None,
-        count: bool = True,
     ) -> torch.Tensor:
         """``[B]``: true logit minus the best other logit; > 0 while the model is still right."""
-        return margin_from_logits(self._logits_draws(audio, index, count), target).mean(0)
+        return margin_from_logits(self._logits_draws(audio, index, True), target).mean(0)
 
     def loss(
         self,
@@ -194,10 +197,9 @@ class Victim:
         target: torch.Tensor,
         *,
         index: torch.Tensor | None = None,
-        count: bool = True,
     ) -> torch.Tensor:
         """``[B]``: cross-entropy of the true class, the quantity an untargeted attack raises."""
-        return _cross_entropy(self._logits_draws(audio, index, count), target, self._scale)
+        return _cross_entropy(self._logits_draws(audio, index, True), target, self._scale)
 
     def loss_and_margin(
         self,
@@ -219,15 +221,70 @@ class Victim:
         target: torch.Tensor,
         *,
         index: torch.Tensor | None = None,
-        count: bool = True,
     ) -> torch.Tensor:
         """``bool[B]``: the model is no longer right (true logit not strictly the highest)."""
-        return self.margin(audio, target, index=index, count=count) <= 0
+        return self.margin(audio, target, index=index) <= 0
+
+
+class Scorer:
+    """The harness's own view of a (defended) model: uncounted, gradient-free scores for clean
+    scoring, re-scoring an attack's output, and retrieval embeddings. Never handed to an attack
+    (attacks get a :class:`Victim`, whose every call is counted); tests and benchmarks use it
+    to find clean predictions."""
+
+    def __init__(
+        self,
+        model: TargetModel,
+        *,
+        references: ReferenceSet | None = None,
+        defense: Preprocessor | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self._victim = Victim(model, references=references, defense=defense,
+                              generator=generator)
+
+    @torch.no_grad()
+    def scores(self, audio: torch.Tensor) -> torch.Tensor:
+        """``audio[B, T]`` -> ``logits[B, K]`` (or work similarities), not counted."""
+        return self._victim._logits_draws(audio, None, False).mean(0)
 
     @torch.no_grad()
     def predict(self, audio: torch.Tensor) -> torch.Tensor:
-        """``long[B]``: predicted label index; not counted (the harness's own scoring)."""
-        return self._logits_draws(audio, None, False).mean(0).argmax(-1)
+        """``long[B]``: the top label (or work) index."""
+        return self.scores(audio).argmax(-1)
+
+    @torch.no_grad()
+    def margin(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[B]``: true score minus the best other; > 0 while the model is right."""
+        return margin_from_logits(self.scores(audio), target)
+
+    @torch.no_grad()
+    def success(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``bool[B]``: the model is no longer right."""
+        return self.margin(audio, target) <= 0
+
+    @torch.no_grad()
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        """``audio[B, T]`` -> L2-normalised ``[B, D]`` through the defense (retrieval models:
+        references and mAP)."""
+        victim = self._victim
+        model = victim._model
+        emb = score_windows(model.embed, victim._defended(audio, False), model.input_samples)
+        return F.normalize(emb, dim=-1)
+
+
+def begin_batch(victim: Victim, batch: int) -> None:
+    """Reset ``victim``'s per-sample counters for a new batch (the harness, before every
+    attack call: an attack cannot reset its own budget)."""
+    victim._reset_counters(batch)
+
+
+def judge(victim: Victim) -> Scorer:
+    """An uncounted scorer of the same (defended) model as ``victim``, sharing its defense's
+    random stream: what the harness re-scores an attack's output with. Core use only (not in
+    :mod:`musicbench.api`): an attack that scores through it breaks its contract."""
+    return Scorer(victim._model, references=victim.references, defense=victim.defense,
+                  generator=victim.generator)
 
 
 def margin_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 
-from musicbench.errors import ConfigError
 from musicbench.interfaces import Context, Dataset, Progress, TargetModel, TrainingDefense
 from musicbench.interfaces.context import NullProgress
-from musicbench.params import build_params
+from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
 
 KIND_TABLES = {"dataset": "datasets", "model": "models", "defense": "defenses",
@@ -40,14 +39,14 @@ class Workspace:
         self.ctx = Context(
             cache_dir=Path(cache_dir), device=device, progress=progress or NullProgress(),
             dataset=self.dataset, inpainter=self.inpainter, allow_training=allow_training,
-            seed=seed,
+            seed=seed, encoder=self.encoder, memo=self.memo,
         )
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, TargetModel] = {}
         self._defended: dict[str, TargetModel] = {}
         self._encoders: dict[str, Any] = {}
         self._inpainters: dict[str, Any] = {}
-        self._clean_frames: dict[tuple[str, ...], torch.Tensor] = {}
+        self._memo: dict[tuple[str, ...], Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -61,14 +60,9 @@ class Workspace:
     def make(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
         """A fresh component with validated parameters."""
         canonical, cls = self.factory(kind, name)
-        table = f"{KIND_TABLES[kind]}.{name}"
-        params_type = getattr(cls, "Params", None)
-        if params_type is None:
-            if params:
-                raise ConfigError(f"{kind} '{name}' takes no parameters", table=table)
-            obj = cls()
-        else:
-            obj = cls(build_params(params_type, params or {}, table=table))
+        checked = component_params(cls, params or {}, table=f"{KIND_TABLES[kind]}.{name}",
+                                   what=f"{kind} '{name}'")
+        obj = cls() if checked is None else cls(checked)
         obj.name = canonical
         return obj
 
@@ -109,14 +103,13 @@ class Workspace:
             self._inpainters[key] = inpainter
         return self._inpainters[key]
 
-    def clean_frames(self, key: tuple[str, ...], compute: Callable[[], torch.Tensor]
-                     ) -> torch.Tensor:
-        """Encoder frames of one clean clip, computed once per process: every attack cell on
-        the same dataset embeds the same clean clips for FAD. ``key`` = (encoder, dataset,
-        dataset fingerprint, clip id)."""
-        if key not in self._clean_frames:
-            self._clean_frames[key] = compute()
-        return self._clean_frames[key]
+    def memo(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per process for ``key``: e.g. the encoder frames of a clean clip,
+        which every attack cell on the same dataset embeds for FAD (key = encoder, dataset,
+        fingerprint, clip id)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def defended_model(
         self, defense: TrainingDefense, base: TargetModel, data: Dataset

@@ -32,7 +32,7 @@ import time
 import torch
 
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import Victim
+from musicbench.victim import Scorer, Victim
 from musicbench_plugins.attacks.cw import CW, CWParams
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
@@ -65,10 +65,10 @@ def load(which: str, batch: int, seed: int):
         model.name = "tiny-classifier"
         x = tone_batch(4 * batch, model.input_samples, seed=seed)
         with torch.no_grad():
-            y = Victim(model).predict(x)
+            y = Scorer(model).predict(x)
         y[::2] = (y[::2] + 1) % len(model.labels)  # so that not every clip is trivially right
     with torch.no_grad():
-        right = Victim(model).predict(x) == y
+        right = Scorer(model).predict(x) == y
     x, y = x[right][:batch], y[right][:batch]
     return model, x, y, f"{model.name}, {x.shape[0]} clean-correct clips of {x.shape[1]} samples"
 
@@ -130,7 +130,7 @@ def main() -> None:
         lambda mod, inp, out: forwards.__setitem__(0, forwards[0] + inp[0].shape[0]))
     wrapped = Waveform01(model).eval()
     x01 = (x + 1) / 2
-    judge = Victim(model)
+    judge = Scorer(model)
 
     def ours(attack):
         attack.name = type(attack).__name__.lower()

@@ -15,7 +15,7 @@ from musicbench.interfaces import TargetModel
 from musicbench.plugins import PluginSystem
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.validate import validate_plugin
-from musicbench.victim import Victim
+from musicbench.victim import Scorer, Victim, judge
 from musicbench.workspace import Workspace
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
@@ -50,7 +50,7 @@ def test_pgd_stays_in_bound_stops_early_and_succeeds_with_a_large_eps(model):
     x = tone_batch(6, model.input_samples, seed=3)
     victim = Victim(model)
     with torch.no_grad():
-        y = victim.predict(x)
+        y = judge(victim).predict(x)
     attack = PGD(PGDParams(eps=0.05, steps=30))
     res = attack(victim, x, y, generator=torch.Generator().manual_seed(0))
     assert (res.adv - x).abs().max() <= 0.05 + 1e-7
@@ -69,7 +69,7 @@ def test_harness_rejects_a_bound_violation(model):
     x = tone_batch(2, model.input_samples)
     victim = Victim(model)
     with torch.no_grad():
-        y = victim.predict(x)
+        y = judge(victim).predict(x)
     with pytest.raises(AttackContractError, match="exceeded its linf bound"):
         Cheat(PGDParams(eps=0.01, steps=2))(victim, x, y, generator=torch.Generator())
 
@@ -85,7 +85,7 @@ def test_harness_rescores_success_instead_of_trusting_the_attack(model):
     x = tone_batch(3, model.input_samples)
     victim = Victim(model)
     with torch.no_grad():
-        y = victim.predict(x)
+        y = judge(victim).predict(x)
     res = Liar(PGDParams(eps=0.01, steps=2))(victim, x, y, generator=torch.Generator())
     assert not res.success.any()
 
@@ -218,7 +218,7 @@ def test_attack_keeps_the_output_contract_and_is_deterministic(name, model):
     attack = _make_attack(name)
     x = tone_batch(3, model.input_samples, seed=2)
     with torch.no_grad():
-        y = Victim(model).predict(x)
+        y = Scorer(model).predict(x)
 
     def run():
         victim = _victim_for(attack, model)

@@ -9,7 +9,7 @@ from test_attack_contracts import fragile_setup
 
 from musicbench.api import snr_db, snr_radius
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import Victim
+from musicbench.victim import Scorer, Victim
 from musicbench_plugins.attacks.cw import CW, CWParams, update_const
 from musicbench_plugins.attacks.nes import NES, NESParams
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
@@ -22,7 +22,7 @@ def tiny():
     model.load()
     x = tone_batch(6, model.input_samples, seed=3)
     with torch.no_grad():
-        y = Victim(model).predict(x)
+        y = Scorer(model).predict(x)
     return model, x, y
 
 
@@ -54,9 +54,9 @@ def test_cw_with_kappa_returns_clips_fooled_by_at_least_kappa(tiny):
     plain = attack(CW(CWParams()), model, x, y)
     confident = attack(CW(CWParams(kappa=0.05)), model, x, y)
     assert plain.success.all() and confident.success.all()
-    margin = Victim(model).margin(confident.adv, y, count=False)
+    margin = Scorer(model).margin(confident.adv, y)
     assert (margin <= -0.05 + 1e-6).all(), margin
-    assert (Victim(model).margin(plain.adv, y, count=False) > -0.05).all()  # kappa mattered
+    assert (Scorer(model).margin(plain.adv, y) > -0.05).all()  # kappa mattered
     assert (l2(confident, x) > l2(plain, x)).all()  # a confident adversarial costs distortion
 
 
@@ -122,7 +122,7 @@ def test_snr_budget_gives_at_least_the_requested_snr_per_clip(tiny, make):
     model, x, y = tiny
     x = x * torch.tensor([1.0, 0.05, 0.5, 1.0, 0.2, 0.8]).unsqueeze(1)  # different loudness
     with torch.no_grad():
-        y = Victim(model).predict(x)
+        y = Scorer(model).predict(x)
     att = make()
     assert att.bound().snr_db == 30.0  # a per-clip radius, which the harness checks too
     res = attack(att, model, x, y)
@@ -181,7 +181,7 @@ def test_zoo_step_scales_with_eps():
     model.load()
     x = tone_batch(12, model.input_samples, seed=3)
     with torch.no_grad():
-        y = Victim(model).predict(x)
+        y = Scorer(model).predict(x)
 
     def zoo(**params):
         att = ZOO(ZOOParams(budget=300, block=8, **params))

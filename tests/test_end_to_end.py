@@ -62,21 +62,25 @@ def test_small_real_run_end_to_end(tmp_path, small_home, monkeypatch):
     result = cli("run", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     board = (out / "leaderboard.md").read_text()
-    for column in ("clean acc", "worst-case robust acc", "ASR", "robust acc", "LSD", "SNR dB"):
+    for column in ("clean acc", "Worst-case robust accuracy by threat model", "L∞ ε=0.02 ↑",
+                   "ASR", "robust acc", "n att", "n ok", "LSD", "SNR dB"):
         assert column in board
     assert re.search(r"dataset `m21-styles`: 12 clips, fingerprint `[0-9a-f]{64}`", board)
     rows = json.loads(cli("leaderboard", str(out), "--format", "json").stdout)
     assert [r["attack"] for r in rows] == ["fgsm", "pgd"]
     for r in rows:
         assert r["status"] == "ok" and r["n"] == 12
+        assert r["threat_model"]["label"] == "L∞ ε=0.02"
         assert 0 < r["clean_accuracy"] <= 1
+        assert r["n_attacked"] == round(12 * r["clean_accuracy"])
+        assert r["fad_clips"] == r["n_attacked"]  # FAD stands on every attacked clip
         if r["asr"]:
             assert r["lsd"] > 0 and 0 < r["snr_db"] < 60
     assert rows[1]["asr"] > 0.5  # PGD at a large eps breaks a barely trained model
     # FAD on musicnn frames (the default encoder; its weights come from the musicnn wheel)
     assert rows[1]["fad_encoder"] == "musicnn"
-    if rows[1]["fad"] is None:  # a dozen clips may give too few frames: NaN with the reason
-        assert any("too few for a covariance estimate" in f for f in rows[1]["flags"])
+    if rows[1]["fad"] is None:  # a dozen clips are too few: NaN with the reason
+        assert any("too few for" in f for f in rows[1]["flags"])
     else:
         assert rows[1]["fad"] >= 0
     assert "FAD (musicnn)" in board

@@ -25,7 +25,7 @@ from musicbench.errors import ConfigError, GradientRefusedError
 from musicbench.interfaces import Attack, Context, TargetModel
 from musicbench.params import build_params
 from musicbench.plugins import PluginSystem
-from musicbench.victim import Victim
+from musicbench.victim import Victim, begin_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = ROOT / "docs" / "examples" / "musicbench-example-plugin"
@@ -368,7 +368,7 @@ def test_noise_attack_needs_no_gradients_from_a_black_box_victim(
     assert int(victim.gradient_calls.sum()) == 0
     # the victim really is the refusing kind: a gradient request raises
     with pytest.raises(GradientRefusedError):
-        victim.loss(audio.clone().requires_grad_(True), target, count=False)
+        victim.loss(audio.clone().requires_grad_(True), target)
 
 
 def test_noise_attack_stops_per_sample_and_counts_one_query_per_draw(
@@ -387,7 +387,7 @@ def test_noise_attack_stops_per_sample_and_counts_one_query_per_draw(
     assert (result.steps[fooled] >= 1).all() and (result.steps[fooled] <= tries).all()
     assert (result.steps[fooled] < tries).any()  # early stop saved queries
     # the harness re-scored the returned audio; it agrees with the attack's own bookkeeping
-    victim.reset_counters(audio.shape[0])
+    begin_batch(victim, audio.shape[0])
     own = attack.run(victim, audio, target, generator=torch.Generator().manual_seed(0))
     assert torch.equal(own.success, fooled)
     assert torch.equal(own.adv, result.adv)

@@ -53,22 +53,25 @@ def test_singular_covariances_use_the_eps_fallback():
     assert result.value == pytest.approx(0.0, abs=1e-5)
 
 
-def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp_path):
-    """The runner embeds clips one at a time and keeps clean frames per clip across cells:
-    a cell's FAD is the same whether its clean clips were embedded before or not."""
-    from types import SimpleNamespace
+def _cell_audio(clean, adv, ids, attacked, **kw):  # noqa: ANN001
+    from musicbench.interfaces import CellAudio
 
+    n = clean.shape[0]
+    return CellAudio(dataset="toy", dataset_fingerprint="fp", model="m", task="classification",
+                     sample_rate=16_000, ids=ids, clean=clean, adv=adv, attacked=attacked,
+                     success=torch.zeros(n, dtype=torch.bool),
+                     targets=torch.zeros(n, dtype=torch.long), **kw)
+
+
+def _counting_system(calls):  # noqa: ANN001
     from test_validate_encoder import FrameEnergy
 
     from musicbench import hookimpl
     from musicbench.plugins import PluginSystem
-    from musicbench.runner import _fad
-    from musicbench.store import CellRecord
-    from musicbench.workspace import Workspace
-
-    calls = []
 
     class Counting(FrameEnergy):
+        network = "frame-energy"
+
         def embed(self, audio):  # noqa: ANN001
             calls.append(audio.shape[0])
             return super().embed(audio)
@@ -80,20 +83,29 @@ def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp
 
     system = PluginSystem()
     system.add_plugin(_Plugin(), "fad-under-test", provider="tests")
+    return system
+
+
+def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp_path):
+    """FAD embeds clips one at a time and keeps clean frames per clip across cells: a cell's
+    FAD is the same whether its clean clips were embedded before or not."""
+    from musicbench.workspace import Workspace
+    from musicbench_plugins.metrics.fad import FAD
+
+    calls: list[int] = []
+    system = _counting_system(calls)
     gen = torch.Generator().manual_seed(0)
     clean = torch.randn(40, 8000, generator=gen) * 0.1
     adv = clean + torch.randn(40, 8000, generator=gen) * 0.01
     ids = [f"clip{i}" for i in range(40)]
-    dataset = SimpleNamespace(name="toy", sample_rate=16_000, fingerprint=lambda: "fp")
-    spec = {"run": {"fad_encoder": "counting"}}
 
     def cell(ws, rows):  # noqa: ANN001
-        record = CellRecord(key="k", spec=spec, status="ok", started="", finished="",
-                            seconds=0.0)
-        kept = {"clean": [clean[rows]], "adv": [adv[rows]],
-                "clean_ids": [ids[i] for i in rows.tolist()]}
-        assert _fad(spec, ws, kept, record, dataset) == "counting"
-        return record.metrics["fad"].value
+        attacked = torch.zeros(40, dtype=torch.bool)
+        attacked[rows] = True
+        result = FAD().compute(_cell_audio(clean, adv, ids, attacked, fad_encoder="counting"),
+                               ws.ctx)
+        assert result.encoder == "counting" and result.n == len(rows)
+        return result.values["fad"]
 
     fresh = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
     alone = cell(fresh, torch.arange(10, 40))
@@ -103,3 +115,40 @@ def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp
     calls.clear()
     assert cell(warm, torch.arange(10, 40)) == alone
     assert len(calls) == 30 + 15  # adv clips, plus only the clean clips not seen before
+
+
+def test_cell_fad_stands_on_every_attacked_clip_and_counts_clips_not_frames(tmp_path):
+    """FAD over the attacked clips, failed attacks included; too few clips is NaN with the
+    reason even when their frames would be plenty."""
+    from musicbench.fad import FAD_MIN_CLIPS
+    from musicbench.workspace import Workspace
+    from musicbench_plugins.metrics.fad import FAD
+
+    system = _counting_system([])
+    ws = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(1)
+    clean = torch.randn(30, 16000, generator=gen) * 0.1
+    adv = clean + torch.randn(30, 16000, generator=gen) * 0.05
+    ids = [f"c{i}" for i in range(30)]
+    attacked = torch.arange(30) < FAD_MIN_CLIPS - 1
+    few = FAD().compute(_cell_audio(clean, adv, ids, attacked, fad_encoder="counting"), ws.ctx)
+    assert math.isnan(few.values["fad"]) and few.n == FAD_MIN_CLIPS - 1
+    assert f"{FAD_MIN_CLIPS - 1} clips < {FAD_MIN_CLIPS}" in few.note
+    every = FAD().compute(_cell_audio(clean, adv, ids, torch.ones(30, dtype=torch.bool),
+                                      fad_encoder="counting"), ws.ctx)
+    assert every.n == 30 and every.values["fad"] > 0 and every.note is None
+
+
+def test_an_fad_encoder_of_the_targets_own_network_is_flagged(tmp_path):
+    from musicbench.workspace import Workspace
+    from musicbench_plugins.metrics.fad import FAD
+
+    ws = Workspace(_counting_system([]), cache_dir=tmp_path, device=torch.device("cpu"))
+    clean = torch.randn(12, 8000, generator=torch.Generator().manual_seed(2)) * 0.1
+    ids = [f"c{i}" for i in range(12)]
+    attacked = torch.ones(12, dtype=torch.bool)
+    same = FAD().compute(_cell_audio(clean, clean * 0.5, ids, attacked, fad_encoder="counting",
+                                     model_network="frame-energy"), ws.ctx)
+    other = FAD().compute(_cell_audio(clean, clean * 0.5, ids, attacked,
+                                      fad_encoder="counting", model_network="other"), ws.ctx)
+    assert any("target's own network" in f for f in same.flags) and not other.flags

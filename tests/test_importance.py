@@ -10,7 +10,7 @@ from maia_doubles import LoudnessClassifier, PatternInpainter
 
 from musicbench.errors import GradientRefusedError
 from musicbench.testing import TinyClassifier
-from musicbench.victim import Victim
+from musicbench.victim import Victim, begin_batch, judge
 from musicbench_plugins.attacks.gradcam import cam_regions, gradcam, row_bands
 from musicbench_plugins.attacks.maia_masks import RegionFiller, Regions, top_segments
 from musicbench_plugins.attacks.occlusion import (
@@ -42,7 +42,7 @@ def test_gradcam_ranks_the_loud_burst_of_a_loudness_model_first():
     # time axis mapped backwards or a window placed wrongly would miss it.
     x = torch.cat([_burst_clip(16_000, 11_000, 1_600), _burst_clip(16_000, 2_000, 1_600, seed=1)])
     victim = Victim(model)
-    victim.reset_counters(2)
+    begin_batch(victim, 2)
     y = torch.ones(2, dtype=torch.long)  # "loud"
     cam = gradcam(victim, x, y)
     regions = cam_regions(cam, 16_000, 800, 2)
@@ -66,10 +66,10 @@ def test_gradcam_on_tiny_classifier_follows_the_evidence_for_the_class(freq, rai
     background = _burst_clip(8_000, 0, 0)
     x = _burst_clip(8_000, 5_600, 800, freq=freq)
     with torch.no_grad():
-        y = victim.predict(x)
-        true_logit = lambda a: victim.scores(a, count=False)[0, y[0]]
+        y = judge(victim).predict(x)
+        true_logit = lambda a: judge(victim).scores(a)[0, y[0]]
         assert bool(true_logit(x) > true_logit(background)) == raises_true_class
-    victim.reset_counters(1)
+    begin_batch(victim, 1)
     regions = cam_regions(gradcam(victim, x, y), 8_000, 800, 1)
     assert _overlaps(int(regions.start[0, 0]), 800, 5_600, 6_400) == raises_true_class
 
@@ -77,7 +77,7 @@ def test_gradcam_on_tiny_classifier_follows_the_evidence_for_the_class(freq, rai
 def test_gradcam_needs_a_white_box_victim():
     model = LoudnessClassifier()
     victim = Victim(model, allow_gradients=False)
-    victim.reset_counters(1)
+    begin_batch(victim, 1)
     with pytest.raises(GradientRefusedError):
         gradcam(victim, _burst_clip(8_000, 100, 100), torch.ones(1, dtype=torch.long))
 
@@ -118,7 +118,7 @@ def test_occlusion_finds_the_planted_chunk_and_counts_every_query():
     victim = Victim(model, allow_gradients=False)
     x = torch.cat([_burst_clip(32_000, 21_000, 1_200), _burst_clip(32_000, 3_000, 1_200, seed=1)])
     y = torch.ones(2, dtype=torch.long)
-    victim.reset_counters(2)
+    begin_batch(victim, 2)
     base = victim.loss(x, y)
     regions = occlusion_regions(victim, x, y, base, gap=800, regions=2, chunk=8_000)
     assert _overlaps(int(regions.start[0, 0]), 800, 21_000, 22_200)
@@ -135,7 +135,7 @@ def test_occlusion_handles_a_clip_shorter_than_the_gap_and_one_chunk():
     model = LoudnessClassifier()
     victim = Victim(model, allow_gradients=False)
     x = _burst_clip(3_000, 1_000, 500)
-    victim.reset_counters(1)
+    begin_batch(victim, 1)
     base = victim.loss(x, torch.ones(1, dtype=torch.long))
     regions = occlusion_regions(victim, x, torch.ones(1, dtype=torch.long), base, gap=5_000,
                                 regions=2, chunk=8_000)

@@ -1,36 +1,143 @@
-"""Flags the leaderboard adds to cells: black-box beating white-box, costly defenses, load."""
+"""Leaderboard figures and flags: threat models are never pooled (worst case, black-box vs
+white-box), intervals are exact, load and defense-cost flags, ε monotonicity."""
 
 from __future__ import annotations
 
-from musicbench.leaderboard import LOADED, _add_flags
+from musicbench.cells import CellInfo, CellRun, CellSpec, ComponentRef
+from musicbench.interfaces import DEFAULT_THREAT_MODEL, Bound, ThreatModel
+from musicbench.leaderboard import LOADED, _add_flags, _summaries, cell_row, render_markdown
+from musicbench.metrics import classification_summary
 from musicbench.runner import load_average
-from musicbench.store import CellRecord
+from musicbench.store import CellRecord, MetricValue, SampleRecord
+
+LINF = DEFAULT_THREAT_MODEL
+UNBOUNDED = ThreatModel("unbounded")
 
 
-def _pair(attack: str, threat: str, asr: float, **info) -> tuple[CellRecord, dict]:
-    record = CellRecord("k-" + attack, {}, "ok", "", "", 1.0, info={"threat": threat, **info})
-    row = {"dataset": "d", "model": "m", "defense": "none", "attack": attack, "status": "ok",
-           "asr": asr, "clean_accuracy": 0.8, "flags": []}
-    return record, row
+def _ref(kind: str, name: str, label: str | None = None, **params) -> ComponentRef:
+    return ComponentRef(kind, name, label or name, "1", params, "tests")
 
 
-def test_black_box_above_every_white_box_is_flagged():
-    cells = [_pair("pgd", "white-box", 0.5), _pair("nes", "black-box", 0.6),
-             _pair("zoo", "black-box", 0.4)]
-    records, rows = zip(*cells, strict=True)
-    _add_flags(list(records), list(rows))
-    assert [bool(r["flags"]) for r in rows] == [False, True, False]
+def record(attack: str, threat: str, survivors: list[bool], *, tm: ThreatModel = LINF,
+           defense: str = "none", clean: list[bool] | None = None, name: str | None = None,
+           params: dict | None = None, **info) -> CellRecord:
+    """A finished cell on 8 clips: ``survivors[i]`` = clip i is right after the attack."""
+    n = len(survivors)
+    clean = clean if clean is not None else [True] * n
+    spec = CellSpec(_ref("dataset", "d"), _ref("model", "m"), _ref("defense", defense),
+                    _ref("attack", name or attack, attack, **(params or {})),
+                    CellRun(0, n, 8, 0, "", ("lsd", "snr")), threat, tm, "0")
+    samples = [SampleRecord(f"c{i}", i, 0, 0, clean[i], clean[i], 1 - int(s), clean[i] and not s,
+                            10, 1) for i, s in enumerate(survivors)]
+    summary = classification_summary([s.clean_correct for s in samples],
+                                     [s.success for s in samples])
+    metrics = {k: MetricValue(summary[k], summary.get(f"{k}_ci"))
+               for k in ("clean_accuracy", "asr", "robust_accuracy")}
+    cell_info = CellInfo(n=n, n_attacked=summary["n_attacked"], n_success=summary["n_success"],
+                         **info)
+    return CellRecord(spec, "ok", "", "", 1.0, info=cell_info, samples=samples, metrics=metrics)
+
+
+def _rows(records):
+    rows = [cell_row(r) for r in records]
+    _add_flags(records, rows)
+    return rows
+
+
+def test_black_box_is_compared_with_white_box_of_its_own_threat_model_only():
+    records = [
+        record("pgd", "white-box", [True] * 4 + [False] * 4),          # ASR 50%
+        record("nes", "black-box", [True] * 2 + [False] * 6),          # 75% > pgd: flagged
+        record("zoo", "black-box", [True] * 6 + [False] * 2),          # 25%
+        record("cw", "white-box", [False] * 8, tm=UNBOUNDED),          # 100%, other threat
+        record("maia-bb", "black-box", [True] + [False] * 7, tm=ThreatModel.region(0.5)),
+    ]
+    rows = _rows(records)
+    flagged = [bool(r["flags"]) for r in rows]
+    # nes is stronger than pgd at the same bound; maia-bb has no white-box attack of its
+    # region budget, and the unbounded C&W is never its yardstick
+    assert flagged == [False, True, False, False, False]
+    assert "pgd" in rows[1]["flags"][0]
+
+
+def test_worst_case_is_per_threat_model_and_an_unbounded_attack_does_not_zero_it():
+    records = [
+        record("pgd", "white-box", [True, True, True, False, True, True, False, True]),
+        record("nes", "black-box", [True, False, True, True, True, True, False, True]),
+        record("cw", "white-box", [False] * 8, tm=UNBOUNDED),
+    ]
+    summary, tms, attacks = _summaries(records, [cell_row(r) for r in records])
+    assert tms == [LINF, UNBOUNDED]
+    worst = {w.threat_model: w for w in summary[0].worst_case}
+    assert (worst[LINF].survivors, worst[LINF].n) == (5, 8)  # clips surviving pgd AND nes
+    assert worst[LINF].attacks == ["pgd", "nes"]
+    assert worst[UNBOUNDED].value == 0.0
+    low, high = worst[UNBOUNDED].ci
+    assert low == 0.0 and 0.3 < high < 0.4  # 0/8 is not [0, 0]: exact upper bound 36.9%
+
+
+def test_intervals_of_proportions_are_exact_and_never_collapse():
+    perfect = record("pgd", "white-box", [False] * 8)  # ASR 8/8
+    row = cell_row(perfect)
+    assert row["asr"] == 1.0 and row["asr_ci"][1] == 1.0 and 0.6 < row["asr_ci"][0] < 0.64
+    assert row["n_attacked"] == 8 and row["n_success"] == 8
+
+
+def test_the_headline_threat_model_comes_first_and_every_column_says_its_bound():
+    records = [record("cw", "white-box", [False] * 8, tm=UNBOUNDED),
+               record("pgd-l2", "white-box", [True] * 8,
+                      tm=ThreatModel.of_bound(Bound("l2", 0.5))),
+               record("pgd", "white-box", [True] * 8)]
+    summary, tms, attacks = _summaries(records, [cell_row(r) for r in records])
+    assert tms[0] == DEFAULT_THREAT_MODEL and tms[-1] == UNBOUNDED
+    assert [a for a, _ in attacks] == ["pgd", "pgd-l2", "cw"]
+
+
+def test_robust_accuracy_rising_with_eps_is_flagged():
+    small = record("pgd, 0.002", "white-box", [True] * 4 + [False] * 4, name="pgd",
+                   params={"eps": 0.002, "steps": 10})
+    big = record("pgd, 0.01", "white-box", [True] * 6 + [False] * 2, name="pgd",
+                 params={"eps": 0.01, "steps": 10},
+                 tm=ThreatModel.of_bound(Bound("linf", 0.01)))
+    other = record("pgd, 0.01, 50 steps", "white-box", [True] * 7 + [False], name="pgd",
+                   params={"eps": 0.01, "steps": 50},
+                   tm=ThreatModel.of_bound(Bound("linf", 0.01)))
+    rows = _rows([small, big, other])
+    assert any("rises with ε" in f for f in rows[1]["flags"])
+    assert rows[2]["flags"] == []  # other parameters differ: not the same attack at two ε
 
 
 def test_cells_timed_under_load_are_flagged_and_quiet_ones_are_not():
-    busy = _pair("pgd", "white-box", 0.5, load_average=[1.0, 2 * LOADED * 2], cpus=2)
-    quiet = _pair("cw", "white-box", 0.5, load_average=[1.9, 2.1], cpus=2)
-    old = _pair("fgsm", "white-box", 0.5)  # stored before loads were recorded
-    records, rows = zip(busy, quiet, old, strict=True)
-    _add_flags(list(records), list(rows))
+    busy = record("pgd", "white-box", [True] * 8, load_average=[1.0, 2 * LOADED * 2], cpus=2)
+    quiet = record("cw", "white-box", [True] * 8, load_average=[1.9, 2.1], cpus=2)
+    old = record("fgsm", "white-box", [True] * 8)  # no load recorded
+    rows = _rows([busy, quiet, old])
     assert rows[0]["flags"] == [("timed on a loaded machine (load average 6.0 on 2 CPUs): "
                                  "s/clip is inflated")]
     assert rows[1]["flags"] == [] and rows[2]["flags"] == []
+
+
+def test_a_defense_that_costs_clean_accuracy_is_flagged():
+    base = record("pgd", "white-box", [True] * 8)
+    costly = record("pgd", "white-box", [True] * 8, defense="lowpass",
+                    clean=[True] * 6 + [False] * 2)
+    rows = _rows([base, costly])
+    assert rows[0]["flags"] == [] and "costs 25.0 points" in rows[1]["flags"][0]
+
+
+def test_markdown_has_one_worst_case_column_per_threat_model():
+    from musicbench.leaderboard import Leaderboard
+
+    records = [record("pgd", "white-box", [True] * 8),
+               record("cw", "white-box", [False] * 8, tm=UNBOUNDED)]
+    rows = _rows(records)
+    summary, tms, attacks = _summaries(records, rows)
+    header = {"date": "", "musicbench": "0", "git_revision": "abc", "revisions": {"abc": 2},
+              "torch": "2", "device": "cpu", "seed": 0, "config": "c", "planned": 2,
+              "stored": 2, "dataset_fingerprints": {}, "samples": {}}
+    text = render_markdown(Leaderboard(header, rows, summary, attacks, tms, {}, []))
+    assert "| L∞ ε=0.002 ↑ | unbounded ↑ |" in text
+    assert "100.0 [63.1, 100.0] | 0.0 [0.0, 36.9] |" in text
 
 
 def test_load_average_is_read_where_the_os_has_one():

@@ -8,7 +8,7 @@ import torch
 from maia_doubles import PatternInpainter, context_with
 
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import Victim
+from musicbench.victim import Scorer, Victim, judge
 from musicbench_plugins.attacks.maia_bb import MAIABB, MAIABBParams
 from musicbench_plugins.attacks.maia_wb import MAIAWB, MAIAWBParams
 from musicbench_plugins.attacks.occlusion import occlusion_cost
@@ -27,7 +27,7 @@ def model():
 def batch(model):
     x = tone_batch(6, 8_000, seed=1)
     with torch.no_grad():
-        y = Victim(model).predict(x)
+        y = Scorer(model).predict(x)
     y[0] = (y[0] + 1) % 3  # sample 0 is already wrong
     return x, y
 
@@ -93,8 +93,8 @@ def test_maia_wb_steps_lower_the_margin_below_the_plain_inpaint(model, batch, tm
     steered = _attack(MAIAWB, MAIAWBParams(iterations=5, **common), tmp_path)
     victim = Victim(model)
     with torch.no_grad():
-        m0 = victim.margin(plain(victim, x, y, generator=gen()).adv, y, count=False)
-        m1 = victim.margin(steered(victim, x, y, generator=gen()).adv, y, count=False)
+        m0 = judge(victim).margin(plain(victim, x, y, generator=gen()).adv, y)
+        m1 = judge(victim).margin(steered(victim, x, y, generator=gen()).adv, y)
     assert (m1[1:] < m0[1:]).float().mean() >= 0.8
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from conftest import cli
 
+from musicbench.errors import ConfigError
 from musicbench.metrics import retrieval_ranking
 from musicbench.session import RunOptions, execute
-from musicbench.victim import ReferenceSet, Victim, work_similarities
+from musicbench.victim import ReferenceSet, Victim, begin_batch, judge, work_similarities
 
 
 def test_retrieval_ranking_by_hand():
@@ -37,9 +38,9 @@ def test_retrieval_victim_margin_is_true_minus_best_other(toy_plugins):
     model.load()
     ref_audio = torch.randn(3, model.input_samples) * 0.1
     victim = Victim(model)
-    refs = ReferenceSet(victim.embed(ref_audio), torch.tensor([0, 1, 2]), 3)
+    refs = ReferenceSet(judge(victim).embed(ref_audio), torch.tensor([0, 1, 2]), 3)
     victim = Victim(model, references=refs)
-    victim.reset_counters(3)
+    begin_batch(victim, 3)
     margin = victim.margin(ref_audio, torch.tensor([0, 1, 2]))
     assert (margin > 0).all()  # each reference is its own nearest neighbour
     assert victim.queries.tolist() == [1, 1, 1]
@@ -83,9 +84,7 @@ def test_a_retrieval_run_reports_map_before_and_after(tmp_path, toy_plugins, toy
     assert "mAP clean → adv" in board
 
 
-def test_pseudo_label_mode_when_the_dataset_labels_are_not_the_models(tmp_path, toy_plugins):
-    config = tmp_path / "pseudo.toml"
-    config.write_text("""
+PSEUDO_CONFIG = """
 [run]
 fad_encoder = ""
 samples = 8
@@ -95,17 +94,41 @@ name = "toy-tones"
 other_labels = true
 [[models]]
 name = "toy-model"
+{model_keys}
 [[defenses]]
 name = "none"
 [[attacks]]
 name = "pgd"
 eps = 0.05
 steps = 10
-""")
+"""
+
+
+def test_labels_that_do_not_match_the_model_are_a_config_error_not_a_mode(tmp_path, toy_plugins):
+    """A typo in a label must not silently switch the run to pseudo-labels."""
+    config = tmp_path / "pseudo.toml"
+    config.write_text(PSEUDO_CONFIG.format(model_keys=""))
+    with pytest.raises(ConfigError) as err:
+        execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+    assert "pseudo_labels = true" in str(err.value) and "[models.toy-model]" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing was run
+
+
+def test_a_dataset_label_typo_gets_a_did_you_mean(tmp_path, toy_plugins):
+    config = tmp_path / "typo.toml"
+    config.write_text(PSEUDO_CONFIG.replace("other_labels = true", "label_typo = true")
+                      .format(model_keys=""))
+    with pytest.raises(ConfigError, match="'clas-1': Did you mean 'class-1'"):
+        execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+
+
+def test_pseudo_label_mode_is_an_explicit_choice(tmp_path, toy_plugins):
+    config = tmp_path / "pseudo.toml"
+    config.write_text(PSEUDO_CONFIG.format(model_keys="pseudo_labels = true"))
     outcome = execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
     record = outcome.records[0]
     assert record.status == "ok", record.error
-    assert record.info["pseudo_labels"] is True
+    assert record.info.pseudo_labels is True
     assert math.isnan(record.metrics["clean_accuracy"].value)  # meaningless: not reported
     assert all(s.label == s.clean_pred for s in record.samples)
-    assert any("pseudo-label" in f for f in record.info["flags"])
+    assert any("pseudo-label" in f for f in record.info.flags)

@@ -8,7 +8,7 @@ import torch
 from musicbench.errors import GradientRefusedError, QueryBudgetExceededError
 from musicbench.interfaces import Preprocessor
 from musicbench.testing import TinyClassifier, tone_batch
-from musicbench.victim import Victim, margin_from_logits
+from musicbench.victim import Victim, begin_batch, judge, margin_from_logits
 from musicbench.windows import split_windows
 
 
@@ -30,7 +30,7 @@ def test_queries_are_counted_per_sample_by_index(model):
     victim = Victim(model)
     x = tone_batch(4, model.input_samples)
     y = torch.zeros(4, dtype=torch.long)
-    victim.reset_counters(4)
+    begin_batch(victim, 4)
     victim.scores(x)
     victim.loss(x[[1, 3]], y[[1, 3]], index=torch.tensor([1, 3]))
     assert victim.queries.tolist() == [1, 2, 1, 2]
@@ -42,11 +42,11 @@ def test_gradient_calls_counted_and_refused_for_black_box(model):
     x = tone_batch(2, model.input_samples).requires_grad_(True)
     y = torch.zeros(2, dtype=torch.long)
     white = Victim(model)
-    white.reset_counters(2)
+    begin_batch(white, 2)
     white.loss(x, y).sum().backward()
     assert white.gradient_calls.tolist() == [1, 1] and x.grad is not None
     black = Victim(model, allow_gradients=False)
-    black.reset_counters(2)
+    begin_batch(black, 2)
     with pytest.raises(GradientRefusedError):
         black.loss(x, y)
     assert black.margin(x.detach(), y).shape == (2,)  # scores are fine
@@ -55,7 +55,7 @@ def test_gradient_calls_counted_and_refused_for_black_box(model):
 def test_budget_is_enforced_before_the_model_runs(model):
     victim = Victim(model, budget=2, allow_gradients=False)
     x = tone_batch(2, model.input_samples)
-    victim.reset_counters(2)
+    begin_batch(victim, 2)
     victim.scores(x)
     victim.scores(x[:1], index=torch.tensor([0]))
     with pytest.raises(QueryBudgetExceededError):
@@ -71,7 +71,7 @@ def test_long_clips_are_averaged_over_windows(model):
     victim = Victim(model)
     with torch.no_grad():
         expected = model.forward(windows).reshape(2, 3, -1).mean(1)
-        assert torch.allclose(victim.scores(x, count=False), expected)
+        assert torch.allclose(judge(victim).scores(x), expected)
 
 
 class _Quantise(Preprocessor):
@@ -87,7 +87,7 @@ def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
     victim = Victim(model, defense=_Quantise(), eot_samples=4,
                     generator=torch.Generator().manual_seed(0))
     x = tone_batch(2, model.input_samples).requires_grad_(True)
-    victim.reset_counters(2)
+    begin_batch(victim, 2)
     victim.loss(x, torch.zeros(2, dtype=torch.long)).sum().backward()
     assert victim.used_eot and victim.used_bpda
     assert victim.queries.tolist() == [4, 4]  # every EOT draw is a query
@@ -97,7 +97,7 @@ def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
 def test_budget_counts_every_row_of_a_population_sent_in_one_call(model):
     victim = Victim(model, budget=5, allow_gradients=False)
     x = tone_batch(2, model.input_samples)
-    victim.reset_counters(2)
+    begin_batch(victim, 2)
     victim.scores(x)  # one query each
     population = x[:1].expand(5, -1)  # five candidates of sample 0: 1 + 5 > 5
     with pytest.raises(QueryBudgetExceededError):
@@ -105,3 +105,33 @@ def test_budget_counts_every_row_of_a_population_sent_in_one_call(model):
     assert victim.queries.tolist() == [1, 1]  # refused before counting or running
     victim.scores(population[:4], index=torch.zeros(4, dtype=torch.long))
     assert victim.queries.tolist() == [5, 1]
+
+
+def test_an_attack_cannot_query_uncounted_through_the_victim(model):
+    """Every public way from a Victim to the model's scores is counted: no ``count=False``,
+    no uncounted ``predict``/``embed``, no ``.model`` on a black-box victim, no counter reset."""
+    import inspect
+
+    black = Victim(model, allow_gradients=False, budget=3)
+    x = tone_batch(2, model.input_samples)
+    y = torch.zeros(2, dtype=torch.long)
+    begin_batch(black, 2)
+    for name in ("scores", "margin", "loss", "success", "loss_and_margin"):
+        assert "count" not in inspect.signature(getattr(black, name)).parameters, name
+    assert not hasattr(black, "predict") and not hasattr(black, "embed")
+    assert not hasattr(black, "reset_counters")
+    with pytest.raises(GradientRefusedError, match="not the model"):
+        black.model  # noqa: B018
+    black.success(x, y)
+    assert black.queries.tolist() == [1, 1]
+    white = Victim(model)
+    assert white.model is model  # white-box attacks may hook into it (Grad-CAM)
+
+
+def test_the_harness_scores_without_counting(model):
+    victim = Victim(model, budget=1, allow_gradients=False)
+    x = tone_batch(2, model.input_samples)
+    begin_batch(victim, 2)
+    before = judge(victim).scores(x)
+    assert victim.queries.tolist() == [0, 0]
+    assert torch.equal(judge(victim).predict(x), before.argmax(-1))

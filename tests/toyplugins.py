@@ -21,6 +21,7 @@ class ToyDatasetParams:
     clips: int = 24
     seconds: float = 0.25
     other_labels: bool = False  # labels the toy model does not know: pseudo-label mode
+    label_typo: bool = False  # one label misspelt ("clas-1")
 
 
 class ToyDataset(Dataset):
@@ -34,6 +35,8 @@ class ToyDataset(Dataset):
     def prepare(self, ctx: Context) -> None:
         if self.params.other_labels:
             self.labels = ("x", "y", "z")
+        if self.params.label_typo:
+            self.labels = ("class-0", "clas-1", "class-2")
         n = self.params.clips
         audio = tone_batch(n, int(self.params.seconds * 16_000), seed=7)
         self._splits: dict[str, list[Example]] = {"train": [], "valid": [], "test": []}

@@ -5,14 +5,28 @@ Conventions: audio is ``Tensor[B, T]``, mono, float32, in [-1, 1], at the compon
 dataclass validated from config, and takes randomness only from a ``torch.Generator`` it is given.
 """
 
-from musicbench.interfaces.attack import Attack, AttackResult, Bound, Threat, snr_radius
+from musicbench.interfaces.attack import (
+    DEFAULT_THREAT_MODEL,
+    Attack,
+    AttackResult,
+    Bound,
+    Threat,
+    ThreatModel,
+    snr_radius,
+)
 from musicbench.interfaces.component import Component, NoParams
 from musicbench.interfaces.context import Context, NullProgress, Progress
 from musicbench.interfaces.dataset import Dataset, Example, Task
 from musicbench.interfaces.defense import Defense, Preprocessor, TrainingDefense
 from musicbench.interfaces.encoder import Encoder
 from musicbench.interfaces.inpainter import Inpainter
-from musicbench.interfaces.metric import Metric, SampleMetric
+from musicbench.interfaces.metric import (
+    CellAudio,
+    Metric,
+    SampleMetric,
+    SetMetric,
+    SetMetricResult,
+)
 from musicbench.interfaces.model import TargetModel
 
 __all__ = [
@@ -33,8 +47,13 @@ __all__ = [
     "Preprocessor",
     "Progress",
     "SampleMetric",
+    "SetMetric",
+    "SetMetricResult",
+    "CellAudio",
     "TargetModel",
     "Task",
     "Threat",
+    "ThreatModel",
+    "DEFAULT_THREAT_MODEL",
     "TrainingDefense",
 ]

@@ -56,6 +56,74 @@ def snr_radius(audio: torch.Tensor, snr_db: float, norm: Literal["linf", "l2"]) 
     return energy * 10.0 ** (-snr_db / 20.0)
 
 
+ThreatKind = Literal["norm", "snr", "region", "unbounded"]
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What an attack is allowed to change (DESIGN.md section 5): the unit within which worst
+    cases are taken and attacks compared. Pooling threat models is meaningless (an unbounded
+    attack always wins), so the leaderboard never does.
+
+    - ``norm``: ``‖δ‖ <= eps`` in ``norm`` (``linf`` or ``l2``);
+    - ``snr``: a per-clip radius in ``norm`` that guarantees at least ``snr_db`` dB SNR;
+    - ``region``: unbounded inside inpainted regions of at most ``region_seconds`` in total
+      (MAIA), judged by FAD/LSD/SNR;
+    - ``unbounded``: no bound (e.g. C&W without ``eps``).
+    """
+
+    kind: ThreatKind
+    norm: Literal["linf", "l2"] | None = None
+    eps: float | None = None
+    snr_db: float | None = None
+    region_seconds: float | None = None
+
+    @staticmethod
+    def of_bound(bound: Bound | None) -> ThreatModel:
+        if bound is None:
+            return ThreatModel("unbounded")
+        if bound.snr_db is not None:
+            return ThreatModel("snr", norm=bound.norm, snr_db=float(bound.snr_db))
+        return ThreatModel("norm", norm=bound.norm, eps=float(bound.eps))
+
+    @staticmethod
+    def region(seconds: float) -> ThreatModel:
+        return ThreatModel("region", region_seconds=round(float(seconds), 6))
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: ``L∞ ε=0.002``, ``L2 SNR≥40 dB``, ``region ≤0.53 s``."""
+        norm = {"linf": "L∞", "l2": "L2"}.get(self.norm or "", "")
+        if self.kind == "norm":
+            return f"{norm} ε={self.eps:g}"
+        if self.kind == "snr":
+            return f"{norm} SNR≥{self.snr_db:g} dB"
+        if self.kind == "region":
+            return f"region ≤{self.region_seconds:g} s"
+        return "unbounded"
+
+    def sort_key(self) -> tuple:
+        """The default (L∞, ε = 0.002) first, then norm balls by norm and radius, SNR budgets
+        from the tightest, regions from the smallest, unbounded last."""
+        default = self == DEFAULT_THREAT_MODEL
+        order = {"norm": 0, "snr": 1, "region": 2, "unbounded": 3}[self.kind]
+        size = (self.eps if self.kind == "norm" else
+                -(self.snr_db or 0.0) if self.kind == "snr" else self.region_seconds or 0.0)
+        return (not default, order, self.norm or "", size)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "norm": self.norm, "eps": self.eps, "snr_db": self.snr_db,
+                "region_seconds": self.region_seconds, "label": self.label}
+
+    @staticmethod
+    def from_dict(data: dict[str, object]) -> ThreatModel:
+        return ThreatModel(**{k: v for k, v in data.items() if k != "label"})  # type: ignore
+
+
+DEFAULT_THREAT_MODEL = ThreatModel("norm", norm="linf", eps=0.002)
+"""The benchmark's headline threat model (DESIGN.md section 6)."""
+
+
 @dataclass
 class AttackResult:
     """What an attack returns, one row per input clip.
@@ -90,6 +158,12 @@ class Attack(Component, abc.ABC):
         """The norm bound this attack promises to respect, or None (region/unbounded attacks)."""
         return None
 
+    def threat_model(self) -> ThreatModel:
+        """The threat model the attack's cells are grouped under. Default: from :meth:`bound`
+        (``unbounded`` without one); attacks that change only parts of the clip override it
+        (MAIA: ``ThreatModel.region``). Called after :meth:`prepare`."""
+        return ThreatModel.of_bound(self.bound())
+
     @abc.abstractmethod
     def run(
         self,
@@ -113,9 +187,11 @@ class Attack(Component, abc.ABC):
         """Run the attack, then check its output and re-score success with the victim."""
         import torch
 
+        from musicbench.victim import begin_batch, judge
+
         if audio.dim() != 2:
             raise ValueError(f"attacks take audio[B, T]; got shape {tuple(audio.shape)}")
-        victim.reset_counters(audio.shape[0])
+        begin_batch(victim, audio.shape[0])
         result = self.run(victim, audio, target, generator=generator)
         adv = result.adv
         if adv.shape != audio.shape or adv.dtype != audio.dtype or adv.device != audio.device:
@@ -147,5 +223,5 @@ class Attack(Component, abc.ABC):
                     f"{size[i].item():.6g} > {what}"
                 )
         queries = victim.queries.clone()
-        success = victim.success(adv, target, count=False)
+        success = judge(victim).success(adv, target)
         return AttackResult(adv=adv, success=success, queries=queries, steps=result.steps)

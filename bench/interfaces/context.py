@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import torch
 
     from musicbench.interfaces.dataset import Dataset
+    from musicbench.interfaces.encoder import Encoder
     from musicbench.interfaces.inpainter import Inpainter
 
 
@@ -50,7 +51,9 @@ class Context:
 
     ``dataset`` resolves a dataset by registered name and parameter mapping (already prepared),
     so a model can train on the dataset it names; ``inpainter`` likewise resolves a loaded
-    inpainter (MAIA names the one it uses). ``allow_training=False`` makes a model or inpainter
+    inpainter (MAIA names the one it uses), ``encoder`` a loaded encoder (FAD). ``memo(key,
+    compute)`` returns ``compute()`` once per process for ``key`` (e.g. clean-clip embeddings
+    shared by every cell of a dataset); both may be None outside a run. ``allow_training=False`` makes a model or inpainter
     without a cached checkpoint raise :class:`musicbench.errors.NotTrainedError` instead of
     training.
     """
@@ -62,3 +65,5 @@ class Context:
     inpainter: Callable[[str, dict[str, Any]], Inpainter] | None = None
     allow_training: bool = True
     seed: int = 0
+    encoder: Callable[[str, dict[str, Any]], Encoder] | None = None
+    memo: Callable[[tuple[str, ...], Callable[[], Any]], Any] | None = None

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from musicbench.interfaces import Attack, AttackResult, Context, Inpainter
+from musicbench.interfaces import Attack, AttackResult, Context, Inpainter, ThreatModel
 from musicbench.victim import Victim
 from musicbench_plugins.attacks.gradcam import CamScore, cam_regions, gradcam
 from musicbench_plugins.attacks.maia_masks import (
@@ -116,6 +116,14 @@ class InpainterAttack(Attack):
     def _gap(self, inpainter: Inpainter, samples: int) -> int:
         seconds = self.params.gap_seconds or natural_gap_seconds(inpainter)
         return max(1, min(samples, round(seconds * inpainter.sample_rate)))
+
+    def threat_model(self) -> ThreatModel:
+        """Region: unbounded inside ``regions`` gaps, so the budget is their total length (a
+        tf-box mask changes a subset of the same segments: same threat model)."""
+        if self.inpainter is None:
+            raise RuntimeError(f"attack '{self.name}': call prepare(ctx) before threat_model()")
+        gap = self.params.gap_seconds or natural_gap_seconds(self.inpainter)
+        return ThreatModel.region(self.params.regions * gap)
 
 
 class MAIAWB(InpainterAttack):

@@ -42,6 +42,7 @@ class MusicnnEncoder(Encoder):
     sample_rate = 16_000
     dim = 753
     version = "1"
+    network = "musicnn"  # the leaderboard flags FAD measured by the target's own network
     Params = MusicnnEncoderParams
 
     def __init__(self, params: MusicnnEncoderParams | None = None):

@@ -1,4 +1,5 @@
-"""Built-in per-sample metrics: LSD, SNR, L-inf and L2 distance (definitions in DESIGN.md 5)."""
+"""Built-in metrics (definitions in DESIGN.md 5): per-sample LSD, SNR, L-inf and L2 distance;
+set-level FAD and retrieval mAP/MR1."""
 
 from musicbench import hookimpl
 
@@ -13,3 +14,7 @@ def register_metrics(register):
              summary="max absolute sample change")
     register("l2", "musicbench_plugins.metrics.distances:L2",
              summary="Euclidean norm of the perturbation")
+    register("fad", "musicbench_plugins.metrics.fad:FAD",
+             summary="Fréchet Audio Distance over a cell's attacked clips ([run] fad_encoder)")
+    register("map", "musicbench_plugins.metrics.retrieval:MAP",
+             summary="retrieval mAP and MR1 before and after the attack")

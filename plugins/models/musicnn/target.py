@@ -100,6 +100,7 @@ class MusicnnTarget(TargetModel):
     input_seconds = 3.0
     cam_layer = "net.midend"
     version = "1"
+    network = "musicnn"  # the leaderboard flags FAD measured by the target's own network
     variant: ClassVar[Variant]
     all_tags: ClassVar[tuple[str, ...]]
 

@@ -1,0 +1,164 @@
+"""Typed records between the stages of a run: what the planner resolves (``CellSpec``) and what
+the runner found out about a cell besides its figures (``CellInfo``).
+
+Both are plain data: they round-trip through JSON (the store keeps them as JSON columns; a
+distributed executor ships them), and nothing downstream reads them by string keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
+from typing import Any
+
+from musicbench.interfaces.attack import ThreatModel
+
+CELL_KINDS = ("dataset", "model", "defense", "attack")
+
+
+@dataclass(frozen=True)
+class ComponentRef:
+    """One resolved component of a cell: enough to rebuild it, and what keys its results.
+
+    ``weights``: a hash of the trained weights the component runs with (a model's state dict,
+    the inpainter an attack loads), None when it has none. ``fingerprint``: a dataset's
+    content hash. ``label`` is presentation only and never part of a key or a seed.
+    """
+
+    kind: str
+    name: str
+    label: str
+    version: str
+    params: dict[str, Any]
+    provider: str
+    weights: str | None = None
+    fingerprint: str | None = None
+
+    def key_data(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "params": self.params,
+                "provider": self.provider, "weights": self.weights,
+                "fingerprint": self.fingerprint}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ComponentRef:
+        return ComponentRef(**{f.name: data.get(f.name) for f in fields(ComponentRef)})
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """The run settings that change a cell's result (``keep_audio`` only changes what is kept
+    for listening, so it is not part of the key)."""
+
+    seed: int
+    samples: int
+    batch_size: int
+    keep_audio: int
+    fad_encoder: str
+    metrics: tuple[str, ...]
+    pseudo_labels: bool = False
+
+    def key_data(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("keep_audio")
+        data["metrics"] = list(self.metrics)
+        return data
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One (dataset, model, defense, attack) cell, fully resolved by the planner.
+
+    ``threat`` is the attack's access (white-box or black-box); ``threat_model`` its budget,
+    the unit of worst cases and sanity flags.
+    """
+
+    dataset: ComponentRef
+    model: ComponentRef
+    defense: ComponentRef
+    attack: ComponentRef
+    run: CellRun
+    threat: str
+    threat_model: ThreatModel
+    musicbench: str
+
+    @cached_property
+    def key(self) -> str:
+        """Hash of everything that changes the result: components (name, version, params,
+        provider, weights, dataset fingerprint), run settings, musicbench version."""
+        body = {k: getattr(self, k).key_data() for k in CELL_KINDS}
+        body["run"] = self.run.key_data()
+        body["musicbench"] = self.musicbench
+        blob = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    @property
+    def seed(self) -> int:
+        """The cell's RNG seed: from the run seed and the components' names and parameters,
+        independent of cell order and of labels."""
+        parts = [self.run.seed] + [[getattr(self, k).name, getattr(self, k).params]
+                                   for k in CELL_KINDS]
+        blob = json.dumps(parts, sort_keys=True).encode()
+        return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        """(dataset, model, defense, attack) as tables name them."""
+        return (self.dataset.label, self.model.label, self.defense.label, self.attack.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: asdict(getattr(self, k)) for k in CELL_KINDS}
+        out["run"] = asdict(self.run) | {"metrics": list(self.run.metrics)}
+        out["threat"] = self.threat
+        out["threat_model"] = self.threat_model.to_dict()
+        out["musicbench"] = self.musicbench
+        out["key"] = self.key
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CellSpec:
+        run = dict(data["run"])
+        run["metrics"] = tuple(run.get("metrics", ()))
+        return CellSpec(
+            **{k: ComponentRef.from_dict(data[k]) for k in CELL_KINDS},
+            run=CellRun(**run),
+            threat=data["threat"],
+            threat_model=ThreatModel.from_dict(data["threat_model"]),
+            musicbench=data["musicbench"],
+        )
+
+
+@dataclass
+class CellInfo:
+    """What the runner learnt about a cell besides its figures.
+
+    ``n``: clips drawn; ``n_attacked``: the clean-correct ones the attack ran on;
+    ``n_success``: those it fooled (the count LSD/SNR are averaged over); ``set_metrics``: per
+    set-level metric, the clips it stands on, why it is NaN (``note``) and the encoder it used
+    (``{"fad": {"n": 41, "note": None, "encoder": "musicnn"}}``); ``adaptive``: ``none``, ``eot``, ``bpda`` or
+    ``eot+bpda``; ``flags``: warnings the runner raised (the leaderboard adds its own).
+    """
+
+    n: int = 0
+    n_attacked: int = 0
+    n_success: int = 0
+    task: str = ""
+    adaptive: str = "none"
+    flags: list[str] = field(default_factory=list)
+    pseudo_labels: bool = False
+    labels: list[str] = field(default_factory=list)
+    sample_rate: int = 16_000
+    device: str = ""
+    set_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    load_average: list[float] | None = None
+    cpus: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CellInfo:
+        known = {f.name for f in fields(CellInfo)}
+        return CellInfo(**{k: v for k, v in data.items() if k in known})

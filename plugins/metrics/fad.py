@@ -1,0 +1,73 @@
+"""FAD as a set-level metric: the cell's attacked clips, clean against returned, in the
+embedding space of the run's ``fad_encoder`` (definition and NaN rules in DESIGN.md section 5
+and :mod:`musicbench.fad`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from musicbench.fad import fad
+from musicbench.interfaces import CellAudio, Context, SetMetric, SetMetricResult
+
+
+class FAD(SetMetric):
+    """Fréchet Audio Distance (Kilgour et al., 2019) over **every attacked clip** of a cell.
+
+    Every attack on one (dataset, model, defense) runs on the same clean-correct clips, so
+    scoring all of them (not only the successful ones) puts every attack's FAD on the same N and
+    the values compare across attacks; clips an attack failed on still carry what it changed.
+    Clips are embedded one at a time, so a clip's frames do not depend on its batch: the clean
+    frames are computed once per process and shared by every cell of the dataset.
+    """
+
+    higher_is_better = False
+    columns = {"fad": False}
+
+    def applies(self, cell: CellAudio) -> bool:
+        return bool(cell.fad_encoder)
+
+    def compute(self, cell: CellAudio, ctx: Context) -> SetMetricResult:
+        name = cell.fad_encoder
+        idx = cell.attacked.nonzero().squeeze(1).tolist()
+        result = SetMetricResult({"fad": math.nan}, n=len(idx), encoder=name)
+        if ctx.encoder is None:
+            result.note = "no encoder resolver in this context"
+            return result
+        try:
+            encoder = ctx.encoder(name, {})
+        except Exception as exc:  # an encoder that cannot load costs the FAD column only
+            result.note = f"encoder '{name}' unavailable: {type(exc).__name__}: {exc}"
+            return result
+        if encoder.network is not None and encoder.network == cell.model_network:
+            result.flags.append(f"FAD encoder '{name}' is built on the target's own network "
+                                f"({encoder.network}): FAD is measured by the model under attack")
+        if not idx:
+            result.note = "no attacked clip"
+            return result
+        if encoder.sample_rate != cell.sample_rate:
+            result.note = (f"encoder '{name}' takes {encoder.sample_rate} Hz audio, the cell's "
+                           f"is {cell.sample_rate} Hz")
+            return result
+        device = ctx.device
+
+        def frames(clip: torch.Tensor) -> torch.Tensor:  # [T] -> [F, dim], float32 on the CPU
+            with torch.no_grad():
+                return encoder.embed(clip[None].to(device))[0].float().cpu()
+
+        def clean_frames(i: int) -> torch.Tensor:
+            key = (name, cell.dataset, cell.dataset_fingerprint, cell.ids[i])
+            compute = lambda: frames(cell.clean[i])  # noqa: E731 (bound per clip)
+            return ctx.memo(key, compute) if ctx.memo is not None else compute()
+
+        try:
+            clean = torch.cat([clean_frames(i) for i in idx]).double().numpy()
+            adv = torch.cat([frames(cell.adv[i]) for i in idx]).double().numpy()
+        except Exception as exc:  # the encoder's failure costs the FAD column, not the cell
+            result.note = f"encoder '{name}' failed: {type(exc).__name__}: {exc}"
+            return result
+        value = fad(clean, adv, clips=len(idx))
+        result.values["fad"] = value.value
+        result.note = value.reason
+        return result

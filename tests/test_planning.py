@@ -1,0 +1,143 @@
+"""The planner resolves every component once into typed cells: keys that change with what
+changes results (metrics, weights, versions), datasets told apart by label, --only narrowing
+what runs but not what the leaderboard shows, and publishing only from clean revisions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from musicbench.cache import cache_dir
+from musicbench.cells import CellSpec
+from musicbench.config import parse_config
+from musicbench.errors import ConfigError
+from musicbench.planner import plan_cells, resolve
+from musicbench.session import RunOptions, execute
+from musicbench.store import Store
+from musicbench.workspace import Workspace
+
+BASE = """
+[run]
+fad_encoder = ""
+samples = 6
+batch_size = 3
+device = "cpu"
+{run}
+
+[[datasets]]
+name = "toy-tones"
+{datasets}
+
+[[models]]
+name = "toy-model"
+
+[[defenses]]
+name = "none"
+
+[[attacks]]
+name = "fgsm"
+eps = 0.01
+
+[[attacks]]
+name = "pgd"
+eps = 0.01
+steps = 3
+"""
+
+
+def _plan(text: str, plugins):  # noqa: ANN001
+    config = parse_config(text)
+    ws = Workspace(plugins, cache_dir=cache_dir(), device=torch.device("cpu"))
+    return plan_cells(resolve(config, plugins), ws, config.run, quick=False)
+
+
+def test_cells_are_typed_and_round_trip_through_json(toy_plugins):
+    plan = _plan(BASE.format(run="", datasets=""), toy_plugins)
+    spec = plan.specs[1]
+    assert spec.attack.name == "pgd" and spec.threat == "white-box"
+    assert spec.threat_model.label == "L∞ ε=0.01"
+    assert spec.model.weights is not None  # the toy model's state dict is part of the key
+    again = CellSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.key == spec.key and again.seed == spec.seed
+
+
+def test_two_entries_of_one_dataset_plugin_with_different_params_stay_apart(tmp_path,
+                                                                           toy_plugins):
+    text = BASE.format(run="", datasets="clips = 24") + """
+[[datasets]]
+name = "toy-tones"
+label = "toy-long"
+clips = 24
+seconds = 0.5
+"""
+    plan = _plan(text, toy_plugins)
+    by_label = {s.dataset.label: s.dataset.fingerprint for s in plan.specs}
+    assert set(by_label) == {"toy-tones", "toy-long"}
+    assert by_label["toy-tones"] != by_label["toy-long"]
+    assert set(plan.datasets) == {"toy-tones", "toy-long"}
+    config = tmp_path / "two.toml"
+    config.write_text(text)
+    outcome = execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+    assert [r.status for r in outcome.records] == ["ok"] * 4
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "dataset `toy-tones`" in board and "dataset `toy-long`" in board
+
+
+def test_the_metrics_of_a_run_are_configured_keyed_and_shown(tmp_path, toy_plugins):
+    default = _plan(BASE.format(run="", datasets=""), toy_plugins)
+    more = _plan(BASE.format(run='metrics = ["lsd", "snr", "linf"]', datasets=""), toy_plugins)
+    assert default.specs[0].key != more.specs[0].key  # a new column is a new cell
+    config = tmp_path / "m.toml"
+    config.write_text(BASE.format(run='metrics = ["linf", "l2"]', datasets=""))
+    execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "L∞ ↓" in board and "L2 ↓" in board and "LSD ↓" not in board
+    with pytest.raises(ConfigError, match="Did you mean 'lsd'"):
+        _plan(BASE.format(run='metrics = ["lds"]', datasets=""), toy_plugins)
+    with pytest.raises(ConfigError, match="set_metrics"):
+        _plan(BASE.format(run='metrics = ["fad"]', datasets=""), toy_plugins)
+
+
+def test_only_runs_a_subset_but_the_leaderboard_keeps_every_stored_cell(tmp_path, toy_plugins):
+    config = tmp_path / "run.toml"
+    config.write_text(BASE.format(run="", datasets=""))
+    out = tmp_path / "out"
+    execute(RunOptions(config=config, out=out), toy_plugins)
+    first = (out / "leaderboard.md").read_text()
+    assert "| fgsm |" in first and "| pgd |" in first
+    again = execute(RunOptions(config=config, out=out, only=["attack=pgd"]), toy_plugins)
+    assert again.planned == 1
+    board = (out / "leaderboard.md").read_text()
+    assert "| fgsm |" in board and "| pgd |" in board
+
+
+def test_publishing_refuses_cells_computed_from_a_modified_tree(tmp_path, toy_plugins,
+                                                                monkeypatch):
+    import musicbench.environment as environment
+    from musicbench.cli import app
+
+    config = tmp_path / "run.toml"
+    config.write_text(BASE.format(run="", datasets=""))
+    out = tmp_path / "out"
+    monkeypatch.setattr(environment, "git_revision", lambda: "abc123+dirty")
+    execute(RunOptions(config=config, out=out), toy_plugins)
+    monkeypatch.setattr(environment, "git_revision", lambda: "abc123")
+    runner = CliRunner()
+    target = tmp_path / "board.md"
+    refused = runner.invoke(app, ["leaderboard", str(out), "-o", str(target)])
+    assert refused.exit_code == 2 and not target.exists()
+    assert "abc123+dirty" in refused.output and "--rerun-dirty" in refused.output
+    draft = runner.invoke(app, ["leaderboard", str(out), "-o", str(target), "--allow-dirty"])
+    assert draft.exit_code == 0 and "git abc123+dirty" in target.read_text()
+    execute(RunOptions(config=config, out=out, rerun_dirty=True), toy_plugins)
+    store = Store(out / "results.sqlite")
+    try:
+        assert {r.environment["git_revision"] for r in store.cells()} == {"abc123"}
+    finally:
+        store.close()
+    published = runner.invoke(app, ["leaderboard", str(out), "-o", str(target)])
+    assert published.exit_code == 0, published.output
+    assert "(git abc123)" in target.read_text()
