@@ -79,7 +79,8 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
 
     ok = record.status == "ok"
     fad_meta = info.set_metrics.get("fad", {})
-    sample_metrics = [k for k in info.higher_is_better if k in m and k in spec.run.metrics]
+    sample_metrics = [k for k in spec.run.metrics
+                      if k in m and k in info.higher_is_better and k not in info.set_metrics]
     flags = list(info.flags)
     if fad_meta.get("note"):
         flags.append(f"FAD not computed: {fad_meta['note']}" if val("fad") is None
@@ -189,8 +190,8 @@ def build(store: Store) -> Leaderboard:
     for r in records:
         for metric, better in r.info.higher_is_better.items():
             higher[METRIC_COLUMNS.get(metric, metric)] = better
-        for name in r.spec.run.metrics:
-            if name not in metrics and name in r.info.higher_is_better and name in r.metrics:
+        for name in cell_row(r)["metrics"]:  # the per-clip ones, in config order
+            if name not in metrics:
                 metrics.append(name)
     return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics)
 

@@ -91,10 +91,12 @@ def test_the_metrics_of_a_run_are_configured_keyed_and_shown(tmp_path, toy_plugi
     more = _plan(BASE.format(run='metrics = ["lsd", "snr", "linf"]', datasets=""), toy_plugins)
     assert default.specs[0].key != more.specs[0].key  # a new column is a new cell
     config = tmp_path / "m.toml"
-    config.write_text(BASE.format(run='metrics = ["linf", "l2"]', datasets=""))
+    config.write_text(BASE.format(run='metrics = ["linf", "l2"]', datasets="")
+                      .replace('fad_encoder = ""', 'fad_encoder = "toy-frames"'))
     execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
     board = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "L∞ ↓" in board and "L2 ↓" in board and "LSD ↓" not in board
+    assert "fad ↓" not in board and "FAD (toy-frames) ↓" in board  # set-level: own column
     with pytest.raises(ConfigError, match="Did you mean 'lsd'"):
         _plan(BASE.format(run='metrics = ["lds"]', datasets=""), toy_plugins)
     with pytest.raises(ConfigError, match="set_metrics"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from musicbench import hookimpl
-from musicbench.interfaces import Attack, AttackResult, Context, Dataset, Example
+from musicbench.interfaces import Attack, AttackResult, Context, Dataset, Encoder, Example
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
@@ -143,6 +143,27 @@ class OutOfRange(Attack):
         adv = audio * 0 + 1.5
         n = audio.shape[0]
         return AttackResult(adv, torch.ones(n, dtype=torch.bool), torch.zeros(n), torch.ones(n))
+
+
+class ToyFrames(Encoder):
+    """Log energy and zero-crossing rate of 200-sample frames: ``[B, frames, 2]`` (FAD in
+    harness tests without musicnn)."""
+
+    dim = 2
+
+    def load(self, ctx: Context) -> None:
+        pass
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        frames = audio[:, : audio.shape[1] // 200 * 200].unflatten(1, (-1, 200))
+        energy = frames.square().mean(-1).add(1e-8).log()
+        zcr = (frames[..., 1:].sign() != frames[..., :-1].sign()).float().mean(-1)
+        return torch.stack([energy, zcr], -1)
+
+
+@hookimpl
+def register_encoders(register):
+    register("toy-frames", ToyFrames, summary="frame energy and ZCR (tests)")
 
 
 @hookimpl
