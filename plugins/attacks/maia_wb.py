@@ -26,6 +26,11 @@ d (``distance``): ``"logmag"`` (default) is the mean squared difference of log-m
 (Hann ``n_fft``, hop ``n_fft // 4``, log(|X| + 1e-5)) over the frames the mask touches;
 ``"waveform"`` is the mean squared sample difference inside the mask. The paper does not publish
 alpha, d, the loss, the gap length or r; all are parameters here (docs/maia.md).
+
+lambda_rec, lambda_att default to the point of the paper's grid {0.5, 1, 2}^2 that
+``benchmarks/maia_lambda_grid.py`` chose on clips of the datasets' *valid* splits (never test
+clips), by the rule stated there: highest ASR averaged over style-cnn and cover-net, ties by
+lower LSD (docs/maia.md, "Choosing λ on the validation split").
 """
 
 from __future__ import annotations
@@ -61,8 +66,8 @@ class MAIAWBParams:
     latent_alpha: float = 0.1
     reinpaint: bool = True
     reinpaint_blend: float = 0.2
-    lambda_rec: float = 0.5
-    lambda_att: float = 1.0
+    lambda_rec: float = 0.5  # chosen on validation clips by benchmarks/maia_lambda_grid.py
+    lambda_att: float = 2.0
     distance: Literal["logmag", "waveform"] = "logmag"
     balance: Literal["normalized", "raw"] = "normalized"
     mask: MaskKind = "time"
@@ -134,7 +139,7 @@ class MAIAWB(InpainterAttack):
     """
 
     threat = "white-box"
-    version = "1"
+    version = "2"  # 2: lambda_att 1 -> 2, from the grid on validation clips
     Params = MAIAWBParams
 
     @torch.enable_grad()  # steps need gradients even if the caller runs under no_grad
