@@ -32,7 +32,7 @@ and early abort. Our readings:
   wrong (margin <= 0, whatever κ) is detected by the first iterate's forward pass (which is
   the clean clip) and never attacked: one query.
 - Optional L2 budget: ``eps`` or ``snr_db`` (a per-clip radius from the clip's energy, see
-  :mod:`musicbench_plugins.attacks.budgets`). Iterates are projected onto the ball after each
+  :func:`musicbench.api.snr_radius`). Iterates are projected onto the ball after each
   Adam step and only iterates inside it are accepted as the best adversarial.
 
 Every Adam step is one counted forward+backward through the Victim (a query and a gradient
@@ -42,7 +42,6 @@ call per active clip).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 
@@ -114,9 +113,6 @@ class CW(Attack):
     threat = "white-box"
     version = "2"  # 2: success (best-so-far, search, abort) is margin <= -kappa, not <= 0
     Params = CWParams
-    # Contract tests (tests/test_attack_contracts.py) run with fewer steps: test time only.
-    contract_params: ClassVar[dict[str, Any]] = {"binary_search_steps": 2, "steps": 10}
-
     def bound(self) -> Bound | None:
         # With snr_db the radius is per clip; the harness checks it through Bound.limits.
         p = self.params

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -90,12 +90,6 @@ class MAIABB(InpainterAttack):
     threat = "black-box"
     version = "1"
     Params = MAIABBParams
-    # The contract's fragile clip is a steady tone: every passage the copy inpainter can paste
-    # into it is the same tone, so no latent changes the decision (tests/test_maia.py checks
-    # per-clip early stop on clips where a fill can).
-    contract_fragile_note: ClassVar[str] = ("a copy-inpainted steady tone equals the tone: "
-                                            "nothing to find in the latent")
-
     @torch.no_grad()
     def run(self, victim: Victim, audio: torch.Tensor, target: torch.Tensor, *,
             generator: torch.Generator) -> AttackResult:

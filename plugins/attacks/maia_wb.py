@@ -36,7 +36,7 @@ lower LSD (docs/maia.md, "Choosing λ on the validation split").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -99,11 +99,6 @@ class InpainterAttack(Attack):
     """What both MAIA attacks share: the inpainter they load in :meth:`prepare` and the gap."""
 
     inpainter: Inpainter | None = None
-    # The contract tests run on a tiny model in an empty cache: the non-learned inpainter
-    # keeps them from training GACELA there (tests/test_attack_contracts.py reads this).
-    # Their 0.25 s clips also need a gap well inside the clip.
-    contract_params: ClassVar[dict[str, Any]] = {"inpainter": "baseline", "gap_seconds": 0.05}
-
     def prepare(self, ctx: Context) -> None:
         if ctx.inpainter is None:
             raise RuntimeError(f"attack '{self.name}' needs a Context that resolves inpainters")
