@@ -146,6 +146,10 @@ def leaderboard(
     allow_dirty: Annotated[bool, typer.Option(
         "--allow-dirty", help="write -o FILE even from a modified tree or modified-tree cells")]
     = False,
+    store_copy: Annotated[Optional[Path], typer.Option(
+        "--store-copy", help="also write a consistent snapshot of the run's store here (what "
+                             "leaderboards/runs/*.sqlite are), for readers to check figures")]
+    = None,
 ) -> None:
     """Render the leaderboard of a stored run (stdout, or -o FILE to publish it).
 
@@ -189,6 +193,11 @@ def leaderboard(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
         stderr.print(f"wrote {output}")
+    if store_copy is not None:
+        from musicbench.store import snapshot
+
+        snapshot(db, store_copy)
+        stderr.print(f"wrote {store_copy}")
 
 
 @app.command()

@@ -320,3 +320,24 @@ class Store:
         if keys is None:
             return list(by_key.values())
         return [by_key[k] for k in keys if k in by_key]
+
+
+def snapshot(source: Path, target: Path) -> None:
+    """A consistent, self-contained copy of the store at ``source`` (SQLite's online backup,
+    so a run may be writing), written to ``target`` atomically, without a WAL beside it."""
+    import os
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    src = sqlite3.connect(source, timeout=30)
+    dst = sqlite3.connect(tmp)
+    try:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+        src.close()
+    os.replace(tmp, target)

@@ -140,6 +140,10 @@ def test_publishing_refuses_cells_computed_from_a_modified_tree(tmp_path, toy_pl
         assert {r.environment["git_revision"] for r in store.cells()} == {"abc123"}
     finally:
         store.close()
-    published = runner.invoke(app, ["leaderboard", str(out), "-o", str(target)])
+    copy = tmp_path / "published" / "run.sqlite"
+    published = runner.invoke(app, ["leaderboard", str(out), "-o", str(target),
+                                    "--store-copy", str(copy)])
     assert published.exit_code == 0, published.output
     assert "(git abc123)" in target.read_text()
+    again = runner.invoke(app, ["leaderboard", str(copy)])  # the copy renders the same board
+    assert again.exit_code == 0 and again.stdout.strip() == target.read_text().strip()
