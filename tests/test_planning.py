@@ -147,3 +147,29 @@ def test_publishing_refuses_cells_computed_from_a_modified_tree(tmp_path, toy_pl
     assert "(git abc123)" in target.read_text()
     again = runner.invoke(app, ["leaderboard", str(copy)])  # the copy renders the same board
     assert again.exit_code == 0 and again.stdout.strip() == target.read_text().strip()
+
+
+def test_weights_digest_follows_the_weights_a_component_runs_with():
+    """New weights (a model's, or the inpainter an attack loads) make new cell keys."""
+    from musicbench.interfaces import Component
+
+    class Net(Component):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(3, 2)
+
+    class UsesNet(Component):  # an attack holding a loaded component (MAIA's inpainter)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    torch.manual_seed(0)
+    a, b = Net(), Net()
+    b.net.load_state_dict(a.net.state_dict())
+    assert a.weights_digest() == b.weights_digest() is not None
+    assert UsesNet(a).weights_digest() == UsesNet(b).weights_digest()
+    with torch.no_grad():
+        b.net.bias.add_(1e-6)
+    assert a.weights_digest() != b.weights_digest()
+    assert UsesNet(a).weights_digest() != UsesNet(b).weights_digest()
+    assert Component().weights_digest() is None
