@@ -323,8 +323,6 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
     for r in records:
         rev = str(r.environment.get("git_revision", "unknown"))
         revisions[rev] = revisions.get(rev, 0) + 1
-    asked = {label: meta.get("samples_asked") for label, meta in
-             settings.get("datasets", {}).items()}
     return {
         "date": run["finished"] or run["started"],
         "musicbench": env.get("musicbench"),
@@ -338,7 +336,6 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
         "quick": settings.get("quick"),
         "dataset_fingerprints": fingerprints,
         "samples": samples,
-        "samples_asked": asked,
         "planned": planned,
         "stored": len(records),
         "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
