@@ -33,9 +33,13 @@ PLUGIN_PACKAGE = "musicbench_plugins"
 CORE_MODULES = (
     "musicbench.victim", "musicbench.runner", "musicbench.metrics", "musicbench.fad",
     "musicbench.windows", "musicbench.audio", "musicbench.interfaces.attack",
+    "musicbench.queries", "musicbench.budgets",
 )
 """Core modules whose code changes results (scoring, re-scoring, metrics, windows, audio
-loading); a change needs :data:`musicbench.RESULTS_VERSION` bumped or marked."""
+loading, the query scoring and budgets attacks share; trained weights and dataset content are
+keyed by their own hashes); a change needs :data:`musicbench.RESULTS_VERSION` bumped or marked. Their imports are
+not followed: the store, the leaderboard and the CLI import-chain into everything but change
+no result."""
 CORE_ENTRY = "core/harness"
 
 
@@ -91,8 +95,10 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def module_closure(roots: list[str], package: str = PLUGIN_PACKAGE) -> dict[str, ast.Module]:
-    """Parsed modules of ``roots`` and every module of ``package`` they import, transitively."""
+def module_closure(roots: list[str], package: str | None = PLUGIN_PACKAGE
+                   ) -> dict[str, ast.Module]:
+    """Parsed modules of ``roots`` and every module of ``package`` they import, transitively
+    (``package=None``: the roots alone)."""
     seen: dict[str, ast.Module] = {}
     todo = list(roots)
     while todo:
@@ -104,13 +110,14 @@ def module_closure(roots: list[str], package: str = PLUGIN_PACKAGE) -> dict[str,
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         seen[name] = tree
-        todo += sorted(_imports(name, tree, package) - seen.keys())
+        if package is not None:
+            todo += sorted(_imports(name, tree, package) - seen.keys())
     return seen
 
 
-def digest(roots: list[str], package: str = PLUGIN_PACKAGE) -> str:
+def digest(roots: list[str], package: str | None = PLUGIN_PACKAGE) -> str:
     """Digest of the code (not docstrings, comments or layout) of ``roots`` and what they
-    import from ``package``."""
+    import from ``package`` (None: the roots alone)."""
     h = hashlib.sha256()
     for name, tree in sorted(module_closure(roots, package).items()):
         h.update(name.encode() + b"\0")
@@ -125,7 +132,7 @@ def current() -> dict[str, dict[str, str]]:
     system = PluginSystem()
     out: dict[str, dict[str, str]] = {
         CORE_ENTRY: {"version": musicbench.RESULTS_VERSION,
-                     "source": digest(list(CORE_MODULES), "musicbench")},
+                     "source": digest(list(CORE_MODULES), None)},
     }
     for kind, registry in system.registries.items():
         for entry in registry:
