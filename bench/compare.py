@@ -155,13 +155,10 @@ def _choose(kind: str, name: str, options: Iterable[str], where: str, note: str 
     return name
 
 
-def _plan_keys(run: Any) -> list[str]:
-    return list(run["plan"] if isinstance(run, dict) else run.plan)
-
-
 def compare(out: Path, labels: Sequence[str], *, model: str, dataset: str | None = None,
             defense: str | None = None, attack: str | None = None) -> Comparison:
-    """Load the latest run of ``out`` (a run folder or its results.sqlite) and compare.
+    """Load the cells of ``out`` (a run folder or its results.sqlite) that its leaderboard
+    shows, and compare.
 
     ``labels`` are attack labels (defense ``defense``, default ``none``), or, when ``attack``
     is given, defense labels under that attack. The first label is compared with each other.
@@ -184,12 +181,14 @@ def compare(out: Path, labels: Sequence[str], *, model: str, dataset: str | None
     db = out if out.suffix == ".sqlite" else out / "results.sqlite"
     if not db.is_file():
         raise ConfigError(f"no results at {db}; run `musicbench run --out {out}` first")
+    from musicbench.leaderboard import plan_keys
+
     store = Store(db)
     try:
-        run = store.latest_run()
-        if run is None:
-            raise ConfigError(f"{db} holds no run yet; start one with `musicbench run`")
-        plan = _plan_keys(run)
+        try:  # the cells the leaderboard shows: the latest full run and --only reruns after it
+            plan, _ = plan_keys(store)
+        except FileNotFoundError:
+            raise ConfigError(f"{db} holds no run yet; start one with `musicbench run`") from None
         records = store.cells(plan)
     finally:
         store.close()

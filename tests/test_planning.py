@@ -173,3 +173,19 @@ def test_weights_digest_follows_the_weights_a_component_runs_with():
     assert a.weights_digest() != b.weights_digest()
     assert UsesNet(a).weights_digest() != UsesNet(b).weights_digest()
     assert Component().weights_digest() is None
+
+
+def test_compare_sees_every_cell_of_runs_split_by_only(tmp_path, toy_plugins):
+    """A long config run as several --only runs (one per model, say) is compared and shown as
+    one run."""
+    from musicbench.compare import compare
+
+    config = tmp_path / "run.toml"
+    config.write_text(BASE.format(run="", datasets=""))
+    out = tmp_path / "out"
+    execute(RunOptions(config=config, out=out, only=["attack=fgsm"]), toy_plugins)
+    execute(RunOptions(config=config, out=out, only=["attack=pgd"]), toy_plugins)
+    result = compare(out, ["pgd", "fgsm"], model="toy-model")
+    assert [(p.a, p.b) for p in result.pairs] == [("pgd", "fgsm")]
+    board = (out / "leaderboard.md").read_text()
+    assert "| fgsm |" in board and "| pgd |" in board
