@@ -167,7 +167,7 @@ def leaderboard(
     if not db.exists():
         print_error(f"no results at {db}; run `musicbench run --out {out}`")
         raise typer.Exit(code=2)
-    store = Store(db)
+    store = Store(db, readonly=True)
     try:
         board = build(store)
     except FileNotFoundError as exc:

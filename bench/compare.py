@@ -183,7 +183,7 @@ def compare(out: Path, labels: Sequence[str], *, model: str, dataset: str | None
         raise ConfigError(f"no results at {db}; run `musicbench run --out {out}` first")
     from musicbench.leaderboard import plan_keys
 
-    store = Store(db)
+    store = Store(db, readonly=True)
     try:
         try:  # the cells the leaderboard shows: the latest full run and --only reruns after it
             plan, _ = plan_keys(store)

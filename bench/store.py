@@ -143,8 +143,15 @@ def _num(x: float | None) -> float | None:
 class Store:
     """Opens (creating if needed) ``<out>/results.sqlite``."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, readonly: bool = False):
+        """``readonly``: open an existing store without writing to it (leaderboards,
+        comparisons): a published store must not change by being read."""
         self.path = Path(path)
+        if readonly:
+            self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
+                                        timeout=30)
+            self._check_schema()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -156,7 +163,11 @@ class Store:
                 self.conn.execute(
                     "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
-        elif int(row[0]) != SCHEMA_VERSION:
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(
                 f"{self.path} has schema {row[0]}; this musicbench writes schema "
                 f"{SCHEMA_VERSION}. Use another --out folder."

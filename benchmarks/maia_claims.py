@@ -120,7 +120,7 @@ def main() -> None:
     db = args.out if args.out.suffix == ".sqlite" else args.out / "results.sqlite"
     if not db.is_file():
         parser.error(f"no store at {db}")
-    store = Store(db)
+    store = Store(db, readonly=True)
     try:
         keys, _ = plan_keys(store)
         rows = check(store.cells(keys))

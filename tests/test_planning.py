@@ -189,3 +189,23 @@ def test_compare_sees_every_cell_of_runs_split_by_only(tmp_path, toy_plugins):
     assert [(p.a, p.b) for p in result.pairs] == [("pgd", "fgsm")]
     board = (out / "leaderboard.md").read_text()
     assert "| fgsm |" in board and "| pgd |" in board
+
+
+def test_reading_a_published_store_does_not_change_it(tmp_path, toy_plugins):
+    import hashlib
+
+    from musicbench.cli import app
+
+    config = tmp_path / "run.toml"
+    config.write_text(BASE.format(run="", datasets=""))
+    execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+    copy = tmp_path / "pub" / "run.sqlite"
+    from musicbench.store import snapshot
+
+    snapshot(tmp_path / "out" / "results.sqlite", copy)
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert CliRunner().invoke(app, ["leaderboard", str(copy), "--format", "json"]).exit_code == 0
+    assert CliRunner().invoke(app, ["compare", str(copy), "--model", "toy-model", "pgd",
+                                    "fgsm"]).exit_code == 0
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["run.sqlite"]  # no WAL beside it
