@@ -170,7 +170,7 @@ def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
     full = [i for i, r in enumerate(runs) if not r["settings"].get("only")]
     first = full[-1] if full else 0
     keys_by_label: dict[tuple[str, ...], str] = {}
-    labels_of = {r.key: r.names for r in store.cells()}
+    labels_of = store.labels()
     for run in runs[first:]:
         for key in run["plan"]:
             keys_by_label[labels_of.get(key, (key,))] = key

@@ -295,6 +295,12 @@ class Store:
                 [(record.key, sid, kind, path) for sid, kind, path in record.audio],
             )
 
+    def labels(self) -> dict[str, tuple[str, str, str, str]]:
+        """Every stored cell's (dataset, model, defense, attack) labels by key, without
+        loading samples or metrics."""
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in self.conn.execute(
+            "SELECT key, dataset, model, defense, attack FROM cells")}
+
     def cells(self, keys: list[str] | None = None) -> list[CellRecord]:
         """Cell records (with samples and metrics), in ``keys`` order when given."""
         rows = self.conn.execute(
