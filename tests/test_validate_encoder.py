@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import torch
+from toyplugins import ToyFrames
 
 from musicbench import hookimpl
-from musicbench.interfaces import Encoder
 from musicbench.plugins import PluginSystem
 from musicbench.validate import validate_plugin
 
 
-class FrameEnergy(Encoder):
+class FrameEnergy(ToyFrames):
     """Log energy and zero-crossing rate of 400-sample frames: ``[B, frames, 2]``."""
 
-    dim = 2
-
-    def load(self, ctx) -> None:  # noqa: ANN001
-        pass
-
-    def embed(self, audio: torch.Tensor) -> torch.Tensor:
-        frames = audio[:, : audio.shape[1] // 400 * 400].unflatten(1, (-1, 400))
-        energy = frames.square().mean(-1).add(1e-8).log()
-        zcr = (frames[..., 1:].sign() != frames[..., :-1].sign()).float().mean(-1)
-        return torch.stack([energy, zcr], -1)
+    frame = 400
 
 
 class BatchMixing(FrameEnergy):

@@ -146,16 +146,18 @@ class OutOfRange(Attack):
 
 
 class ToyFrames(Encoder):
-    """Log energy and zero-crossing rate of 200-sample frames: ``[B, frames, 2]`` (FAD in
-    harness tests without musicnn)."""
+    """Log energy and zero-crossing rate of ``frame``-sample frames: ``[B, frames, 2]`` (FAD
+    in harness tests without musicnn)."""
 
     dim = 2
+    frame = 200
 
     def load(self, ctx: Context) -> None:
         pass
 
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
-        frames = audio[:, : audio.shape[1] // 200 * 200].unflatten(1, (-1, 200))
+        n = self.frame
+        frames = audio[:, : audio.shape[1] // n * n].unflatten(1, (-1, n))
         energy = frames.square().mean(-1).add(1e-8).log()
         zcr = (frames[..., 1:].sign() != frames[..., :-1].sign()).float().mean(-1)
         return torch.stack([energy, zcr], -1)
