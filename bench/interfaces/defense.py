@@ -1,10 +1,16 @@
-"""Defense interfaces: input preprocessors and training-time defenses."""
+"""Defense interfaces: input preprocessors and training-time defenses (DESIGN.md section 4).
+
+A defense never decides how it is attacked: the harness reads the flags of a
+:class:`Preprocessor` (and checks them by measurement) and attacks it adaptively -- EOT for
+randomized defenses, BPDA through :meth:`Preprocessor.surrogate` for non-differentiable ones.
+"""
 
 from __future__ import annotations
 
 import abc
 from typing import TYPE_CHECKING, ClassVar, Literal
 
+from musicbench.errors import ConfigError
 from musicbench.interfaces.component import Component
 
 if TYPE_CHECKING:
@@ -24,20 +30,61 @@ class Defense(Component, abc.ABC):
 class Preprocessor(Defense):
     """Transforms the input before the model: ``forward(audio[B, T], generator) -> [B, T]``.
 
-    ``randomized`` defenses are attacked with EOT (gradients averaged over draws);
-    non-``differentiable`` ones with BPDA through :meth:`surrogate`.
+    Life cycle (the harness drives it): ``bind(sample_rate)`` with the rate of the model the
+    defense sits in front of (at planning time, so a bad parameter such as a cutoff above
+    Nyquist exits before any work), then ``load(ctx)`` (weights, device), then ``forward``
+    calls.
+
+    Flags, each checked by the harness by measurement (a mismatch is an error in ``musicbench
+    validate`` and a flag on the cell; the harness attacks what it measured, never less):
+
+    - ``randomized``: two calls on the same input may differ (they draw from ``generator``).
+      Attacked with EOT: every gradient call averages ``eot_samples`` draws; success is judged
+      over ``eval_draws`` draws.
+    - ``differentiable``: ``forward`` has useful input gradients (an output detached from its
+      input, or a zero gradient almost everywhere -- rounding -- is *not* differentiable).
+      Non-differentiable defenses are attacked with BPDA: forward through ``forward``, backward
+      through :meth:`surrogate`.
+
+    ``forward`` must not modify its input, returns the same shape, finite, in [-1, 1], and takes
+    randomness only from ``generator`` (on the audio's device). The harness checks the output
+    and fails the cell on a violation.
     """
 
     kind: ClassVar[Literal["preprocessor", "training"]] = "preprocessor"
     randomized: ClassVar[bool] = False
     differentiable: ClassVar[bool] = True
+    native_sample_rate: ClassVar[int | None] = None
+    """The one rate the defense works at (a learned denoiser trained at 16 kHz), or None: any
+    rate, told by :meth:`bind`."""
+
+    sample_rate: int | None = None
+    """The rate of the audio this instance processes; set by :meth:`bind`."""
+
+    def bind(self, sample_rate: int) -> None:
+        """Fix the rate of the audio this instance will see (the model's). Overrides check
+        rate-dependent parameters here and raise :class:`ConfigError` naming the key (call
+        ``super().bind(sample_rate)`` first)."""
+        native = self.native_sample_rate
+        if native is not None and native != sample_rate:
+            raise ConfigError(
+                f"defense '{self.name}' works at {native} Hz but the model behind it expects "
+                f"{sample_rate} Hz; use it with a {native} Hz model"
+            )
+        self.sample_rate = int(sample_rate)
+
+    def load(self, ctx: Context) -> None:
+        """Load weights (training them on first use when ``ctx.allow_training``) and move
+        them to ``ctx.device``. Called after :meth:`bind`. Default: nothing to load."""
 
     @abc.abstractmethod
     def forward(self, audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The defended input, same shape, in [-1, 1]."""
+        """``audio[B, T]`` in [-1, 1] -> the defended ``[B, T]``, in [-1, 1]."""
 
     def surrogate(self, audio: torch.Tensor) -> torch.Tensor:
-        """A differentiable stand-in for BPDA; the identity unless a defense knows better."""
+        """A differentiable stand-in for BPDA (Athalye et al. 2018): ``[B, T] -> [B, T]``
+        close to :meth:`forward` in value, with useful gradients. The identity unless a
+        defense knows better (a soft-mask for a hard mask, a smooth rounding)."""
         return audio
 
 
