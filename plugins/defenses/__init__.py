@@ -7,3 +7,18 @@ from musicbench import hookimpl
 def register_defenses(register):
     register("none", "musicbench_plugins.defenses.none:NoDefense",
              summary="no defense: the model as it is")
+    register("lowpass", "musicbench_plugins.defenses.lowpass:LowPass",
+             summary="windowed-sinc low-pass filter (Rajaratnam et al. 2018)")
+    register("resample", "musicbench_plugins.defenses.resample:Resample",
+             summary="down-sample and up-sample, optionally at a random rate (Yang et al. "
+                     "2019)")
+    register("quantize", "musicbench_plugins.defenses.quantize:Quantize",
+             summary="bit-depth reduction, BPDA through the identity (Yang et al. 2019)")
+    register("mp3", "musicbench_plugins.defenses.mp3:MP3",
+             summary="MP3 encode/decode, BPDA through a low-pass (Das et al. 2018)")
+    register("noise", "musicbench_plugins.defenses.noise:GaussianNoise",
+             summary="additive Gaussian noise, randomized smoothing's input (Cohen et al. 2019)")
+    register("time-shift", "musicbench_plugins.defenses.time_shift:TimeShift",
+             summary="random circular or cropping time shift (after Xie et al. 2018)")
+    register("denoise-spectral", "musicbench_plugins.defenses.denoise_spectral:SpectralGate",
+             summary="spectral gating above a per-frequency noise floor (Sainburg et al. 2020)")
