@@ -1,8 +1,8 @@
 """Parameter checks shared by the built-in preprocessing defenses.
 
-``Params.__post_init__`` raises ``ValueError`` (the harness turns it into a config error naming
-the table); checks that need the sample rate run in ``bind`` and raise :class:`ConfigError`
-naming the table and key.
+``Params.__post_init__`` raises ``ValueError`` (``TypeError`` for a wrong type; the harness
+turns either into a config error naming the table); checks that need the sample rate run in
+``bind`` and raise :class:`ConfigError` naming the table and key.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from musicbench.api import ConfigError, Preprocessor
 
 def check_number(name: str, value: float, *, above: float | None = None,
                  at_least: float | None = None, at_most: float | None = None) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite real number within the given bounds."""
+    """Raise ``ValueError`` unless ``value`` is a finite real number within the given bounds
+    (``TypeError`` when it is not a number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise TypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if above is not None and not value > above:

@@ -37,7 +37,7 @@ class QuantizeParams:
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int):
-            raise ValueError(f"bits must be an integer, got {self.bits!r}")
+            raise TypeError(f"bits must be an integer, got {self.bits!r}")
         if not 2 <= self.bits <= 16:
             raise ValueError(f"bits must be between 2 and 16, got {self.bits}")
 
