@@ -58,12 +58,37 @@ class CellRun:
     fad_encoder: str
     metrics: tuple[str, ...]
     pseudo_labels: bool = False
+    # How the harness attacks and judges the cell's defense (DESIGN.md section 6), as the
+    # planner decided from the defense's measured behaviour: EOT draws per gradient or score
+    # call, BPDA through the surrogate, draws success is judged over, and whether the attack
+    # was meant to be adaptive at all. The defaults are "nothing to adapt to".
+    eot_samples: int = 1
+    eval_draws: int = 1
+    bpda: bool = False
+    adaptive: bool = True
 
     def key_data(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("keep_audio")
         data["metrics"] = list(self.metrics)
+        # Settings at their no-op value stay out of the key, so cells of deterministic,
+        # differentiable defenses keep the keys they had before these settings existed.
+        for name, noop in _EVALUATION_NOOPS.items():
+            if data[name] == noop:
+                data.pop(name)
         return data
+
+    @property
+    def adaptive_label(self) -> str:
+        """What the leaderboard's ``adaptive`` column says: ``eot``, ``bpda``, ``eot+bpda``,
+        ``none`` (nothing to adapt to) or ``non-adaptive``."""
+        if not self.adaptive:
+            return "non-adaptive"
+        used = [n for n, on in (("eot", self.eot_samples > 1), ("bpda", self.bpda)) if on]
+        return "+".join(used) or "none"
+
+
+_EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True}
 
 
 @dataclass(frozen=True)
@@ -99,8 +124,21 @@ class CellSpec:
         independent of cell order and of labels."""
         parts = [self.run.seed] + [[getattr(self, k).name, getattr(self, k).params]
                                    for k in CELL_KINDS]
-        blob = json.dumps(parts, sort_keys=True).encode()
-        return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
+        return derive_seed(json.dumps(parts, sort_keys=True))
+
+    @property
+    def row_seed(self) -> int:
+        """The seed of the cell's row, (dataset, model, defense), shared by every attack on it:
+        clean scoring under a randomized defense draws from it, so clean accuracy is the same
+        in every cell of the row."""
+        parts = [self.run.seed] + [[getattr(self, k).name, getattr(self, k).params]
+                                   for k in CELL_KINDS[:3]]
+        return derive_seed(json.dumps(parts, sort_keys=True))
+
+    def stream(self, name: str) -> int:
+        """An independent seed for one random stream of the cell (``"attack"``, ``"defense"``,
+        ``"judge"``): the defense's draws must not share a stream with the attack's."""
+        return derive_seed(f"{self.seed}:{name}")
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
@@ -129,6 +167,11 @@ class CellSpec:
         )
 
 
+def derive_seed(text: str) -> int:
+    """A 63-bit seed from ``text`` (SHA-256), for independent, order-free random streams."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
 @dataclass
 class CellInfo:
     """What the runner learnt about a cell besides its figures.
@@ -136,8 +179,9 @@ class CellInfo:
     ``n``: clips drawn; ``n_attacked``: the clean-correct ones the attack ran on;
     ``n_success``: those it fooled (the count LSD/SNR are averaged over); ``set_metrics``: per
     set-level metric, the clips it stands on, why it is NaN (``note``) and the encoder it used
-    (``{"fad": {"n": 41, "note": None, "encoder": "musicnn"}}``); ``adaptive``: ``none``, ``eot``, ``bpda`` or
-    ``eot+bpda``; ``flags``: warnings the runner raised (the leaderboard adds its own).
+    (``{"fad": {"n": 41, "note": None, "encoder": "musicnn"}}``); ``adaptive``: ``none``,
+    ``eot``, ``bpda``, ``eot+bpda`` or ``non-adaptive`` (:attr:`CellRun.adaptive_label`);
+    ``flags``: warnings the runner raised (the leaderboard adds its own).
     """
 
     n: int = 0
@@ -154,6 +198,13 @@ class CellInfo:
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     load_average: list[float] | None = None
     cpus: int | None = None
+    # Defenses (DESIGN.md section 6): the defense's declared and measured flags
+    # (:class:`musicbench.defense_checks.DefenseBehaviour` as a dict, preprocessors only); the
+    # undefended model's clean accuracy on the same clips (what the defense costs); the median
+    # input-gradient norm at clean clips through the defended model (white-box cells).
+    defense_behaviour: dict[str, Any] | None = None
+    clean_accuracy_undefended: float | None = None
+    input_gradient_median: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -248,13 +248,17 @@ def validate(
         typer.Option("--param", "-p", help="KEY=VALUE plugin parameter (TOML value), repeatable"),
     ] = None,
     device: DeviceOpt = None,
+    sample_rate: Annotated[
+        int, typer.Option("--sample-rate", min=1000, max=384_000,
+                          help="defenses: the model rate to bind to")] = 16_000,
 ) -> None:
-    """Run the conformance checks for one plugin (shapes, dtypes, determinism, budgets)."""
+    """Run the conformance checks for one plugin (shapes, dtypes, determinism, budgets; a
+    defense's declared randomized/differentiable flags against measurement)."""
     from musicbench.validate import parse_params, validate_plugin
 
     try:
         report = validate_plugin(name, kind=kind, device=device,
-                                 params=parse_params(param or []))
+                                 params=parse_params(param or []), sample_rate=sample_rate)
     except ConfigError as exc:
         _fail_config(exc)
         return

@@ -5,12 +5,11 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import build_params
@@ -38,6 +37,14 @@ class RunSettings:
     # metrics over a cell's clip set (level "set"), each where it applies: FAD needs
     # fad_encoder, mAP/MR1 a retrieval cell
     set_metrics: tuple[str, ...] = ("fad", "map")
+    # Adaptive evaluation of defenses (DESIGN.md section 6), applied by the harness: draws of a
+    # randomized defense averaged in every gradient (and black-box score) call (EOT); draws
+    # over which success against it is judged; adaptive = false only to show what a
+    # non-adaptive evaluation would overstate. [[defenses]] and [[attacks]] entries may
+    # override eot_samples (an attack's wins), [[defenses]] eval_draws, [[attacks]] adaptive.
+    eot_samples: int = 8
+    eval_draws: int = 10
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
         if self.samples < 0 or self.quick_samples < 0:
@@ -50,6 +57,8 @@ class RunSettings:
                 raise ValueError(f"{name} lists a metric twice: {list(values)}")
         if self.keep_audio < 0:
             raise ValueError("keep_audio must be >= 0")
+        check_draws("eot_samples", self.eot_samples)
+        check_draws("eval_draws", self.eval_draws)
         if self.executor != "local":
             raise ValueError(
                 f"executor '{self.executor}' is not available; this version has 'local'"
@@ -76,6 +85,20 @@ class ComponentSpec:
     # models only: evaluate against the model's clean top-1 ("pseudo-label mode") because the
     # dataset's labels are not the model's; an explicit choice, never a side effect of a typo
     pseudo_labels: bool = False
+    # defenses and attacks: per-entry overrides of [run] eot_samples / eval_draws / adaptive
+    eot_samples: int | None = None
+    eval_draws: int | None = None
+    adaptive: bool | None = None
+
+
+MAX_DRAWS = 1000
+
+
+def check_draws(name: str, value: int) -> None:
+    """Draw counts are ints in 1..MAX_DRAWS (an odd eval_draws avoids ties but is not
+    required: a tie counts as not fooled)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DRAWS:
+        raise ValueError(f"{name} must be an int in 1..{MAX_DRAWS}, got {value!r}")
 
 
 @dataclass
@@ -159,8 +182,9 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                 if not isinstance(pseudo, bool):
                     raise ConfigError(f"expected true or false, got {pseudo!r}",
                                       table=f"{table}.{label}", key="pseudo_labels")
+            draws = _evaluation_keys(kind, entry, f"{table}.{label}")
             specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label,
-                                       samples, attacks, pseudo))
+                                       samples, attacks, pseudo, **draws))
         labels = [s.label for s in specs]
         for lab in labels:
             if labels.count(lab) > 1:
@@ -187,6 +211,30 @@ def _model_run_keys(entry: dict[str, Any], table: str) -> tuple[int | None, tupl
                               key="attacks")
         attacks = tuple(attacks)
     return samples, attacks
+
+
+_EVALUATION_KEYS = {"defense": ("eot_samples", "eval_draws"),
+                    "attack": ("eot_samples", "adaptive")}
+
+
+def _evaluation_keys(kind: str, entry: dict[str, Any], table: str) -> dict[str, Any]:
+    """Pop the harness's adaptive-evaluation overrides of a defense or attack entry (they are
+    run settings, not plugin parameters, so no plugin may define a parameter of that name)."""
+    out: dict[str, Any] = {}
+    for key in _EVALUATION_KEYS.get(kind, ()):
+        if key not in entry:
+            continue
+        value = entry.pop(key)
+        if key == "adaptive":
+            if not isinstance(value, bool):
+                raise ConfigError(f"expected true or false, got {value!r}", table=table, key=key)
+        else:
+            try:
+                check_draws(key, value)
+            except ValueError as exc:
+                raise ConfigError(str(exc), table=table, key=key) from None
+        out[key] = value
+    return out
 
 
 def _check_model_attacks(components: dict[str, list[ComponentSpec]]) -> None:

@@ -25,6 +25,7 @@ class ConfigError(MusicbenchError):
     def __init__(self, message: str, *, table: str | None = None, key: str | None = None):
         self.table = table
         self.key = key
+        self.message = message
         where = ""
         if table is not None:
             where = f"[{table}]" + (f" key '{key}'" if key is not None else "") + ": "
@@ -46,6 +47,10 @@ class PluginLoadError(MusicbenchError):
 class AttackContractError(MusicbenchError):
     """An attack returned audio that breaks the Attack contract (shape, range, bound,
     finiteness)."""
+
+
+class DefenseContractError(MusicbenchError):
+    """A defense returned audio that breaks the Preprocessor contract (shape, NaN, range)."""
 
 
 class GradientRefusedError(MusicbenchError):

@@ -25,7 +25,8 @@ JSON_FIELDS = (
     "dataset", "model", "defense", "attack", "status", "threat", "threat_model", "n",
     "n_attacked", "n_success", "clean_accuracy", "clean_accuracy_ci", "asr", "asr_ci",
     "robust_accuracy", "robust_accuracy_ci", "lsd", "snr_db", "metrics", "fad", "fad_encoder",
-    "fad_clips", "mean_queries", "seconds_per_clip", "adaptive", "flags", "error", "map_clean",
+    "fad_clips", "mean_queries", "seconds_per_clip", "adaptive", "eot_samples", "eval_draws",
+    "clean_accuracy_undefended", "input_gradient_median", "flags", "error", "map_clean",
     "map_adv", "mr1_clean", "mr1_adv", "revision", "key",
 )
 """Field names scripts rely on; change only with a version bump (additions are compatible)."""
@@ -52,7 +53,6 @@ METRIC_COLUMNS = {"lsd": "lsd", "snr": "snr_db"}
 
 METRIC_TITLES = {"lsd": "LSD", "snr": "SNR dB", "linf": "L∞", "l2": "L2"}
 
-UNDEFENDED = "none"
 """The defense label a defended row is compared with for the clean-accuracy cost flag."""
 
 
@@ -105,6 +105,9 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "fad_clips": fad_meta.get("n"),
         "mean_queries": val("mean_queries"), "seconds_per_clip": val("seconds_per_clip"),
         "adaptive": info.adaptive if ok else None,
+        "eot_samples": record.spec.run.eot_samples, "eval_draws": record.spec.run.eval_draws,
+        "clean_accuracy_undefended": info.clean_accuracy_undefended if ok else None,
+        "input_gradient_median": info.input_gradient_median if ok else None,
         "flags": flags,
         "error": record.error,
         "map_clean": val("map_clean"), "map_adv": val("map_adv"),
@@ -229,15 +232,12 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
         if load and cpus and max(load) > LOADED * cpus:
             row["flags"].append(f"timed on a loaded machine (load average {max(load):.1f} on "
                                 f"{cpus} CPUs): s/clip is inflated")
-    undefended = {(r["dataset"], r["model"]): r["clean_accuracy"] for r in rows
-                  if r["defense"] == UNDEFENDED and r["clean_accuracy"] is not None}
-    for r in rows:
-        base = undefended.get((r["dataset"], r["model"]))
-        if r["defense"] != UNDEFENDED and base is not None and r["clean_accuracy"] is not None:
-            if base - r["clean_accuracy"] > DEFENSE_COST_POINTS:
-                r["flags"].append(
-                    f"defense costs {100 * (base - r['clean_accuracy']):.1f} points of clean "
-                    "accuracy")
+    for rec, row in zip(records, rows, strict=True):
+        # The runner scored the same clips without the defense: no defense is told by name.
+        base, clean = rec.info.clean_accuracy_undefended, row["clean_accuracy"]
+        if base is not None and clean is not None and base - clean > DEFENSE_COST_POINTS:
+            row["flags"].append(f"defense costs {100 * (base - clean):.1f} points of clean "
+                                f"accuracy ({100 * base:.1f}% undefended)")
 
 
 def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
@@ -251,7 +251,8 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
             continue
         others = json.dumps({k: v for k, v in r.spec.attack.params.items() if k != "eps"},
                             sort_keys=True)
-        series[(*r.names[:3], r.spec.attack.name, tm.norm, others)].append(i)
+        series[(*r.names[:3], r.spec.attack.name, tm.norm, others,
+                r.spec.run.adaptive_label)].append(i)
     for idxs in series.values():
         idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
         for a, b in zip(idxs, idxs[1:], strict=False):

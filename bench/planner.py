@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import musicbench
 from musicbench.cells import CellRun, CellSpec, ComponentRef
 from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig, RunSettings, model_samples
+from musicbench.defense_checks import DefenseBehaviour, measure
 from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
@@ -170,7 +171,9 @@ def plan_cells(
         if model.spec.label not in models:
             models[model.spec.label] = model.ref(weights=loaded.weights_digest())
         _check_labels(model, loaded, datasets[ds.spec.label])
-    defenses = [(d, d.ref()) for d in resolved["defense"]]
+    rates = {model.spec.label: ws.model(model.name, model.params_dict()).sample_rate
+             for _, model in pairs}
+    defenses = [_plan_defense(d, ws, sorted(set(rates.values()))) for d in resolved["defense"]]
     attacks = []
     for attack in resolved["attack"]:
         made = ws.make("attack", attack.name, attack.params_dict())
@@ -179,20 +182,71 @@ def plan_cells(
                         made.threat_model()))
     specs = []
     for ds, model in pairs:
-        run = CellRun(seed=settings.seed,
-                      samples=model_samples(model.spec, settings, quick=quick),
-                      batch_size=settings.batch_size, keep_audio=settings.keep_audio,
-                      fad_encoder=settings.fad_encoder,
-                      metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
-                      pseudo_labels=model.spec.pseudo_labels)
         ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
-        for defense, defense_ref in defenses:
+        for defense in defenses:
+            behaviour = defense.behaviour.get(rates[model.spec.label])
             for attack, attack_ref, threat, threat_model in attacks:
                 if model.spec.attacks is not None and attack.spec.label not in model.spec.attacks:
                     continue
-                specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref, attack_ref,
-                                      run, threat, threat_model, harness_version()))
+                run = CellRun(seed=settings.seed,
+                              samples=model_samples(model.spec, settings, quick=quick),
+                              batch_size=settings.batch_size, keep_audio=settings.keep_audio,
+                              fad_encoder=settings.fad_encoder,
+                              metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
+                              pseudo_labels=model.spec.pseudo_labels,
+                              **evaluation(settings, defense.resolved.spec, attack.spec, threat,
+                                           behaviour))
+                specs.append(CellSpec(ds_ref, models[model.spec.label], defense.ref,
+                                      attack_ref, run, threat, threat_model, harness_version()))
     return Plan(specs, meta)
+
+
+@dataclass
+class _PlannedDefense:
+    resolved: Resolved
+    ref: ComponentRef
+    behaviour: dict[int, DefenseBehaviour]  # by sample rate; empty for training defenses
+
+
+def _plan_defense(defense: Resolved, ws: Workspace, rates: list[int]) -> _PlannedDefense:
+    """Bind and load a defense at every model rate of the run (a parameter the rate makes
+    impossible, such as a cutoff above Nyquist, is a config error now, before any work) and
+    measure how it behaves there."""
+    behaviour: dict[int, DefenseBehaviour] = {}
+    made = None
+    for rate in rates:
+        try:
+            made = ws.defense(defense.name, defense.params_dict(), rate)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, table=defense.spec.table, key=exc.key) from None
+        if made.kind == "preprocessor":
+            try:
+                behaviour[rate] = measure(made, rate, ws.device)
+            except Exception:  # noqa: BLE001 - a broken defense costs its cells, not the run:
+                pass  # the runner measures again and fails each cell with the error
+    weights = made.weights_digest() if made is not None else None
+    return _PlannedDefense(defense, defense.ref(weights=weights), behaviour)
+
+
+def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentSpec,
+               threat: str, behaviour: DefenseBehaviour | None) -> dict[str, Any]:
+    """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6):
+    EOT draws and ``eval_draws`` where the defense is randomized (declared or measured),
+    BPDA where it lacks useful gradients and the attack uses gradients; ``adaptive = false``
+    (attack entry, else ``[run]``) turns EOT and BPDA off but never the judgement over draws.
+    Overrides: an attack entry's ``eot_samples`` wins over the defense entry's, which wins
+    over ``[run]``."""
+    adaptive = settings.adaptive if attack.adaptive is None else attack.adaptive
+    if behaviour is None:  # a training defense (a model like any other), or a broken one
+        return {"adaptive": adaptive}
+    randomized = behaviour.attack_randomized
+    eot = attack.eot_samples or defense.eot_samples or settings.eot_samples
+    return {
+        "eot_samples": eot if randomized and adaptive else 1,
+        "eval_draws": (defense.eval_draws or settings.eval_draws) if randomized else 1,
+        "bpda": adaptive and threat == "white-box" and behaviour.attack_with_bpda,
+        "adaptive": adaptive,
+    }
 
 
 def harness_version() -> str:

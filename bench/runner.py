@@ -6,6 +6,8 @@ plugins and the cache, so the local and distributed executors produce the same r
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -17,14 +19,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicbench.cells import CellInfo, CellSpec, ComponentRef
+from musicbench.cells import CellInfo, CellSpec, ComponentRef, derive_seed
+from musicbench.defense_checks import measure
 from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Attack, CellAudio, Example, Preprocessor, TargetModel
 from musicbench.memory import PeakMemory
 from musicbench.metrics import bootstrap_ci, classification_summary
 from musicbench.store import CellRecord, MetricValue, SampleRecord
-from musicbench.victim import ReferenceSet, Scorer, Victim, judge, margin_from_logits
+from musicbench.victim import ReferenceSet, Scorer, Victim, begin_batch, margin_from_logits
 from musicbench.workspace import Workspace
+
+VANISHING_GRADIENT_NORM = 1e-9
+"""Median input-gradient norm (L2 over the clip, of the summed cross-entropy) at clean clips
+below which a cell is flagged: gradient attacks cannot work there and a high robust accuracy
+says nothing. Undefended built-in models sit orders of magnitude above it (docs/defenses.md)."""
+
+NON_ADAPTIVE_FLAG = ("🔴 non-adaptive: robustness overstated (adaptive = false: no EOT, no "
+                     "BPDA; shown only for contrast)")
 
 
 def now() -> str:
@@ -74,6 +85,10 @@ def load_average() -> float | None:
         return None
 
 
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -88,6 +103,20 @@ class _CellData:
     targets: torch.Tensor
     references: ReferenceSet | None = None
     pseudo_labels: bool = False
+    # retrieval: the references as the undefended model embeds them (clean accuracy without
+    # the defense, for the "defense costs clean accuracy" flag)
+    undefended_references: ReferenceSet | None = None
+
+
+@dataclass
+class _CleanVerdict:
+    """The harness's judgement of a cell's clean clips, identical in every cell of the row:
+    ``targets[N]`` (pseudo-labels resolved), the defended model's most frequent top-1
+    ``prediction[N]`` and the fraction of eval draws it was wrong, ``wrong_fraction[N]``."""
+
+    targets: torch.Tensor
+    prediction: torch.Tensor
+    wrong_fraction: torch.Tensor
 
 
 @dataclass
@@ -109,12 +138,18 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     _same("dataset", spec.dataset, dataset.fingerprint(), spec.dataset.fingerprint)
     model: TargetModel = ws.model(spec.model.name, spec.model.params)
     _same("model", spec.model, model.weights_digest(), spec.model.weights)
-    defense = ws.make("defense", spec.defense.name, spec.defense.params)
+    undefended = model
+    defense = ws.defense(spec.defense.name, spec.defense.params, model.sample_rate)
+    _same("defense", spec.defense, defense.weights_digest(), spec.defense.weights)
     preprocessor: Preprocessor | None = None
+    info = record.info
     if defense.kind == "training":
         model = ws.defended_model(defense, model, dataset)
     else:
         preprocessor = defense
+        behaviour = measure(preprocessor, model.sample_rate, device)
+        info.defense_behaviour = dataclasses.asdict(behaviour)
+        info.flags += behaviour.mismatches()
     if dataset.sample_rate != model.sample_rate:
         raise MusicbenchError(
             f"dataset '{dataset.name}' is at {dataset.sample_rate} Hz but model "
@@ -124,37 +159,54 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     attack.prepare(ws.ctx)
     _same("attack", spec.attack, attack.weights_digest(), spec.attack.weights)
     black_box = attack.threat == "black-box"
-    common = dict(
-        defense=preprocessor,
-        eot_samples=getattr(attack.params, "eot_samples", 1),
-        generator=torch.Generator(device=device).manual_seed(spec.seed),
-    )
     run = spec.run
     if model.task == "retrieval":
-        data = _retrieval_data(dataset, model, common, device, run.samples, run.seed,
-                               run.batch_size)
+        data = _retrieval_data(dataset, model, undefended, preprocessor, ws, spec)
     else:
         data = _classification_data(dataset, model, run.samples, run.seed, run.pseudo_labels)
+    clean = _judge_clean(spec, data, model, undefended, preprocessor, device, info)
+    # Three independent streams: the attack's, the defense's draws while attacked, and the
+    # defense's draws when the harness judges the result.
     victim = Victim(model, allow_gradients=not black_box,
                     budget=getattr(attack.params, "budget", None) if black_box else None,
-                    references=data.references, **common)
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
+                    references=data.references, defense=preprocessor,
+                    eot_samples=run.eot_samples, bpda=run.bpda,
+                    generator=_generator(device, spec.stream("defense")))
+    judge = Scorer(model, references=data.references, defense=preprocessor,
+                   generator=_generator(device, spec.stream("judge")))
+    probe = None if black_box else Victim(
+        model, references=data.references, defense=preprocessor, eot_samples=run.eot_samples,
+        bpda=run.bpda, generator=_generator(device, spec.stream("probe")))
+    generator = _generator(device, spec.seed)
     metrics = [ws.make("metric", name) for name in run.metrics]
     sample_metrics = [m for m in metrics if m.level == "sample"]
     set_metrics = [m for m in metrics if m.level == "set"]
     out = _Collected()
     label = " / ".join((spec.model.label, spec.attack.label))
     examples = data.examples
+    gradient_norms: list[torch.Tensor] = []
     with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
         for start in range(0, len(examples), run.batch_size):
-            batch = _Batch(examples[start : start + run.batch_size],
-                           data.targets[start : start + run.batch_size], start)
-            _run_batch(batch, victim, attack, generator, sample_metrics, dataset.sample_rate,
-                       run.keep_audio, record, out, device, data.pseudo_labels)
+            rows = slice(start, start + run.batch_size)
+            batch = _Batch(examples[rows], clean.targets[rows], start, clean.prediction[rows],
+                           clean.wrong_fraction[rows])
+            if probe is not None:
+                gradient_norms.append(_input_gradient_norms(batch, probe, device))
+            _run_batch(batch, victim, judge, run.eval_draws, attack, generator, sample_metrics,
+                       dataset.sample_rate, run.keep_audio, record, out, device)
             bar.advance(len(batch.examples))
+    if gradient_norms:
+        norms = torch.cat(gradient_norms)
+        if norms.numel():
+            info.input_gradient_median = float(norms.median())
+            if info.input_gradient_median < VANISHING_GRADIENT_NORM:
+                info.flags.append(
+                    f"vanishing gradients: median input-gradient norm "
+                    f"{info.input_gradient_median:.2e} at clean clips through the "
+                    f"{'defended ' if preprocessor is not None else ''}model "
+                    f"(< {VANISHING_GRADIENT_NORM:g}): gradient attacks are blind here")
     record.samples = out.samples
     record.attack_seconds = round(out.attack_seconds, 4)
-    info = record.info
     record.metrics = _cell_metrics(out.samples, [m.name for m in sample_metrics],
                                    record.attack_seconds, data.pseudo_labels, info)
     cell_audio = CellAudio(
@@ -163,7 +215,7 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
         clean=_cat(out.clean), adv=_cat(out.adv), attacked=_cat(out.attacked),
         success=_cat(out.success), targets=_cat(out.targets), fad_encoder=run.fad_encoder,
         model_network=model.network, references=data.references,
-        embed=(lambda audio: judge(victim).embed(audio.to(device))) if data.references else None,
+        embed=(lambda audio: judge.embed(audio.to(device))) if data.references else None,
     )
     for metric in set_metrics:
         if not metric.applies(cell_audio):
@@ -174,12 +226,13 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
         info.set_metrics[metric.name] = {"n": result.n, "note": result.note,
                                          "encoder": result.encoder}
         info.flags += result.flags
-    adaptive = [name for name, used in (("eot", victim.used_eot), ("bpda", victim.used_bpda))
-                if used]
     info.task = model.task
-    info.adaptive = "+".join(adaptive) if adaptive else "none"
+    info.adaptive = run.adaptive_label
+    if not run.adaptive:
+        info.flags.insert(0, NON_ADAPTIVE_FLAG)
     if data.pseudo_labels:
-        info.flags.insert(0, "pseudo-label mode: y = the model's clean top-1")
+        info.flags.insert(0, "pseudo-label mode: y = the undefended model's clean top-1; "
+                             "clean accuracy = agreement with it")
     info.pseudo_labels = data.pseudo_labels
     info.labels = list(model.labels) if model.task == "classification" else []
     info.sample_rate = dataset.sample_rate
@@ -230,30 +283,85 @@ def _classification_data(
 def _retrieval_data(
     dataset: Any,
     model: TargetModel,
-    common: dict[str, Any],
-    device: torch.device,
-    samples: int,
-    seed: int,
-    batch_size: int,
+    undefended: TargetModel,
+    defense: Preprocessor | None,
+    ws: Workspace,
+    spec: CellSpec,
 ) -> _CellData:
-    """Queries drawn from the test split, every reference of the split embedded once."""
+    """Queries drawn from the test split; every reference of the split embedded once through
+    the defended model (the defense's draws from the row's stream, so every cell of the row
+    matches against the same references) and once through the undefended one."""
     if dataset.task != "retrieval":
         raise MusicbenchError(f"retrieval model '{model.name}' needs a retrieval dataset; "
                               f"'{dataset.name}' is {dataset.task}")
+    run, device = spec.run, ws.device
     refs = list(dataset.references("test"))
-    queries = select_examples(dataset.queries("test"), samples, seed)
+    queries = select_examples(dataset.queries("test"), run.samples, run.seed)
     works = sorted({e.work_id for e in refs})
     work_index = {w: i for i, w in enumerate(works)}
     missing = sorted({e.work_id for e in queries} - set(work_index))
     if missing:
         raise MusicbenchError(f"dataset '{dataset.name}': queries of works without a reference "
                               f"in the test split: {missing[:5]}")
-    embedder = Scorer(model, defense=common["defense"], generator=common["generator"])
-    emb = torch.cat([embedder.embed(_stack(refs[i : i + batch_size]).to(device))
-                     for i in range(0, len(refs), batch_size)])
     ref_works = torch.tensor([work_index[e.work_id] for e in refs], device=device)
+
+    def embed(scorer: Scorer) -> ReferenceSet:
+        emb = torch.cat([scorer.embed(_stack(refs[i : i + run.batch_size]).to(device))
+                         for i in range(0, len(refs), run.batch_size)])
+        return ReferenceSet(emb, ref_works, len(works))
+
+    defended = embed(Scorer(model, defense=defense,
+                            generator=_generator(device, derive_seed(f"{spec.row_seed}:refs"))))
+    plain = ws.memo(("undefended-references", spec.dataset.fingerprint or "", spec.model.name,
+                     spec.model.weights or "", json.dumps(spec.model.params, sort_keys=True),
+                     str(run.batch_size)),
+                    lambda: embed(Scorer(undefended)))
     targets = torch.tensor([work_index[e.work_id] for e in queries], dtype=torch.long)
-    return _CellData(queries, targets, ReferenceSet(emb, ref_works, len(works)))
+    return _CellData(queries, targets, defended, undefended_references=plain)
+
+
+def _judge_clean(spec: CellSpec, data: _CellData, model: TargetModel, undefended: TargetModel,
+                 defense: Preprocessor | None, device: torch.device,
+                 info: CellInfo) -> _CleanVerdict:
+    """Score the clean clips once per row: the undefended model (pseudo-labels, and the clean
+    accuracy a defense costs) and the defended one over ``eval_draws`` draws from the row's
+    own stream, so every attack on the row sees the same clean verdicts."""
+    run = spec.run
+    plain = Scorer(undefended, references=data.undefended_references or data.references)
+    defended = Scorer(model, references=data.references, defense=defense,
+                      generator=_generator(device, spec.row_seed))
+    targets, preds, wrong, plain_right = [], [], [], []
+    for start in range(0, len(data.examples), run.batch_size):
+        x = _stack(data.examples[start : start + run.batch_size]).to(device, torch.float32)
+        plain_scores = plain.scores(x)
+        y = (plain_scores.argmax(-1) if data.pseudo_labels
+             else data.targets[start : start + run.batch_size].to(device))
+        plain_right.append(margin_from_logits(plain_scores, y) > 0)
+        verdict = defended.judge(x, y, run.eval_draws)
+        targets.append(y)
+        preds.append(verdict.prediction)
+        wrong.append(verdict.wrong_fraction)
+    if targets:
+        info.clean_accuracy_undefended = float(torch.cat(plain_right).float().mean())
+    return _CleanVerdict(_cat(targets).long(), _cat(preds).long(),
+                         _cat(wrong).to(torch.float64))
+
+
+def _input_gradient_norms(batch: _Batch, probe: Victim, device: torch.device) -> torch.Tensor:
+    """``[b]``: L2 norms of the loss's input gradient at the batch's clean-correct clips, as
+    a gradient attack would get it through the (defended) model (EOT and BPDA as the cell
+    applies them). Measured on a separate victim, so the attack's counters never see it."""
+    correct = batch.clean_wrong <= 0.5
+    if not bool(correct.any()):
+        return torch.zeros(0)
+    x = _stack([e for e, c in zip(batch.examples, correct.tolist(), strict=True)
+                if c])
+    x = x.to(device, torch.float32).requires_grad_(True)
+    begin_batch(probe, x.shape[0])
+    with torch.enable_grad():
+        loss = probe.loss(x, batch.targets[correct].to(device)).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.flatten(1).norm(dim=1).cpu()
 
 
 def _stack(examples: list[Example]) -> torch.Tensor:
@@ -268,13 +376,17 @@ def _stack(examples: list[Example]) -> torch.Tensor:
 @dataclass
 class _Batch:
     examples: list[Example]
-    targets: torch.Tensor
+    targets: torch.Tensor  # [b] labels or works (pseudo-labels resolved)
     start: int
+    clean_pred: torch.Tensor  # [b] the defended model's clean top-1 (most frequent draw)
+    clean_wrong: torch.Tensor  # [b] fraction of eval draws the clean clip was wrong on
 
 
 def _run_batch(
     batch: _Batch,
     victim: Victim,
+    judge: Scorer,
+    eval_draws: int,
     attack: Attack,
     generator: torch.Generator,
     sample_metrics: list[Any],
@@ -283,19 +395,18 @@ def _run_batch(
     record: CellRecord,
     out: _Collected,
     device: torch.device,
-    pseudo_labels: bool,
 ) -> None:
-    """Score one batch clean, attack its clean-correct clips, append their sample records."""
+    """Attack the batch's clean-correct clips, judge the result over ``eval_draws`` draws of
+    the defense, append the sample records."""
     n = len(batch.examples)
     x = _stack(batch.examples).to(device=device, dtype=torch.float32)
-    scorer = judge(victim)
-    scores = scorer.scores(x)
-    clean_pred = scores.argmax(-1)
-    y = clean_pred.clone() if pseudo_labels else batch.targets.to(device)
-    correct = margin_from_logits(scores, y) > 0  # pseudo-labels: right unless tied
+    y = batch.targets.to(device)
+    clean_pred = batch.clean_pred.to(device)
+    correct = (batch.clean_wrong <= 0.5).to(device)  # not fooled on clean: see Judgement
     idx = correct.nonzero().squeeze(1)
     adv_pred = clean_pred.clone()
     success = torch.zeros_like(correct)
+    adv_wrong = torch.full((n,), math.nan, dtype=torch.float64)
     queries = torch.zeros(n, dtype=torch.long, device=device)
     steps = torch.zeros(n, dtype=torch.long, device=device)
     per_sample: dict[str, torch.Tensor] = {}
@@ -307,9 +418,11 @@ def _run_batch(
         result = attack(victim, xa, ya, generator=generator)
         _sync(device)
         out.attack_seconds += time.perf_counter() - t
+        verdict = judge.judge(result.adv, ya, eval_draws)
         adv_all[idx] = result.adv
-        adv_pred[idx] = scorer.predict(result.adv)
-        success[idx] = result.success
+        adv_pred[idx] = verdict.prediction
+        success[idx] = verdict.fooled
+        adv_wrong[idx.cpu()] = verdict.wrong_fraction.cpu()
         queries[idx] = result.queries.to(device)
         steps[idx] = result.steps.to(device)
         for metric in sample_metrics:
@@ -317,7 +430,7 @@ def _run_batch(
             values[idx] = metric.compute(xa, result.adv, sample_rate).to(
                 device=device, dtype=torch.float64)
             per_sample[metric.name] = values
-        for row in idx[result.success].tolist():
+        for row in idx[verdict.fooled].tolist():
             if len(record.audio_data) < 2 * keep:
                 sid = batch.examples[row].id
                 record.audio_data[(sid, "clean")] = x[row].cpu().numpy()
@@ -328,6 +441,7 @@ def _run_batch(
     out.success.append(success.cpu())
     out.targets.append(y.cpu())
     cols = {k: v.cpu().tolist() for k, v in per_sample.items()}
+    drawn = eval_draws > 1
     for i, ex in enumerate(batch.examples):
         out.samples.append(SampleRecord(
             sample_id=ex.id, position=batch.start + i, label=int(y[i]),
@@ -335,6 +449,8 @@ def _run_batch(
             attacked=bool(correct[i]), adv_pred=int(adv_pred[i]),
             success=bool(success[i]), queries=int(queries[i]), steps=int(steps[i]),
             metrics={k: float(v[i]) for k, v in cols.items()} if correct[i] else {},
+            clean_wrong=float(batch.clean_wrong[i]) if drawn else None,
+            adv_wrong=float(adv_wrong[i]) if drawn and correct[i] else None,
         ))
 
 
@@ -350,9 +466,8 @@ def _cell_metrics(
     info.n, info.n_attacked, info.n_success = (summary["n"], summary["n_attacked"],
                                                summary["n_success"])
     out = {
-        # In pseudo-label mode the model is right on every clean clip by definition.
-        "clean_accuracy": (MetricValue(math.nan) if pseudo_labels else
-                           MetricValue(summary["clean_accuracy"], summary["clean_accuracy_ci"])),
+        # In pseudo-label mode: agreement with the undefended model's clean top-1.
+        "clean_accuracy": MetricValue(summary["clean_accuracy"], summary["clean_accuracy_ci"]),
         "asr": MetricValue(summary["asr"], summary["asr_ci"]),
         "robust_accuracy": MetricValue(summary["robust_accuracy"],
                                        summary["robust_accuracy_ci"]),

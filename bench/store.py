@@ -17,8 +17,16 @@ from typing import Any
 
 from musicbench.cells import CellInfo, CellSpec
 
-SCHEMA_VERSION = 2
-"""2: cells keep a typed spec (threat model, weights, metrics) and a typed info record."""
+SCHEMA_VERSION = 3
+"""2: cells keep a typed spec (threat model, weights, metrics) and a typed info record.
+3: samples keep the fraction of eval draws wrong (``clean_wrong``, ``adv_wrong``); a schema-2
+store is migrated in place when opened for writing (the new columns are NULL: one draw) and
+read as it is when opened read-only."""
+
+_MIGRATIONS = {
+    2: ["ALTER TABLE samples ADD COLUMN clean_wrong REAL",
+        "ALTER TABLE samples ADD COLUMN adv_wrong REAL"],
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,6 +66,8 @@ CREATE TABLE IF NOT EXISTS samples (
     queries INTEGER NOT NULL,
     steps INTEGER NOT NULL,
     metrics TEXT NOT NULL,
+    clean_wrong REAL,
+    adv_wrong REAL,
     PRIMARY KEY (cell_key, sample_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -92,6 +102,11 @@ class SampleRecord:
     queries: int
     steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    # Under a randomized defense (eval_draws > 1): the fraction of the judging draws on which
+    # the model was wrong, on the clean clip and on the attack's output (attacked clips);
+    # None when one draw decides.
+    clean_wrong: float | None = None
+    adv_wrong: float | None = None
 
 
 @dataclass
@@ -147,6 +162,7 @@ class Store:
         """``readonly``: open an existing store without writing to it (leaderboards,
         comparisons): a published store must not change by being read."""
         self.path = Path(path)
+        self.readonly = readonly
         if readonly:
             self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
                                         timeout=30)
@@ -158,16 +174,31 @@ class Store:
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(_SCHEMA)
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
+        if row is not None and int(row[0]) in _MIGRATIONS:
+            self._migrate(int(row[0]))
+        elif row is None:
             with self.conn:
                 self.conn.execute(
                     "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
         self._check_schema()
 
+    def _migrate(self, version: int) -> None:
+        with self.conn:
+            while version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                version += 1
+            self.conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
+
+    def _schema(self) -> int | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return None if row is None else int(row[0])
+
     def _check_schema(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is not None and int(row[0]) != SCHEMA_VERSION:
+        readable = {SCHEMA_VERSION, *_MIGRATIONS} if self.readonly else {SCHEMA_VERSION}
+        if row is not None and int(row[0]) not in readable:
             raise RuntimeError(
                 f"{self.path} has schema {row[0]}; this musicbench writes schema "
                 f"{SCHEMA_VERSION}. Use another --out folder."
@@ -277,11 +308,12 @@ class Store:
                  record.error, record.traceback, json.dumps(record.environment), run_id),
             )
             c.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(record.key, s.sample_id, s.position, s.label, s.clean_pred,
                   int(s.clean_correct), int(s.attacked), s.adv_pred, int(s.success),
                   int(s.queries), int(s.steps),
-                  json.dumps({k: _num(v) for k, v in s.metrics.items()}))
+                  json.dumps({k: _num(v) for k, v in s.metrics.items()}),
+                  s.clean_wrong, s.adv_wrong)
                  for s in record.samples],
             )
             c.executemany(
@@ -315,15 +347,18 @@ class Store:
                 info=CellInfo.from_dict(json.loads(r[8])), error=r[9], traceback=r[10],
                 environment=json.loads(r[11]),
             )
+        draws = ("clean_wrong, adv_wrong" if self._schema() in (None, SCHEMA_VERSION)
+                 else "NULL, NULL")  # a schema-2 store opened read-only: one draw
         for r in self.conn.execute(
             "SELECT cell_key, sample_id, position, label, clean_pred, clean_correct, attacked,"
-            " adv_pred, success, queries, steps, metrics FROM samples ORDER BY cell_key, position"
+            f" adv_pred, success, queries, steps, metrics, {draws} FROM samples"
+            " ORDER BY cell_key, position"
         ):
             if r[0] in by_key:
                 metrics = {k: (math.nan if v is None else v) for k, v in json.loads(r[11]).items()}
                 by_key[r[0]].samples.append(SampleRecord(
                     r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], bool(r[8]), r[9],
-                    r[10], metrics))
+                    r[10], metrics, r[12], r[13]))
         for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"):
             if r[0] in by_key:
                 value = math.nan if r[2] is None else r[2]

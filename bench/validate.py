@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from musicbench.cache import cache_dir
+from musicbench.defense_checks import checked_output, measure
 from musicbench.environment import resolve_device
 from musicbench.errors import ConfigError, GradientRefusedError, UnknownNameError, did_you_mean
 from musicbench.hookspecs import REGISTER_HOOKS
@@ -113,19 +114,26 @@ def validate_plugin(
     device: str | None = None,
     plugins: PluginSystem | None = None,
     params: dict[str, Any] | None = None,
+    sample_rate: int = 16_000,
 ) -> ValidationReport:
+    """Run the conformance checks of ``name`` (a defense is bound to ``sample_rate``)."""
     plugins = plugins or get_plugins()
     kind = find_kind(plugins, name, kind)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
     if params:  # values the user gave are checked first: a rejected one is a usage error
-        ws.make(kind, name, params)  # raises ConfigError ([table] key: message), no check runs
+        made = ws.make(kind, name, params)  # raises ConfigError ([table] key: message)
+        if kind == "defense" and made.kind == "preprocessor":
+            made.bind(sample_rate)  # a cutoff above Nyquist is the user's value, too
     report = ValidationReport(kind, name)
     checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
               "metric": _metric, "inpainter": _inpainter, "encoder": _encoder}
     if kind not in checks:
         report.check("instantiates", lambda: ws.make(kind, name, params))
         return report
-    checks[kind](ws, name, params or {}, report)
+    if kind == "defense":
+        _defense(ws, name, params or {}, report, sample_rate)
+    else:
+        checks[kind](ws, name, params or {}, report)
     return report
 
 
@@ -362,23 +370,54 @@ def _nonempty(ds, split: str):  # noqa: ANN001
     return examples
 
 
-def _defense(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
-    defense = report.check("instantiates", lambda: ws.make("defense", name, params))
-    if defense is None or defense.kind != "preprocessor":
+def _defense(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport,
+             sample_rate: int = 16_000) -> None:
+    """A preprocessor binds and loads at ``sample_rate``; keeps the output contract; is
+    reproducible under a fixed generator; and its declared flags are not weaker than what the
+    harness measures (DESIGN.md section 6): a defense that varies between draws must declare
+    ``randomized``, one without useful input gradients must not declare ``differentiable``."""
+    made = report.check("instantiates", lambda: ws.make("defense", name, params))
+    if made is None or made.kind != "preprocessor":
         return
-    x = tone_batch(3, 4001, seed=4, device=ws.device)
+    defense = report.check(f"binds to {sample_rate} Hz and loads",
+                           lambda: ws.defense(name, params, sample_rate))
+    if defense is None:
+        return
+    x = tone_batch(3, sample_rate + 1, seed=4, device=ws.device)  # odd length: framing
 
     def out(seed: int) -> torch.Tensor:
-        return defense.forward(x, torch.Generator(device=ws.device).manual_seed(seed))
+        with torch.no_grad():
+            return defense.forward(x, torch.Generator(device=ws.device).manual_seed(seed))
 
     def contract() -> None:
-        y = out(0)
-        require(y.shape == x.shape and y.dtype == x.dtype,
-                f"returned {tuple(y.shape)} {y.dtype} for {tuple(x.shape)} {x.dtype}")
-        require(torch.isfinite(y).all() and y.abs().max() <= 1.0, "non-finite or outside [-1,1]")
-    report.check("keeps shape and dtype, finite, in [-1, 1]", contract)
-    report.check("deterministic for a fixed seed",
-                 lambda: require(torch.equal(out(0), out(0)), "two draws with one seed differ"))
+        before = x.clone()
+        checked_output(defense, x, out(0))
+        require(torch.equal(x, before), "modified its input in place")
+    report.check("keeps shape, finite, in [-1, 1]; input untouched", contract)
+    report.check("reproducible for a fixed generator state",
+                 lambda: require(torch.equal(out(0), out(0)), "two calls with one seed differ"))
+    behaviour = report.check("flags measured on a probe",
+                             lambda: measure(defense, sample_rate, ws.device))
+    if behaviour is None:
+        return
+
+    def declared(flag: str) -> None:
+        problems = [m for m in behaviour.mismatches() if flag in m]
+        require(not problems, "; ".join(problems))
+    note = " ".join(f"(note: {n})" for n in behaviour.notes())
+    report.check(f"declared randomized = {defense.randomized} holds", lambda: declared("random"))
+    report.check(f"declared differentiable = {defense.differentiable} holds" +
+                 (f" {note}" if note else ""), lambda: declared("differentiable"))
+    if behaviour.attack_with_bpda:
+        def surrogate() -> None:
+            xs = x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                s = defense.surrogate(xs)
+                require(s.shape == x.shape, f"surrogate returned {tuple(s.shape)}")
+                (g,) = torch.autograd.grad(s.sum(), xs, allow_unused=True)
+            require(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0),
+                    "the surrogate has no finite, nonzero input gradient: BPDA would be blind")
+        report.check("BPDA surrogate keeps the shape and has input gradients", surrogate)
 
 
 def _metric(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:

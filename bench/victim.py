@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from musicbench.defense_checks import checked_output
 from musicbench.errors import GradientRefusedError, QueryBudgetExceededError
 from musicbench.interfaces.defense import Preprocessor
 from musicbench.interfaces.model import TargetModel
@@ -49,8 +50,15 @@ class Victim:
         graph through the model raises :class:`GradientRefusedError`.
     :param budget: per-sample query budget (None: unlimited); exceeding it raises
         :class:`QueryBudgetExceededError` before the model is run.
-    :param eot_samples: draws of a randomized defense averaged in each gradient call (EOT).
-    :param generator: randomness of randomized defenses.
+    :param eot_samples: draws of a randomized defense averaged in every call (EOT, Athalye
+        et al. 2018), each counted as a query; 1 for a deterministic defense.
+    :param bpda: gradients pass through ``defense.surrogate`` while values come from
+        ``defense.forward`` (BPDA, Athalye et al. 2018): non-differentiable defenses.
+    :param generator: randomness of randomized defenses (its own stream, never the attack's).
+
+    Without ``bpda``, gradients go through ``defense.forward`` as they are; a forward whose
+    output is detached from its input then gives a zero gradient, which is what a
+    non-adaptive evaluation (``adaptive = false``) sees.
     """
 
     def __init__(
@@ -62,6 +70,7 @@ class Victim:
         allow_gradients: bool = True,
         budget: int | None = None,
         eot_samples: int = 1,
+        bpda: bool = False,
         generator: torch.Generator | None = None,
     ):
         if model.task not in ("classification", "retrieval"):
@@ -72,6 +81,7 @@ class Victim:
         self.allow_gradients = allow_gradients
         self.budget = budget
         self.eot_samples = max(1, int(eot_samples))
+        self.bpda = bool(bpda) and defense is not None
         self.generator = generator
         self.labels = model.labels
         self.sample_rate = model.sample_rate
@@ -130,19 +140,24 @@ class Victim:
     # -- the model behind the defense ---------------------------------------------------------
 
     def _defended(self, audio: torch.Tensor, grad: bool) -> torch.Tensor:
-        if self.defense is None:
+        defense = self.defense
+        if defense is None:
             return audio
         gen = self.generator
         if gen is None or gen.device != audio.device:
             gen = torch.Generator(device=audio.device).manual_seed(0)
             self.generator = gen
-        if grad and not self.defense.differentiable:
+        if grad and self.bpda:
             self.used_bpda = True
-            surrogate = self.defense.surrogate(audio)
+            surrogate = defense.surrogate(audio)
             with torch.no_grad():
-                out = self.defense.forward(audio.detach(), gen)
+                out = checked_output(defense, audio, defense.forward(audio.detach(), gen))
             return surrogate + (out - surrogate).detach()
-        return self.defense.forward(audio, gen)
+        out = checked_output(defense, audio, defense.forward(audio, gen))
+        if grad and not out.requires_grad:
+            # A naive attack through a detached forward gets a zero gradient, not a crash.
+            out = out + 0.0 * audio
+        return out
 
     def _logits_draws(
         self, audio: torch.Tensor, index: torch.Tensor | None, count: bool
@@ -154,8 +169,7 @@ class Victim:
                 "this victim serves a black-box attack and refuses gradients; "
                 "query scores without requires_grad"
             )
-        randomized = self.defense is not None and self.defense.randomized
-        draws = self.eot_samples if grad and randomized else 1
+        draws = self.eot_samples if self.defense is not None else 1
         if draws > 1:
             self.used_eot = True
         if count:
@@ -226,6 +240,21 @@ class Victim:
         return self.margin(audio, target, index=index) <= 0
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """The harness's verdict on a batch: ``wrong_fraction[B]`` of the draws on which the
+    model was wrong, ``prediction[B]`` its most frequent top-1."""
+
+    wrong_fraction: torch.Tensor
+    prediction: torch.Tensor
+
+    @property
+    def fooled(self) -> torch.Tensor:
+        """``bool[B]``: wrong on more than half of the draws (DESIGN.md section 6); one draw:
+        wrong."""
+        return self.wrong_fraction > 0.5
+
+
 class Scorer:
     """The harness's own view of a (defended) model: uncounted, gradient-free scores for clean
     scoring, re-scoring an attack's output, and retrieval embeddings. Never handed to an attack
@@ -252,6 +281,20 @@ class Scorer:
     def predict(self, audio: torch.Tensor) -> torch.Tensor:
         """``long[B]``: the top label (or work) index."""
         return self.scores(audio).argmax(-1)
+
+    @torch.no_grad()
+    def judge(self, audio: torch.Tensor, target: torch.Tensor, draws: int = 1) -> Judgement:
+        """Judge ``audio[B, T]`` against ``target[B]`` over ``draws`` independent draws of
+        the defense (each call of a randomized defense draws anew from this scorer's
+        generator): the fraction of draws on which the model is wrong, and the most frequent
+        top-1."""
+        margins, preds = [], []
+        for _ in range(max(1, int(draws))):
+            scores = self.scores(audio)
+            margins.append(margin_from_logits(scores, target))
+            preds.append(scores.argmax(-1))
+        wrong = (torch.stack(margins) <= 0).to(torch.float64).mean(0)
+        return Judgement(wrong_fraction=wrong, prediction=torch.stack(preds).mode(0).values)
 
     @torch.no_grad()
     def margin(self, audio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class Workspace:
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, TargetModel] = {}
         self._defended: dict[str, TargetModel] = {}
+        self._defenses: dict[str, Any] = {}
         self._encoders: dict[str, Any] = {}
         self._inpainters: dict[str, Any] = {}
         self._memo: dict[tuple[str, ...], Any] = {}
@@ -102,6 +103,19 @@ class Workspace:
             inpainter.load(self.ctx)
             self._inpainters[key] = inpainter
         return self._inpainters[key]
+
+    def defense(self, name: str, params: dict[str, Any] | None, sample_rate: int) -> Any:
+        """A defense ready for use in front of a model at ``sample_rate``: a preprocessor is
+        bound to the rate and loaded (weights on the device) once per process; a training
+        defense is returned as made (the core fits it per base model)."""
+        key = _key("defense", self.plugins.get("defense", name).name, params) + f"@{sample_rate}"
+        if key not in self._defenses:
+            defense = self.make("defense", name, params)
+            if defense.kind == "preprocessor":
+                defense.bind(sample_rate)
+                defense.load(self.ctx)
+            self._defenses[key] = defense
+        return self._defenses[key]
 
     def memo(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
         """``compute()`` once per process for ``key``: e.g. the encoder frames of a clean clip,

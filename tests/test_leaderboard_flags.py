@@ -118,11 +118,17 @@ def test_cells_timed_under_load_are_flagged_and_quiet_ones_are_not():
 
 
 def test_a_defense_that_costs_clean_accuracy_is_flagged():
-    base = record("pgd", "white-box", [True] * 8)
+    """Against the undefended model's clean accuracy on the same clips, which the runner
+    measures in every cell: no defense is recognised by its name."""
+    base = record("pgd", "white-box", [True] * 8, clean_accuracy_undefended=1.0)
     costly = record("pgd", "white-box", [True] * 8, defense="lowpass",
-                    clean=[True] * 6 + [False] * 2)
-    rows = _rows([base, costly])
-    assert rows[0]["flags"] == [] and "costs 25.0 points" in rows[1]["flags"][0]
+                    clean=[True] * 6 + [False] * 2, clean_accuracy_undefended=1.0)
+    cheap = record("pgd", "white-box", [True] * 8, defense="none",
+                   clean=[True] * 7 + [False], clean_accuracy_undefended=0.9)  # 2.5 points
+    rows = _rows([base, costly, cheap])
+    assert rows[0]["flags"] == [] and rows[2]["flags"] == []
+    assert rows[1]["flags"] == ["defense costs 25.0 points of clean accuracy "
+                                "(100.0% undefended)"]
 
 
 def test_markdown_has_one_worst_case_column_per_threat_model():

@@ -84,7 +84,7 @@ class _Quantise(Preprocessor):
 
 
 def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
-    victim = Victim(model, defense=_Quantise(), eot_samples=4,
+    victim = Victim(model, defense=_Quantise(), eot_samples=4, bpda=True,
                     generator=torch.Generator().manual_seed(0))
     x = tone_batch(2, model.input_samples).requires_grad_(True)
     begin_batch(victim, 2)
@@ -92,6 +92,16 @@ def test_randomized_nondifferentiable_defense_uses_eot_and_bpda(model):
     assert victim.used_eot and victim.used_bpda
     assert victim.queries.tolist() == [4, 4]  # every EOT draw is a query
     assert x.grad is not None and x.grad.abs().sum() > 0  # BPDA passed the gradient through
+
+
+def test_without_bpda_a_rounding_defense_gives_the_naive_zero_gradient(model):
+    """What a non-adaptive evaluation sees: the gradient of rounding, zero everywhere."""
+    victim = Victim(model, defense=_Quantise(), generator=torch.Generator().manual_seed(0))
+    x = tone_batch(2, model.input_samples).requires_grad_(True)
+    begin_batch(victim, 2)
+    victim.loss(x, torch.zeros(2, dtype=torch.long)).sum().backward()
+    assert not victim.used_bpda and not victim.used_eot
+    assert x.grad is not None and x.grad.abs().sum() == 0
 
 
 def test_budget_counts_every_row_of_a_population_sent_in_one_call(model):

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 import torch
 
 from musicbench import hookimpl
-from musicbench.interfaces import Attack, AttackResult, Context, Dataset, Encoder, Example
+from musicbench.errors import ConfigError
+from musicbench.interfaces import (
+    Attack,
+    AttackResult,
+    Context,
+    Dataset,
+    Encoder,
+    Example,
+    Preprocessor,
+)
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
@@ -194,3 +203,89 @@ def register_models(register):
 def register_attacks(register):
     register("slow-pgd", SlowPGD, summary="PGD that sleeps first (tests)")
     register("out-of-range", OutOfRange, summary="breaks the contract (tests)")
+
+
+# -- defenses with known behaviour (adaptive evaluation tests) ------------------------------
+
+
+@dataclass(frozen=True)
+class ToyNoiseParams:
+    sigma: float = 0.05
+
+
+class ToyNoise(Preprocessor):
+    """Honest randomized defense: Gaussian noise from the generator it is given."""
+
+    randomized = True
+    Params = ToyNoiseParams
+
+    def forward(self, audio, generator):
+        noise = torch.randn(audio.shape, generator=generator, device=audio.device)
+        return (audio + self.params.sigma * noise).clamp(-1, 1)
+
+
+class LyingNoise(ToyNoise):
+    """Randomized but declares it is not: the harness must attack it with EOT anyway."""
+
+    randomized = False
+
+
+class ToyRound(Preprocessor):
+    """Honest non-differentiable defense: rounding to 32 levels, BPDA through the identity."""
+
+    differentiable = False
+
+    def forward(self, audio, generator):
+        return torch.round(audio * 16) / 16
+
+
+class LyingRound(ToyRound):
+    """Non-differentiable (detached) but declares it is differentiable."""
+
+    differentiable = True
+
+    def forward(self, audio, generator):
+        return super().forward(audio, generator).detach()
+
+
+class NaNDefense(Preprocessor):
+    """Breaks the contract on every call."""
+
+    def forward(self, audio, generator):
+        return audio * float("nan")
+
+
+class RaisingDefense(Preprocessor):
+    def forward(self, audio, generator):
+        raise RuntimeError("this defense always fails")
+
+
+@dataclass(frozen=True)
+class ToyLowpassParams:
+    cutoff_hz: float = 4000.0
+
+
+class ToyLowpass(Preprocessor):
+    """Checks a rate-dependent parameter at bind, like a real filter."""
+
+    Params = ToyLowpassParams
+
+    def bind(self, sample_rate: int) -> None:
+        super().bind(sample_rate)
+        if self.params.cutoff_hz >= sample_rate / 2:
+            raise ConfigError(f"cutoff {self.params.cutoff_hz} Hz is not below Nyquist",
+                              key="cutoff_hz")
+
+    def forward(self, audio, generator):
+        return audio
+
+
+@hookimpl
+def register_defenses(register):
+    register("toy-noise", ToyNoise, summary="Gaussian noise (tests)")
+    register("lying-noise", LyingNoise, summary="randomized, declared deterministic (tests)")
+    register("toy-round", ToyRound, summary="rounding, BPDA (tests)")
+    register("lying-round", LyingRound, summary="detached, declared differentiable (tests)")
+    register("nan-defense", NaNDefense, summary="returns NaN (tests)")
+    register("raising-defense", RaisingDefense, summary="raises (tests)")
+    register("toy-lowpass", ToyLowpass, summary="rate-checked parameter (tests)")

@@ -1,0 +1,330 @@
+"""Defenses are attacked adaptively by the harness (DESIGN.md section 6): flags are measured,
+not trusted; EOT, BPDA and the judgement over draws are the harness's; clean verdicts are
+shared by every cell of a row; a broken defense costs only its cells."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+from toyplugins import LyingNoise, LyingRound, ToyNoise, ToyRound
+
+from musicbench.cells import CellRun
+from musicbench.config import parse_config
+from musicbench.defense_checks import measure
+from musicbench.errors import ConfigError
+from musicbench.planner import evaluation
+from musicbench.session import RunOptions, execute
+from musicbench.store import Store
+from musicbench.testing import TinyClassifier, tone_batch
+from musicbench.validate import validate_plugin
+from musicbench.victim import Scorer, Victim, begin_batch
+
+
+def _model() -> TinyClassifier:
+    model = TinyClassifier()
+    model.load()
+    return model
+
+
+def _bound(defense):
+    defense.name = type(defense).__name__
+    defense.bind(16_000)
+    return defense
+
+
+def test_measured_flags_catch_declarations_that_would_weaken_the_evaluation():
+    honest_noise = measure(_bound(ToyNoise()), 16_000)
+    assert honest_noise.randomized and honest_noise.reproducible and not honest_noise.mismatches()
+    lying_noise = measure(_bound(LyingNoise()), 16_000)
+    assert lying_noise.attack_randomized and "declares randomized = False" in \
+        lying_noise.mismatches()[0]
+    honest_round = measure(_bound(ToyRound()), 16_000)
+    assert not honest_round.differentiable and honest_round.attack_with_bpda
+    assert not honest_round.mismatches()
+    lying_round = measure(_bound(LyingRound()), 16_000)
+    assert lying_round.attack_with_bpda and "declares differentiable = True" in \
+        lying_round.mismatches()[0]
+
+
+def test_a_defense_drawing_outside_its_generator_is_not_reproducible():
+    class GlobalNoise(ToyNoise):
+        def forward(self, audio, generator):
+            return (audio + 0.01 * torch.randn(audio.shape)).clamp(-1, 1)
+
+    behaviour = measure(_bound(GlobalNoise()), 16_000)
+    assert not behaviour.reproducible and behaviour.attack_randomized
+    assert any("outside the generator" in m for m in behaviour.mismatches())
+
+
+def _settings(text: str = ""):
+    return parse_config(f"""
+[run]
+{text}
+[[datasets]]
+name = "toy-tones"
+[[models]]
+name = "toy-model"
+[[defenses]]
+name = "toy-noise"
+eot_samples = 4
+[[attacks]]
+name = "pgd"
+[[attacks]]
+name = "pgd"
+label = "pgd-eot16"
+eot_samples = 16
+[[attacks]]
+name = "pgd"
+label = "pgd-naive"
+adaptive = false
+""")
+
+
+def test_evaluation_settings_follow_behaviour_and_overrides():
+    config = _settings("eot_samples = 2\neval_draws = 5")
+    defense = config.components["defense"][0]
+    plain, eot16, naive = config.components["attack"]
+    noisy = measure(_bound(ToyNoise()), 16_000)
+    rounding = measure(_bound(ToyRound()), 16_000)
+    # the defense entry's eot_samples beats [run]'s, the attack entry's beats both
+    assert evaluation(config.run, defense, plain, "white-box", noisy) == {
+        "eot_samples": 4, "eval_draws": 5, "bpda": False, "adaptive": True}
+    assert evaluation(config.run, defense, eot16, "white-box", noisy)["eot_samples"] == 16
+    # non-adaptive: no EOT, no BPDA, but success is still judged over the draws
+    assert evaluation(config.run, defense, naive, "white-box", noisy) == {
+        "eot_samples": 1, "eval_draws": 5, "bpda": False, "adaptive": False}
+    assert evaluation(config.run, defense, plain, "white-box", rounding) == {
+        "eot_samples": 1, "eval_draws": 1, "bpda": True, "adaptive": True}
+    # a black-box attack takes no gradients: no BPDA to apply
+    assert not evaluation(config.run, defense, plain, "black-box", rounding)["bpda"]
+    assert CellRun(0, 8, 8, 0, "", (), eot_samples=4, eval_draws=5).adaptive_label == "eot"
+    assert CellRun(0, 8, 8, 0, "", (), bpda=True).adaptive_label == "bpda"
+    assert CellRun(0, 8, 8, 0, "", (), adaptive=False).adaptive_label == "non-adaptive"
+
+
+def test_evaluation_settings_at_their_no_op_values_stay_out_of_the_key():
+    base = CellRun(0, 8, 8, 0, "", ("lsd",))
+    assert base.key_data() == CellRun(0, 8, 8, 0, "", ("lsd",), eot_samples=1).key_data()
+    assert "eot_samples" in CellRun(0, 8, 8, 0, "", ("lsd",), eot_samples=8).key_data()
+
+
+@pytest.mark.parametrize("entry, key", [("eot_samples = 0", "eot_samples"),
+                                        ("eval_draws = 1.5", "eval_draws")])
+def test_bad_draw_counts_are_config_errors(entry, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_config(f"""
+[[datasets]]
+name = "toy-tones"
+[[models]]
+name = "toy-model"
+[[defenses]]
+name = "toy-noise"
+{entry}
+[[attacks]]
+name = "pgd"
+""")
+
+
+def test_eot_averages_the_configured_draws_and_counts_each():
+    model = _model()
+    defense = _bound(ToyNoise())
+    calls = []
+    original = defense.forward
+    defense.forward = lambda audio, gen: calls.append(1) or original(audio, gen)
+    victim = Victim(model, defense=defense, eot_samples=6,
+                    generator=torch.Generator().manual_seed(0))
+    x = tone_batch(3, model.input_samples).requires_grad_(True)
+    begin_batch(victim, 3)
+    victim.loss(x, torch.zeros(3, dtype=torch.long)).sum().backward()
+    assert len(calls) == 6 and victim.queries.tolist() == [6, 6, 6]
+    black = Victim(model, defense=defense, eot_samples=6, allow_gradients=False,
+                   generator=torch.Generator().manual_seed(0))
+    begin_batch(black, 3)
+    black.scores(x.detach())  # a black-box attack's queries count every draw it is given
+    assert black.queries.tolist() == [6, 6, 6]
+
+
+def test_bpda_gradient_is_the_surrogates():
+    """Forward through the defense, backward through the surrogate (the identity here): the
+    gradient is the model's gradient at the defended point."""
+    model = _model()
+    defense = _bound(ToyRound())
+    y = torch.tensor([0, 1])
+    x = tone_batch(2, model.input_samples).requires_grad_(True)
+    victim = Victim(model, defense=defense, bpda=True)
+    begin_batch(victim, 2)
+    (grad,) = torch.autograd.grad(victim.loss(x, y).sum(), x)
+    at = defense.forward(x.detach(), torch.Generator()).requires_grad_(True)
+    plain = Victim(model)
+    begin_batch(plain, 2)
+    (expected,) = torch.autograd.grad(plain.loss(at, y).sum(), at)
+    assert torch.allclose(grad, expected) and grad.abs().sum() > 0
+
+
+def test_judgement_over_draws_is_a_majority_of_wrong_draws():
+    model = _model()
+    x = tone_batch(4, model.input_samples)
+    with torch.no_grad():
+        y = Scorer(model).predict(x)
+    scorer = Scorer(model, defense=_bound(ToyNoise(ToyNoise.Params(sigma=0.5))),
+                    generator=torch.Generator().manual_seed(3))
+    verdict = scorer.judge(x, y, draws=9)
+    assert verdict.wrong_fraction.shape == (4,)
+    assert torch.all((verdict.wrong_fraction * 9).round() == verdict.wrong_fraction * 9)
+    assert torch.equal(verdict.fooled, verdict.wrong_fraction > 0.5)
+    # deterministic model, one draw: wrong is wrong
+    once = Scorer(model).judge(x, (y + 1) % 3, draws=1)
+    assert once.fooled.all()
+    assert torch.equal(once.wrong_fraction, torch.ones(4, dtype=torch.float64))
+
+
+RUN = """
+[run]
+samples = 6
+batch_size = 4
+device = "cpu"
+fad_encoder = ""
+eot_samples = 3
+eval_draws = 5
+[[datasets]]
+name = "toy-tones"
+other_labels = true
+[[models]]
+name = "toy-model"
+pseudo_labels = true
+{defenses}
+[[attacks]]
+name = "fgsm"
+eps = 0.01
+[[attacks]]
+name = "pgd"
+eps = 0.01
+steps = 3
+[[attacks]]
+name = "pgd"
+label = "pgd-naive"
+eps = 0.01
+steps = 3
+adaptive = false
+"""
+
+DEFENSES = """
+[[defenses]]
+name = "toy-noise"
+[[defenses]]
+name = "toy-round"
+[[defenses]]
+name = "lying-noise"
+[[defenses]]
+name = "raising-defense"
+"""
+
+
+@pytest.fixture(scope="module")
+def adaptive_run(tmp_path_factory):
+    import toyplugins
+
+    from musicbench.plugins import PluginSystem
+
+    plugins = PluginSystem()
+    plugins.add_plugin(toyplugins, "toy", provider="toy-plugins 0")
+    tmp = tmp_path_factory.mktemp("adaptive")
+    (tmp / "run.toml").write_text(RUN.format(defenses=DEFENSES))
+    outcome = execute(RunOptions(config=tmp / "run.toml", out=tmp / "out"), plugins)
+    return outcome, tmp / "out"
+
+
+def _cells(outcome, defense):
+    return {r.spec.attack.label: r for r in outcome.records if r.spec.defense.name == defense}
+
+
+def test_randomized_defense_gets_eot_and_a_row_wide_clean_verdict(adaptive_run):
+    outcome, _ = adaptive_run
+    cells = _cells(outcome, "toy-noise")
+    assert {label: r.info.adaptive for label, r in cells.items()} == {
+        "fgsm": "eot", "pgd": "eot", "pgd-naive": "non-adaptive"}
+    assert all(r.status == "ok" for r in cells.values())
+    # clean verdicts come from the row's own stream: identical in every cell of the row
+    clean = {label: [(s.clean_correct, s.clean_wrong) for s in r.samples]
+             for label, r in cells.items()}
+    assert clean["fgsm"] == clean["pgd"] == clean["pgd-naive"]
+    assert all(w is not None and (w * 5).is_integer() for _, w in clean["pgd"])
+    for r in cells.values():
+        for s in r.samples:
+            assert (s.adv_wrong is not None) == s.attacked
+            if s.attacked:
+                assert s.success == (s.adv_wrong > 0.5)
+    assert "🔴 non-adaptive" in cells["pgd-naive"].info.flags[-1] or any(
+        "non-adaptive" in f for f in cells["pgd-naive"].info.flags)
+
+
+def test_rounding_defense_gets_bpda_and_the_naive_attack_sees_no_gradient(adaptive_run):
+    outcome, _ = adaptive_run
+    cells = _cells(outcome, "toy-round")
+    assert cells["pgd"].info.adaptive == "bpda" and cells["pgd-naive"].info.adaptive == \
+        "non-adaptive"
+    assert cells["pgd"].info.input_gradient_median > 0
+    assert cells["pgd-naive"].info.input_gradient_median == 0.0
+    assert any("vanishing gradients" in f for f in cells["pgd-naive"].info.flags)
+    assert not any("vanishing gradients" in f for f in cells["pgd"].info.flags)
+    # deterministic: one draw decides, nothing stored per draw
+    assert all(s.clean_wrong is None for s in cells["pgd"].samples)
+
+
+def test_a_lying_defense_is_attacked_as_measured_and_flagged(adaptive_run):
+    outcome, _ = adaptive_run
+    cells = _cells(outcome, "lying-noise")
+    assert cells["pgd"].info.adaptive == "eot"
+    assert any("declares randomized = False" in f for f in cells["pgd"].info.flags)
+
+
+def test_a_raising_defense_costs_only_its_cells(adaptive_run):
+    outcome, out = adaptive_run
+    broken = _cells(outcome, "raising-defense")
+    assert all(r.status == "failed" and "always fails" in r.error for r in broken.values())
+    others = [r for r in outcome.records if r.spec.defense.name != "raising-defense"]
+    assert others and all(r.status == "ok" for r in others)
+    # per-draw fractions reach the store
+    store = Store(out / "results.sqlite", readonly=True)
+    records = store.cells()
+    store.close()
+    noisy = [s for r in records if r.spec.defense.name == "toy-noise" for s in r.samples]
+    assert noisy and all(s.clean_wrong is not None for s in noisy)
+
+
+def test_a_nan_defense_fails_its_cells_with_a_clear_error(tmp_path, toy_plugins):
+    (tmp_path / "run.toml").write_text(RUN.format(defenses='[[defenses]]\nname = "nan-defense"'))
+    outcome = execute(RunOptions(config=tmp_path / "run.toml", out=tmp_path / "out"), toy_plugins)
+    assert outcome.records and all(r.status == "failed" for r in outcome.records)
+    assert all("DefenseContractError" in r.error and "NaN" in r.error for r in outcome.records)
+
+
+def test_a_rate_dependent_bad_parameter_exits_before_any_work(tmp_path, toy_plugins):
+    defenses = '[[defenses]]\nname = "toy-lowpass"\ncutoff_hz = 9000.0'
+    (tmp_path / "run.toml").write_text(RUN.format(defenses=defenses))
+    with pytest.raises(ConfigError, match=r"\[defenses.toy-lowpass\] key 'cutoff_hz'"):
+        execute(RunOptions(config=tmp_path / "run.toml", out=tmp_path / "out"), toy_plugins)
+    assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("name, ok", [("toy-noise", True), ("toy-round", True),
+                                      ("lying-noise", False), ("lying-round", False)])
+def test_validate_holds_a_defense_to_its_declared_flags(name, ok, toy_plugins):
+    report = validate_plugin(name, kind="defense", plugins=toy_plugins, device="cpu")
+    assert report.ok == ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+
+
+def test_a_schema_2_store_is_migrated_when_opened_for_writing(tmp_path):
+    path = tmp_path / "results.sqlite"
+    Store(path).close()
+    with sqlite3.connect(path) as conn:  # make it look like a store written by schema 2
+        conn.execute("ALTER TABLE samples DROP COLUMN clean_wrong")
+        conn.execute("ALTER TABLE samples DROP COLUMN adv_wrong")
+        conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    Store(path, readonly=True).cells()  # read as it is
+    store = Store(path)
+    columns = [r[1] for r in store.conn.execute("PRAGMA table_info(samples)")]
+    assert columns[-2:] == ["clean_wrong", "adv_wrong"]
+    assert store.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
