@@ -86,7 +86,8 @@ def find_kind(plugins: PluginSystem, name: str, kind: str | None) -> str:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(f"no plugin called '{name}'.{hint}")
     if len(kinds) > 1:
-        raise ConfigError(f"'{name}' is a {' and a '.join(kinds)}; pass --kind")
+        raise ConfigError(f"'{name}' names a plugin of each of these kinds: {', '.join(kinds)}; "
+                          "pass --kind")
     return kinds[0]
 
 

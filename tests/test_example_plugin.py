@@ -168,7 +168,8 @@ def test_installed_entry_point_builds_the_attack_from_config_in_a_subprocess(
 def test_installed_attack_passes_musicbench_validate(
     example_plugin_site: Path, tmp_path: Path
 ) -> None:
-    proc = _musicbench(example_plugin_site, "validate", "noise", "--device", "cpu", cwd=tmp_path)
+    proc = _musicbench(example_plugin_site, "validate", "noise", "--kind", "attack", "--device",
+                       "cpu", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "attack 'noise' passed" in proc.stderr
     assert "black-box: victim refuses gradients" in proc.stderr
