@@ -30,7 +30,13 @@ so Square shares a threat model with ``pgd`` and ``apgd``), ``budget = 1000`` (t
 black-box attacks' budget), ``p_init = 0.05`` (the paper's L-inf value for its ImageNet and
 CIFAR runs; AutoAttack's "standard" version uses 0.8 with 5000 queries), ``init_block = 1``
 (one sign per sample: the initial point is the loudest perturbation the ball allows, white
-rather than striped — see the measurements in the module's commit; a parameter).
+rather than striped; a parameter).
+
+Measured on 20 clean-correct m21-styles clips of style-cnn at eps 0.002, 1000 queries (ASR):
+the defaults 7/20; ``init_block = 16`` 7/20; ``p_init = 0.8`` (AutoAttack's) 8/20; windows
+filled with a fresh sign per sample instead of one per window (not the paper's) 5/20. PGD
+(20 steps) fooled 18/20: on undefended targets Square is the weakest member of the ensemble;
+it is there for defenses that mask gradients.
 """
 
 from __future__ import annotations
