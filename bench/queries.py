@@ -39,11 +39,13 @@ def score_rows(
 
 
 def remaining_budget(victim: Victim, budget: int, active: torch.Tensor) -> int:
-    """Queries every clip in ``active`` may still spend: the attack's own budget or the
-    victim's, whichever is smaller, minus what the clip has spent (the least of them, so a
-    planned batch never pushes any clip over)."""
+    """Rows every clip in ``active`` may still have scored: the attack's own budget or the
+    victim's, whichever is smaller, minus what the clip has spent (the most any of them has,
+    so a planned batch never pushes a clip over), divided by the queries one row costs
+    (:attr:`Victim.queries_per_row`: against a randomized defense every row is scored over
+    several draws and each draw is a query)."""
     if victim.budget is not None:
         budget = min(budget, victim.budget)
     if active.numel() == 0:
         return 0
-    return budget - int(victim.queries[active].max())
+    return (budget - int(victim.queries[active].max())) // victim.queries_per_row

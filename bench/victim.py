@@ -93,6 +93,13 @@ class Victim:
         self._scale = 1.0 / RETRIEVAL_TEMPERATURE if model.task == "retrieval" else 1.0
 
     @property
+    def queries_per_row(self) -> int:
+        """Queries one row of a call costs each clip: the draws of a randomized defense the
+        harness averages (EOT), else 1. Black-box attacks plan their budget with it (or with
+        :func:`musicbench.api.remaining_budget`, which does)."""
+        return self.eot_samples if self.defense is not None else 1
+
+    @property
     def model(self) -> TargetModel:
         """The model itself, for white-box attacks that hook into it (Grad-CAM). A black-box
         attack gets no model: everything it learns must go through counted queries."""

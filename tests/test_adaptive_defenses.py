@@ -5,6 +5,7 @@ shared by every cell of a row; a broken defense costs only its cells."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,3 +329,24 @@ def test_a_schema_2_store_is_migrated_when_opened_for_writing(tmp_path):
     columns = [r[1] for r in store.conn.execute("PRAGMA table_info(samples)")]
     assert columns[-2:] == ["clean_wrong", "adv_wrong"]
     assert store.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+
+
+@pytest.mark.parametrize("name", ["nes", "zoo", "square"])
+def test_black_box_attacks_keep_their_budget_when_every_row_costs_several_draws(name,
+                                                                                toy_plugins):
+    """Against a randomized defense each scored row costs ``eot_samples`` queries; attacks
+    that plan with ``remaining_budget`` stay within the budget."""
+    from musicbench.workspace import Workspace
+
+    ws = Workspace(toy_plugins, cache_dir=Path("/nonexistent"), device=torch.device("cpu"))
+    attack = ws.make("attack", name, {"budget": 60})
+    model = _model()
+    x = tone_batch(3, model.input_samples)
+    with torch.no_grad():
+        y = Scorer(model).predict(x)
+    victim = Victim(model, defense=_bound(ToyNoise()), eot_samples=4, allow_gradients=False,
+                    budget=60, generator=torch.Generator().manual_seed(0))
+    assert victim.queries_per_row == 4
+    result = attack(victim, x, y, generator=torch.Generator().manual_seed(1))
+    assert int(result.queries.max()) <= 60
+    assert all(q % 4 == 0 for q in result.queries.tolist())  # whole rows of 4 draws each

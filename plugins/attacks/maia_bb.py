@@ -17,7 +17,8 @@ ISMIR 2025 (arXiv 2509.04980), as DESIGN.md section 9 reads it:
 4. Budget: ``budget`` queries per clip in total, the clean query and localisation included;
    what is left after localisation is shared equally by the clip's valid regions still to
    come (a region that stops early leaves its rest to the next). A generation runs only if
-   all of it fits, so the budget is never exceeded.
+   all of it fits, so the budget is never exceeded. Against a randomized defense every row
+   costs ``victim.queries_per_row`` queries (the harness's EOT draws, each counted).
 
 Readings of what the paper leaves open (population size, sigma, bounds, fitness): z is searched
 in the inpainter's latent box (its ``latent_range``, :func:`.maia_masks.latent_bounds`),
@@ -110,7 +111,8 @@ class MAIABB(InpainterAttack):
         chunk = max(1, round(p.chunk_seconds * victim.sample_rate))
         dim = inpainter.latent_dim
         pop = p.population or 4 + int(3 * math.log(max(dim, 1)))
-        needed = 1 + occlusion_cost(samples, gap, p.regions, chunk) + pop
+        cost = victim.queries_per_row  # draws per row against a randomized defense
+        needed = (1 + occlusion_cost(samples, gap, p.regions, chunk) + pop) * cost
         if needed > p.budget:
             raise ValueError(f"budget {p.budget} is too small: localisation and one generation "
                              f"of {pop} need {needed} queries per clip")
@@ -137,10 +139,10 @@ class MAIABB(InpainterAttack):
                 used = victim.queries[active]
                 for i in todo:  # converged or stalled with budget left: restart from the prior
                     if (p.restarts and not success[i] and searches[i].stop()
-                            and int(used[i]) + pop <= int(allowance[i])):
+                            and int(used[i]) + pop * cost <= int(allowance[i])):
                         searches[i] = self._cma(cma, inpainter, generator, dim, pop)
                 running = [i for i in todo if not success[i] and not searches[i].stop()
-                           and int(used[i]) + pop <= int(allowance[i])]
+                           and int(used[i]) + pop * cost <= int(allowance[i])]
                 if not running:
                     break
                 asked = {i: searches[i].ask() for i in running}
