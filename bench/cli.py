@@ -273,8 +273,8 @@ def validate(
 
 @app.command()
 def train(
-    name: Annotated[str, typer.Argument(help="a trainable model or inpainter "
-                                             "(e.g. style-cnn, cover-net, gacela)")],
+    name: Annotated[str, typer.Argument(help="a trainable model, inpainter or preprocessing "
+                                             "defense (e.g. style-cnn, gacela, denoise-unet)")],
     param: Annotated[
         Optional[list[str]],
         typer.Option("--param", "-p", help="KEY=VALUE parameter (TOML value), as in a run "
@@ -282,8 +282,8 @@ def train(
     ] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Train a model or inpainter (anything with fit(ctx)) and save its weights in the cache,
-    where a run with the same parameters loads them."""
+    """Train a model, inpainter or preprocessing defense (anything with fit(ctx)) and save its
+    weights in the cache, where a run with the same parameters loads them."""
     from musicbench.cache import cache_dir
     from musicbench.environment import resolve_device
     from musicbench.plugins import get_plugins
@@ -296,10 +296,14 @@ def train(
         dev = resolve_device(device or "auto")
         with RichProgress() as progress:
             ws = Workspace(plugins, cache_dir=cache_dir(), device=dev, progress=progress)
-            kind = "inpainter" if (name in plugins.registry("inpainter")
-                                   and name not in plugins.registry("model")) else "model"
+            kind = next((k for k in ("model", "inpainter", "defense")
+                         if name in plugins.registry(k)), "model")
             component = ws.make(kind, name, parse_params(param or []))
             fit = getattr(component, "fit", None)
+            if kind == "defense" and getattr(component, "kind", None) == "training":
+                raise ConfigError(
+                    f"defense '{name}' is a training defense: it is fitted to a model, in a "
+                    "run; `musicbench train` trains preprocessing defenses only")
             if not callable(fit):
                 raise ConfigError(
                     f"{kind} '{name}' has nothing to train: it has no fit(ctx) method (it ships "
@@ -310,6 +314,8 @@ def train(
         _fail_config(exc)
         return
     print_note(f"trained {name}: {summary}", "green")
+    if isinstance(summary, dict) and summary.get("checkpoint"):
+        print_note(f"weights: {summary['checkpoint']}", "green")
 
 
 def _add_plugin_commands() -> None:

@@ -22,3 +22,7 @@ def register_defenses(register):
              summary="random circular or cropping time shift (after Xie et al. 2018)")
     register("denoise-spectral", "musicbench_plugins.defenses.denoise_spectral:SpectralGate",
              summary="spectral gating above a per-frequency noise floor (Sainburg et al. 2020)")
+    register("denoise-unet", "musicbench_plugins.defenses.denoise_unet:DenoiseUNet",
+             summary="learned residual denoiser, a U-Net mask on a filterbank (Stoller et al. "
+                     "2018, Luo & Mesgarani 2019), trained on m21-styles against sign and "
+                     "Gaussian noise")
