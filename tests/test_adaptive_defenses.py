@@ -350,3 +350,41 @@ def test_black_box_attacks_keep_their_budget_when_every_row_costs_several_draws(
     result = attack(victim, x, y, generator=torch.Generator().manual_seed(1))
     assert int(result.queries.max()) <= 60
     assert all(q % 4 == 0 for q in result.queries.tolist())  # whole rows of 4 draws each
+
+
+class _WrongShape(ToyNoise):
+    def forward(self, audio, generator):
+        return audio[:, :-1]
+
+
+class _TooLoud(ToyNoise):
+    def forward(self, audio, generator):
+        return audio * 0 + 1.5
+
+
+@pytest.mark.parametrize("defense, message", [(_WrongShape, "must keep the shape"),
+                                              (_TooLoud, r"outside \[-1, 1\]")])
+def test_a_defense_breaking_the_output_contract_is_named(defense, message):
+    from musicbench.errors import DefenseContractError
+
+    victim = Victim(_model(), defense=_bound(defense()))
+    x = tone_batch(2, victim.model.input_samples)
+    begin_batch(victim, 2)
+    with pytest.raises(DefenseContractError, match=message):
+        victim.scores(x)
+
+
+@pytest.mark.parametrize("entry, key", [("name = \"lowpass\"\ncutoff_hz = 9000.0", "cutoff_hz"),
+                                        ("name = \"mp3\"\nbitrate_kbps = 33", "bitrate_kbps"),
+                                        ("name = \"noise\"\nsigmaa = 0.1", "sigmaa")])
+def test_a_misconfigured_built_in_defense_exits_2_naming_table_and_key(tmp_path, toy_site, entry,
+                                                                       key):
+    from conftest import cli
+
+    config = tmp_path / "run.toml"
+    config.write_text(RUN.format(defenses=f"[[defenses]]\n{entry}").replace(
+        'name = "toy-tones"\nother_labels = true', 'name = "toy-tones"'))
+    proc = cli("run", str(config), "--out", str(tmp_path / "out"), sites=(toy_site,))
+    assert proc.returncode == 2, proc.stderr
+    assert f"key '{key}'" in proc.stderr and "[defenses." in proc.stderr
+    assert not (tmp_path / "out" / "results.sqlite").exists()
