@@ -11,13 +11,13 @@ blocks (Stoller, Ewert & Dixon, "Wave-U-Net", ISMIR 2018; Défossez, Usunier, Bo
 convolution + GLU per level, transposed convolutions back up, additive skips):
 
 1. analysis: a strided convolution with ``filters`` filters of length ``filters`` (hop half of
-   it), initialised to -- and kept at -- a sqrt-Hann DFT pair, so the masked coefficients
-   resynthesise exactly;
+   it), fixed to a sqrt-Hann DFT pair with the synthesis, so the masked coefficients
+   resynthesise exactly (learning the filters too, as Conv-TasNet does, stalled training here);
 2. per bin, the log power of the coefficient pair (absolute level: the noise budgets are
    absolute, so there is no input normalisation);
-3. the mask: a sigmoid of the U-Net's output plus a local 5 x 5 branch over (bins, frames) of the
-   log power (each bin's own level, smoothed); a mask value is the share of the coefficient that
-   is noise, a learned Wiener-like gain;
+3. the mask: a sigmoid of the U-Net's output plus a local branch of small 2-D convolutions over
+   (bins, frames) of the log power (each bin's own level in its neighbourhood); a mask value is
+   the share of the coefficient that is noise, a learned Wiener-like gain;
 4. synthesis: the transposed convolution of the masked coefficients is the noise estimate.
 
 Why not a plain Demucs / Wave-U-Net residual network: we trained one (16 channels, depth 5,
@@ -70,7 +70,7 @@ NOISE_KINDS = ("gaussian", "sign", "uniform")
 class DenoiseUNetParams:
     """Architecture and training recipe; every field is part of the checkpoint key.
 
-    - ``filters``: length L of the learned analysis / synthesis filters (samples; even). The
+    - ``filters``: length L of the fixed analysis / synthesis filters (samples; even). The
       filterbank has L channels (L / 2 bins, each a cosine and a sine filter), hop L / 2.
     - ``channels``: channels of the mask U-Net's first level; each level doubles them, up to
       ``max_channels``.
