@@ -1,0 +1,147 @@
+"""Paired evidence on a stored run of leaderboards/configs/defenses.toml.
+
+Three families of comparisons, each paired on the same clips (every cell of one dataset and
+model draws the same clips, and every attack on one (dataset, model, defense) attacks the same
+clean-correct clips, since clean verdicts are judged once per row):
+
+1. **Overstatement** (Athalye et al. 2018): for every defense, the robust accuracy the
+   non-adaptive APGD-CE (no EOT, no BPDA) leaves minus what the adaptive APGD-CE leaves, on all
+   the row's clips. Positive = the non-adaptive evaluation overstates robustness.
+2. **Robustness gain**: per defense, the standard ensemble's worst-case robust accuracy
+   (a clip counts when the defended model is right on it clean and it survives every adaptive
+   attack of the ensemble: APGD-CE, APGD-DLR, Square) minus that of the undefended model, on
+   the same clips.
+3. **Clean cost**: per defense, clean accuracy with it minus without it, on the same clips.
+
+Each difference comes with a 95% Newcombe (method 10) interval and an exact McNemar p; the
+p-values of all comparisons the script makes are Holm-adjusted together (the count is
+printed). The undefended row is the one whose defense label is ``--baseline`` (default
+``none``): an analysis script may name a defense; the harness never does. Reads the store
+only::
+
+    python benchmarks/defense_evidence.py runs/defenses   # or leaderboards/runs/defenses.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from musicbench.compare import Pair, paired_pair
+from musicbench.leaderboard import plan_keys
+from musicbench.stats import holm
+from musicbench.store import CellRecord, Store
+
+ENSEMBLE = ("apgd-ce", "apgd-dlr", "square")
+"""The standard ensemble's labels in defenses.toml (its worst case is the headline)."""
+ADAPTIVE, NAIVE = "apgd-ce", "apgd-ce, non-adaptive"
+ALPHA = 0.05
+
+
+@dataclass
+class Row:
+    family: str  # overstatement | robustness gain | clean cost
+    dataset: str
+    model: str
+    defense: str
+    pair: Pair
+    p_holm: float = 1.0
+
+
+def _robust(record: CellRecord) -> dict[str, bool]:
+    """Per clip: right after the attack (clean-wrong clips count as wrong)."""
+    return {s.sample_id: s.clean_correct and not s.success for s in record.samples}
+
+
+def _worst_case(cells: dict[str, CellRecord], attacks: Sequence[str]) -> dict[str, bool] | None:
+    if not all(a in cells for a in attacks):
+        return None
+    per_attack = [_robust(cells[a]) for a in attacks]
+    return {i: all(p[i] for p in per_attack) for i in per_attack[0]}
+
+
+def _clean(cells: dict[str, CellRecord]) -> dict[str, bool]:
+    any_cell = next(iter(cells.values()))
+    return {s.sample_id: s.clean_correct for s in any_cell.samples}
+
+
+def _pair(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool]) -> Pair | None:
+    common = sorted(xa.keys() & xb.keys())
+    if not common:
+        return None
+    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common])
+
+
+def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
+    """Every comparison of the three families present in ``records``, Holm-adjusted
+    together."""
+    rows_by: dict[tuple[str, str, str], dict[str, CellRecord]] = {}
+    for r in records:
+        if r.status == "ok":
+            rows_by.setdefault(r.names[:3], {})[r.names[3]] = r
+    out: list[Row] = []
+    for (dataset, model, defense), cells in rows_by.items():
+        if ADAPTIVE in cells and NAIVE in cells:
+            pair = _pair(NAIVE, ADAPTIVE, _robust(cells[NAIVE]), _robust(cells[ADAPTIVE]))
+            if pair is not None:
+                out.append(Row("overstatement", dataset, model, defense, pair))
+        base = rows_by.get((dataset, model, baseline))
+        if defense == baseline or base is None:
+            continue
+        worst, base_worst = _worst_case(cells, ENSEMBLE), _worst_case(base, ENSEMBLE)
+        if worst is not None and base_worst is not None:
+            pair = _pair(defense, baseline, worst, base_worst)
+            if pair is not None:
+                out.append(Row("robustness gain", dataset, model, defense, pair))
+        pair = _pair(defense, baseline, _clean(cells), _clean(base))
+        if pair is not None:
+            out.append(Row("clean cost", dataset, model, defense, pair))
+    for row, p in zip(out, holm([r.pair.p for r in out]), strict=True):
+        row.p_holm = p
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def render(rows: list[Row]) -> str:
+    lines = [f"{len(rows)} paired comparisons, Holm-adjusted together (alpha {ALPHA}); "
+             "differences in points with 95% Newcombe intervals.", "",
+             "| family | dataset | model | defense | n | a | b | a − b [95% CI] | "
+             "McNemar p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = r.pair
+        what = {"overstatement": ("non-adaptive", "adaptive"),
+                "robustness gain": ("defended", "undefended"),
+                "clean cost": ("defended", "undefended")}[r.family]
+        mark = "**" if r.p_holm < ALPHA else ""
+        lines.append(
+            f"| {r.family} | {r.dataset} | {r.model} | {r.defense} | {p.n} | "
+            f"{what[0]} {_pct(p.rate_a)} | {what[1]} {_pct(p.rate_b)} | "
+            f"{mark}{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}]{mark} | "
+            f"{p.p:.3g} | {r.p_holm:.3g} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a run folder or its results.sqlite")
+    parser.add_argument("--baseline", default="none", help="the undefended row's defense label")
+    args = parser.parse_args()
+    db = args.out if args.out.suffix == ".sqlite" else args.out / "results.sqlite"
+    if not db.is_file():
+        parser.error(f"no store at {db}")
+    store = Store(db, readonly=True)
+    try:
+        keys, _ = plan_keys(store)
+        rows = evidence(store.cells(keys), args.baseline)
+    finally:
+        store.close()
+    print(render(rows))
+
+
+if __name__ == "__main__":
+    main()
