@@ -61,6 +61,7 @@ from musicbench.interfaces import (
     snr_radius,
 )
 from musicbench.metrics import snr_db
+from musicbench.params import MAX_SEED, check_number, check_seed
 from musicbench.plugins import PluginSystem
 from musicbench.queries import Objective, remaining_budget, score_rows
 from musicbench.registry import RegisterFn
@@ -116,6 +117,10 @@ __all__ = [
     "score_rows",
     "remaining_budget",
     "Objective",
+    # range checks for Params.__post_init__
+    "check_number",
+    "check_seed",
+    "MAX_SEED",
     # budgets and distances
     "snr_radius",
     "check_snr_db",

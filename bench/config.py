@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.errors import ConfigError, did_you_mean
-from musicbench.params import build_params
+from musicbench.params import build_params, check_number, check_seed
 
 KINDS = ("dataset", "model", "defense", "attack")
 TABLES = {"dataset": "datasets", "model": "models", "defense": "defenses", "attack": "attacks"}
 DEFAULT_CONFIG = "<embedded default>"
+MAX_SAMPLES = 10_000_000  # clips per dataset (and kept audio files): past any test split
+MAX_BATCH = 65_536
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class RunSettings:
             raise ValueError("samples and quick_samples must be >= 0 (0: the whole test split)")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        for name in ("samples", "quick_samples", "keep_audio"):
+            check_number(name, getattr(self, name), at_least=0, at_most=MAX_SAMPLES,
+                         integer=True)
+        check_number("batch_size", self.batch_size, at_least=1, at_most=MAX_BATCH, integer=True)
+        check_seed("seed", self.seed)
         for name in ("metrics", "set_metrics"):
             values = getattr(self, name)
             if len(set(values)) != len(values):

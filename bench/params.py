@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -30,10 +31,69 @@ def build_params(params_type: type, values: Mapping[str, Any], *, table: str) ->
                 f"unknown parameter.{hint} Accepted parameters: {accepted}.", table=table, key=key
             )
         kwargs[key] = coerce(value, hints[key], table=table, key=key)
+        _check_finite(kwargs[key], table=table, key=key)
     try:
         return params_type(**kwargs)
     except Exception as exc:  # the plugin's own checks (__post_init__) rejected the values
-        raise ConfigError(_rejection(params_type, exc), table=table) from exc
+        message = _rejection(params_type, exc)
+        # "eps must be > 0, got -1.0" is about key 'eps': say so, as for the checks above
+        first = message.split(" ", 1)[0]
+        raise ConfigError(message, table=table, key=first if first in fields else None) from exc
+
+
+def _check_finite(value: Any, *, table: str, key: str) -> None:
+    """Infinity and NaN are valid TOML floats but never a meaningful parameter: ``eps = inf``
+    would pass a plugin's ``not eps > 0`` check and publish a row without a budget. Rejected
+    here for every float anywhere in every ``Params`` field, so each plugin's own checks see
+    finite numbers only (third-party plugins included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"expected a finite number, got {value}", table=table, key=key)
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item, table=table, key=key)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item, table=table, key=key)
+
+
+#: Seeds are ints in [0, MAX_SEED] (what numpy's and torch's generators all accept).
+MAX_SEED = 2**32 - 1
+
+
+def check_number(name: str, value: Any, *, above: float | None = None,
+                 at_least: float | None = None, below: float | None = None,
+                 at_most: float | None = None, integer: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number within the given bounds
+    (``TypeError`` when it is not a number, or not an int with ``integer=True``).
+
+    The range check for a plugin's ``Params.__post_init__`` (public as
+    ``musicbench.api.check_number``): ``check_number("eps", self.eps, above=0, at_most=1)``.
+    Written so that NaN and infinity fail every bound (``not x > 0`` alone lets ``inf``
+    through).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            integer and not isinstance(value, int)):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    low = (f"> {_bound(above)}" if above is not None else
+           f">= {_bound(at_least)}" if at_least is not None else None)
+    high = (f"< {_bound(below)}" if below is not None else
+            f"<= {_bound(at_most)}" if at_most is not None else None)
+    ok = ((above is None or value > above) and (at_least is None or value >= at_least)
+          and (below is None or value < below) and (at_most is None or value <= at_most))
+    if not ok:
+        bounds = " and ".join(b for b in (low, high) if b)
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_seed(name: str, value: Any) -> None:
+    """``check_number`` for a seed: an int in [0, MAX_SEED]."""
+    check_number(name, value, at_least=0, at_most=MAX_SEED, integer=True)
 
 
 def _rejection(params_type: type, exc: Exception) -> str:

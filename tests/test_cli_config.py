@@ -48,7 +48,7 @@ def test_only_filters_and_rejects_names_not_in_config(tmp_path, toy_site):
     assert result.returncode == 2 and "no such attack in this config" in result.stderr
 
 
-@pytest.mark.parametrize("value,ok", [(3, True), (0.5, True), (True, False), ("1", False)])
+@pytest.mark.parametrize("value,ok", [(1, True), (0.5, True), (True, False), ("1", False)])
 def test_float_params_accept_ints_but_not_bools_or_strings(value, ok):
     if ok:
         assert build_params(PGDParams, {"eps": value}, table="attacks.pgd").eps == float(value)

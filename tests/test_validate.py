@@ -157,7 +157,8 @@ class _Strict:
 
 
 def test_any_rejection_by_a_params_post_init_is_a_config_error_naming_the_table():
-    with pytest.raises(ConfigError, match=r"^\[models\.strict\]: seed must be >= 0, got -1$"):
+    with pytest.raises(ConfigError,
+                       match=r"^\[models\.strict\] key 'seed': seed must be >= 0, got -1$"):
         build_params(_Strict, {"seed": -1}, table="models.strict")
     with pytest.raises(ConfigError, match=r"^\[models\.strict\]: _Strict\.__post_init__ "
                                           r"rejected the values: KeyError: 'slow'$"):
@@ -172,7 +173,7 @@ def test_validate_reports_a_rejected_parameter_in_one_line_and_exits_2(broken_si
         result = cli("validate", "picky", "-p", param, sites=(broken_site,))
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, result.stderr
-        assert len(lines) == 1 and lines[0].startswith("error: [models.picky]: "), lines
+        assert len(lines) == 1 and lines[0].startswith("error: [models.picky]"), lines
         assert message in lines[0]
 
 

@@ -67,10 +67,12 @@ from musicbench.api import (
     Bound,
     MusicbenchError,
     Victim,
+    check_number,
     check_snr_db,
     project_l2,
     snr_radius,
 )
+from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS, MAX_STEPS
 
 DLR_EPS = 1e-12
 """The paper's guard in DLR's denominator."""
@@ -127,6 +129,12 @@ class APGDParams:
             raise ValueError(f"shrink must be >= 0, got {self.shrink}")
         if not 0 < self.min_interval <= 1:
             raise ValueError(f"min_interval must be in (0, 1], got {self.min_interval}")
+        check_number("eps", self.eps, above=0,
+                     at_most=MAX_LINF_EPS if self.norm == "linf" else MAX_L2_EPS)
+        check_number("steps", self.steps, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("restarts", self.restarts, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("initial_step", self.initial_step, above=0, at_most=100)
+        check_number("shrink", self.shrink, at_least=0, at_most=1)
 
 
 def checkpoints(steps: int, first: float = 0.22, shrink: float = 0.03,

@@ -45,9 +45,11 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.api import check_snr_db, project_l2, snr_radius as eps_from_snr
+from musicbench.api import check_number, check_snr_db, project_l2
+from musicbench.api import snr_radius as eps_from_snr
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
+from musicbench_plugins._limits import MAX_L2_EPS, MAX_LEARNING_RATE, MAX_STEPS, MAX_WEIGHT
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -88,6 +90,14 @@ class CWParams:
         if self.eps is not None and self.snr_db is not None:
             raise ValueError("set eps or snr_db, not both")
         check_snr_db(self.snr_db)
+        check_number("initial_const", self.initial_const, above=0, at_most=MAX_WEIGHT)
+        check_number("binary_search_steps", self.binary_search_steps, at_least=1,
+                     at_most=MAX_STEPS, integer=True)
+        check_number("steps", self.steps, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        check_number("kappa", self.kappa, at_least=0, at_most=MAX_WEIGHT)
+        if self.eps is not None:
+            check_number("eps", self.eps, above=0, at_most=MAX_L2_EPS)
 
 
 def update_const(

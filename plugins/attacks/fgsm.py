@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from musicbench.api import check_number
 from musicbench.interfaces import AttackResult, Bound
 from musicbench.victim import Victim
+from musicbench_plugins._limits import MAX_LINF_EPS
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
 
 
@@ -23,6 +25,7 @@ class FGSMParams:
     def __post_init__(self) -> None:
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_number("eps", self.eps, above=0, at_most=MAX_LINF_EPS)
 
 
 class FGSM(PGD):

@@ -37,8 +37,10 @@ from typing import Any
 
 import torch
 
+from musicbench.api import check_number
 from musicbench.interfaces import AttackResult
 from musicbench.victim import Victim
+from musicbench_plugins._limits import MAX_QUERIES, MAX_SECONDS, MAX_SIZE
 from musicbench_plugins.attacks.maia_masks import MaskKind, RegionFiller, latent_bounds
 from musicbench_plugins.attacks.maia_wb import InpainterAttack
 from musicbench_plugins.attacks.occlusion import occlusion_cost, occlusion_regions
@@ -79,6 +81,14 @@ class MAIABBParams:
             raise ValueError(f"taper must be in [0, 1], got {self.taper}")
         if self.n_fft < 16 or self.n_fft % 4:
             raise ValueError(f"n_fft must be a multiple of 4 and >= 16, got {self.n_fft}")
+        check_number("budget", self.budget, at_least=1, at_most=MAX_QUERIES, integer=True)
+        if self.population is not None:
+            check_number("population", self.population, at_least=2, at_most=MAX_SIZE, integer=True)
+        check_number("regions", self.regions, at_least=1, at_most=1000, integer=True)
+        if self.gap_seconds is not None:
+            check_number("gap_seconds", self.gap_seconds, above=0, at_most=MAX_SECONDS)
+        check_number("chunk_seconds", self.chunk_seconds, above=0, at_most=MAX_SECONDS)
+        check_number("n_fft", self.n_fft, at_least=16, at_most=MAX_SIZE, integer=True)
 
 
 class MAIABB(InpainterAttack):

@@ -40,8 +40,10 @@ from typing import Any, Literal
 
 import torch
 
+from musicbench.api import check_number
 from musicbench.interfaces import Attack, AttackResult, Context, Inpainter, ThreatModel
 from musicbench.victim import Victim
+from musicbench_plugins._limits import MAX_SECONDS, MAX_SIZE, MAX_WEIGHT
 from musicbench_plugins.attacks.gradcam import CamScore, cam_regions, gradcam
 from musicbench_plugins.attacks.maia_masks import (
     MaskKind,
@@ -93,6 +95,13 @@ class MAIAWBParams:
             raise ValueError(f"band_fraction must be in (0, 1], got {self.band_fraction}")
         if self.n_fft < 16 or self.n_fft % 4:
             raise ValueError(f"n_fft must be a multiple of 4 and >= 16, got {self.n_fft}")
+        check_number("regions", self.regions, at_least=1, at_most=1000, integer=True)
+        if self.gap_seconds is not None:
+            check_number("gap_seconds", self.gap_seconds, above=0, at_most=MAX_SECONDS)
+        for name in ("alpha", "latent_alpha", "lambda_att"):
+            check_number(name, getattr(self, name), above=0, at_most=MAX_WEIGHT)
+        check_number("lambda_rec", self.lambda_rec, at_least=0, at_most=MAX_WEIGHT)
+        check_number("n_fft", self.n_fft, at_least=16, at_most=MAX_SIZE, integer=True)
 
 
 class InpainterAttack(Attack):

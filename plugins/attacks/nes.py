@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.api import Objective, remaining_budget, score_rows
+from musicbench.api import Objective, check_number, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
+from musicbench_plugins._limits import MAX_LINF_EPS, MAX_QUERIES, MAX_SIZE
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,13 @@ class NESParams:
                              f"{self.objective!r}")
         if self.query_chunk < 1:
             raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+        check_number("eps", self.eps, above=0, at_most=MAX_LINF_EPS)
+        check_number("budget", self.budget, at_least=1, at_most=MAX_QUERIES, integer=True)
+        check_number("population", self.population, at_least=2, at_most=MAX_SIZE, integer=True)
+        check_number("sigma", self.sigma, above=0, at_most=MAX_LINF_EPS)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size, above=0, at_most=MAX_LINF_EPS)
+        check_number("query_chunk", self.query_chunk, at_least=1, at_most=MAX_SIZE, integer=True)
 
 
 class NES(Attack):

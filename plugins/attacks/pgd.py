@@ -27,10 +27,12 @@ from musicbench.api import (
     AttackResult,
     Bound,
     Victim,
+    check_number,
     check_snr_db,
     project_l2,
     snr_radius,
 )
+from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS, MAX_STEPS
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class PGDParams:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
         check_snr_db(self.snr_db)
+        check_number("eps", self.eps, above=0,
+                     at_most=MAX_LINF_EPS if self.norm == "linf" else MAX_L2_EPS)
+        check_number("steps", self.steps, at_least=1, at_most=MAX_STEPS, integer=True)
+        if self.step_size is not None:
+            check_number("step_size", self.step_size, above=0, at_most=MAX_L2_EPS)
 
 
 class PGD(Attack):

@@ -45,7 +45,16 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.api import Attack, AttackResult, Bound, Victim, remaining_budget, score_rows
+from musicbench.api import (
+    Attack,
+    AttackResult,
+    Bound,
+    Victim,
+    check_number,
+    remaining_budget,
+    score_rows,
+)
+from musicbench_plugins._limits import MAX_LINF_EPS, MAX_QUERIES, MAX_SIZE
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 """Iterations (of a 10 000-query run) after which the paper halves ``p``."""
@@ -74,6 +83,10 @@ class SquareParams:
             raise ValueError(f"init_block must be >= 1, got {self.init_block}")
         if self.query_chunk < 1:
             raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+        check_number("eps", self.eps, above=0, at_most=MAX_LINF_EPS)
+        check_number("budget", self.budget, at_least=1, at_most=MAX_QUERIES, integer=True)
+        check_number("init_block", self.init_block, at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("query_chunk", self.query_chunk, at_least=1, at_most=MAX_SIZE, integer=True)
 
 
 def window_fraction(iteration: int, budget: int, p_init: float) -> float:

@@ -49,9 +49,16 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.api import remaining_budget, score_rows
+from musicbench.api import check_number, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
+from musicbench_plugins._limits import (
+    MAX_LEARNING_RATE,
+    MAX_LINF_EPS,
+    MAX_QUERIES,
+    MAX_SIZE,
+    MAX_WEIGHT,
+)
 
 _BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
@@ -106,6 +113,19 @@ class ZOOParams:
             raise ValueError(f"kappa must be >= 0, got {self.kappa}")
         if self.query_chunk < 1:
             raise ValueError(f"query_chunk must be >= 1, got {self.query_chunk}")
+        if self.eps is not None:
+            check_number("eps", self.eps, above=0, at_most=MAX_LINF_EPS)
+        check_number("budget", self.budget, at_least=1, at_most=MAX_QUERIES, integer=True)
+        check_number("coordinates", self.coordinates, at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("block", self.block, at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("h", self.h, above=0, at_most=MAX_LINF_EPS)
+        check_number("step_fraction", self.step_fraction, above=0, at_most=100)
+        if self.learning_rate is not None:
+            check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        if self.const is not None:
+            check_number("const", self.const, above=0, at_most=MAX_WEIGHT)
+        check_number("kappa", self.kappa, at_least=0, at_most=MAX_WEIGHT)
+        check_number("query_chunk", self.query_chunk, at_least=1, at_most=MAX_SIZE, integer=True)
 
     @property
     def step(self) -> float:

@@ -67,6 +67,7 @@ import numpy as np
 from musicbench.api import (
     INT16_SCALE,
     atomic_folder,
+    check_seed,
     load_or_build,
     recipe_path,
     to_int16,
@@ -458,6 +459,7 @@ class Params:
                              "(see `musicbench list datasets` / docs)")
         check_audio_params(self.clip_seconds, self.sample_rate)
         check_fractions(self.valid_fraction, self.test_fraction)
+        check_seed("seed", self.seed)
 
 
 _TASK_COLUMN = {"classification": "label", "retrieval": "work_id"}

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from musicbench.api import check_seed
 from musicbench.errors import ConfigError
 from musicbench_plugins.datasets.folder import (
     SPLITS,
@@ -87,6 +88,7 @@ class Params:
             raise ValueError("root is required: the folder that holds GTZAN's genres/ folder")
         check_audio_params(self.clip_seconds, self.sample_rate)
         check_fractions(self.valid_fraction, self.test_fraction)
+        check_seed("seed", self.seed)
 
 
 class GTZAN(AudioFileDataset):

@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from musicbench.api import (
+    check_number,
+    check_seed,
     load_or_build,
     read_clip_cache,
     recipe_path,
@@ -67,6 +69,7 @@ from musicbench.api import (
     write_clip_cache,
 )
 from musicbench.interfaces import Dataset, Example
+from musicbench_plugins._limits import MAX_SIZE
 from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.folder import (
     SPLITS,
@@ -130,6 +133,8 @@ class Params:
                 "valid_fraction + test_fraction must leave works for training, got "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
+        check_number("works", self.works, at_least=1, at_most=MAX_SIZE, integer=True)
+        check_seed("seed", self.seed)
 
 
 # ----------------------------------------------------------------------------------------------

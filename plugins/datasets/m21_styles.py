@@ -44,6 +44,8 @@ import numpy as np
 
 from musicbench.api import (
     INT16_SCALE,
+    check_number,
+    check_seed,
     load_or_build,
     read_clip_cache,
     recipe_path,
@@ -51,6 +53,7 @@ from musicbench.api import (
     write_clip_cache,
 )
 from musicbench.interfaces import Dataset, Example
+from musicbench_plugins._limits import MAX_SIZE
 from musicbench_plugins.datasets import m21_corpus, synth
 from musicbench_plugins.datasets.m21_render import (
     FRAME_RATE,
@@ -102,6 +105,9 @@ class Params:
                 "valid_fraction + test_fraction must leave works for training, got "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
+        for name in ("works_per_class", "clips_per_work"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        check_seed("seed", self.seed)
 
 
 # ----------------------------------------------------------------------------------------------

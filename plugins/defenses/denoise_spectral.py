@@ -48,6 +48,7 @@ from typing import Literal
 import torch
 
 from musicbench.api import Preprocessor
+from musicbench_plugins._limits import MAX_SIZE
 from musicbench_plugins.defenses._checks import check_number, config_error
 
 _TINY = 1e-12
@@ -94,6 +95,7 @@ class SpectralGateParams:
         if self.hop_length is not None and self.hop_length > self.n_fft // 2:
             raise ValueError(f"hop_length {self.hop_length} must be at most n_fft // 2 = "
                              f"{self.n_fft // 2} (Hann windows must overlap to invert the STFT)")
+        check_number("n_fft", self.n_fft, at_least=4, at_most=MAX_SIZE, integer=True)
 
 
 class SpectralGate(Preprocessor):

@@ -60,7 +60,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.api import Context, Dataset, Preprocessor, TrainedOnFirstUse
+from musicbench.api import (
+    Context,
+    Dataset,
+    Preprocessor,
+    TrainedOnFirstUse,
+    check_number,
+    check_seed,
+)
+from musicbench_plugins._limits import (
+    MAX_LEARNING_RATE,
+    MAX_SECONDS,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+)
 
 NOISE_KINDS = ("gaussian", "sign", "uniform")
 """The order of :attr:`DenoiseUNetParams.noise_mix`."""
@@ -131,6 +145,17 @@ class DenoiseUNetParams:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.valid_clips < 0:
             raise ValueError(f"valid_clips must be >= 0, got {self.valid_clips}")
+        for name in ("filters", "channels", "max_channels", "local_channels", "batch_size"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        for name in ("depth", "local_layers"):
+            check_number(name, getattr(self, name), at_least=1, at_most=32, integer=True)
+        check_number("epochs", self.epochs, at_least=1, at_most=MAX_STEPS, integer=True)
+        for weight in self.noise_mix:
+            check_number("noise_mix", weight, at_least=0, at_most=MAX_WEIGHT)
+        check_number("crop_seconds", self.crop_seconds, above=0, at_most=MAX_SECONDS)
+        check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        check_number("valid_clips", self.valid_clips, at_least=0, at_most=MAX_SIZE, integer=True)
+        check_seed("seed", self.seed)
 
 
 def _dft_filters(length: int) -> tuple[torch.Tensor, torch.Tensor]:

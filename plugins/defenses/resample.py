@@ -68,6 +68,11 @@ class ResampleParams:
             if -(-lo // self.rate_step_hz) * self.rate_step_hz > hi:
                 raise ValueError(f"random_rate {pair} holds no multiple of rate_step_hz "
                                  f"{self.rate_step_hz}")
+        for key in ("rate_hz", "rate_step_hz"):
+            check_number(key, getattr(self, key), at_least=1, at_most=384_000, integer=True)
+        check_number("zeros", self.zeros, at_least=1, at_most=1024, integer=True)
+        for rate in self.random_rate or ():
+            check_number("random_rate", rate, at_least=1, at_most=384_000, integer=True)
 
 
 class Resample(Preprocessor):

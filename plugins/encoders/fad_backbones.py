@@ -91,8 +91,10 @@ from typing import Any, Literal
 
 import torch
 
+from musicbench.api import check_number
 from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Context, Encoder
+from musicbench_plugins._limits import MAX_SECONDS
 
 PACKAGE = "frechet_audio_distance"
 DISTRIBUTION = "frechet-audio-distance"
@@ -476,6 +478,8 @@ class FadPannParams:
     def __post_init__(self) -> None:
         if self.window_seconds is not None and not self.window_seconds >= 0.5:
             raise ValueError(f"window_seconds must be >= 0.5 (or unset), got {self.window_seconds}")
+        if self.window_seconds is not None:
+            check_number("window_seconds", self.window_seconds, at_least=0.5, at_most=MAX_SECONDS)
 
 
 class FadPannEncoder(Encoder):

@@ -43,7 +43,9 @@ from typing import ClassVar
 
 import torch
 
+from musicbench.api import check_number
 from musicbench.interfaces import Context, Inpainter
+from musicbench_plugins._limits import MAX_SECONDS, MAX_SIZE
 from musicbench_plugins.inpainters.gaps import check_inputs, composite, equal_power, gap_runs
 
 
@@ -72,6 +74,11 @@ class BaselineParams:
             raise ValueError(f"crossfade must be >= 0, got {self.crossfade}")
         if not self.min_chunk_seconds > 0:
             raise ValueError(f"min_chunk_seconds must be > 0, got {self.min_chunk_seconds}")
+        for name in ("context_seconds", "min_chunk_seconds"):
+            check_number(name, getattr(self, name), above=0, at_most=MAX_SECONDS)
+        for name in ("n_fft", "hop", "n_mels", "top_k", "align_window"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("crossfade", self.crossfade, at_least=0, at_most=MAX_SIZE, integer=True)
 
 
 class BaselineInpainter(Inpainter):

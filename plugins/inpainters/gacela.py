@@ -57,7 +57,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from musicbench.api import Context, Dataset, Inpainter, TrainedOnFirstUse
+from musicbench.api import Context, Dataset, Inpainter, TrainedOnFirstUse, check_number, check_seed
+from musicbench_plugins._limits import MAX_LEARNING_RATE, MAX_SIZE, MAX_STEPS, MAX_WEIGHT
 from musicbench_plugins.inpainters.gacela_nets import Critic, Generator
 from musicbench_plugins.inpainters.gaps import check_inputs, composite, gap_runs
 from musicbench_plugins.inpainters.spectral import (
@@ -133,6 +134,16 @@ class GacelaParams:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.edge_prob > 1:
             raise ValueError(f"edge_prob must be <= 1, got {self.edge_prob}")
+        for name in ("n_fft", "hop", "n_mels", "gap_frames", "context_frames", "latent_dim",
+                     "width", "critic_frames", "batch_size", "prior_frames", "edge_ramp"):
+            check_number(name, getattr(self, name), at_least=0, at_most=MAX_SIZE, integer=True)
+        for name in ("steps", "critic_steps", "gl_iterations"):
+            check_number(name, getattr(self, name), at_least=0, at_most=MAX_STEPS, integer=True)
+        check_number("range_db", self.range_db, above=0, at_most=200)
+        check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        for name in ("gp_weight", "l1_weight", "diversity_weight", "latent_spread"):
+            check_number(name, getattr(self, name), at_least=0, at_most=MAX_WEIGHT)
+        check_seed("seed", self.seed)
 
 
 class GacelaInpainter(TrainedOnFirstUse, Inpainter):

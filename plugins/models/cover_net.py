@@ -37,8 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.api import Context, Dataset, TrainedModel
+from musicbench.api import Context, Dataset, TrainedModel, check_number, check_seed
 from musicbench.metrics import retrieval_ranking
+from musicbench_plugins._limits import (
+    MAX_LEARNING_RATE,
+    MAX_SECONDS,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_WEIGHT,
+)
 from musicbench_plugins.models.frontends import LogFrequencySpectrogram
 
 
@@ -74,6 +81,16 @@ class CoverNetParams:
             raise ValueError(f"max_stretch must be >= 1, got {self.max_stretch}")
         if not 0.1 <= self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}")
+        check_number("input_seconds", self.input_seconds, above=0, at_most=MAX_SECONDS)
+        for name in ("width", "dim", "works_per_batch", "versions_per_work"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("epochs", self.epochs, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        check_number("triplet_margin", self.triplet_margin, at_least=0, at_most=MAX_WEIGHT)
+        check_number("max_transpose", self.max_transpose, at_least=0, at_most=24, integer=True)
+        check_number("hop", self.hop, at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("max_stretch", self.max_stretch, at_least=1, at_most=4)
+        check_seed("seed", self.seed)
 
 
 def _block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicbench.api import Context, Dataset, TrainedModel
+from musicbench.api import Context, Dataset, TrainedModel, check_number, check_seed
+from musicbench_plugins._limits import MAX_LEARNING_RATE, MAX_SIZE, MAX_STEPS
 from musicbench_plugins.models.frontends import LogMel
 
 
@@ -38,6 +39,13 @@ class StyleCNNParams:
         for name in ("width", "n_mels", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("width", "n_mels", "batch_size"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("epochs", self.epochs, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("learning_rate", self.learning_rate, above=0, at_most=MAX_LEARNING_RATE)
+        check_number("weight_decay", self.weight_decay, at_least=0, at_most=1)
+        check_number("mel_shift", self.mel_shift, at_least=0, at_most=self.n_mels, integer=True)
+        check_seed("seed", self.seed)
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:

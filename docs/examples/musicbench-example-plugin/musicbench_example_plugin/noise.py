@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from musicbench.api import Attack, AttackResult, Bound, Victim
+from musicbench.api import Attack, AttackResult, Bound, Victim, check_number
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,8 @@ class NoiseParams:
     tries: int = 10
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.tries < 1:
-            raise ValueError(f"tries must be >= 1, got {self.tries}")
+        check_number("eps", self.eps, above=0, at_most=1)
+        check_number("tries", self.tries, at_least=1, at_most=10_000)
 
 
 class NoiseAttack(Attack):
