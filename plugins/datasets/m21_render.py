@@ -5,9 +5,14 @@ process pool, so the two datasets cannot drift apart in how a work becomes audio
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import hashlib
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,9 +56,42 @@ def coverage(onset: np.ndarray, end: np.ndarray, n_frames: int) -> np.ndarray:
     return np.cumsum(delta[:-1]) > 0
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_SECONDS = 1.0
+
+
+def _worker_init(parent_pid: int) -> None:
+    """First thing every render worker runs: make it die with ``parent_pid``, however the
+    parent dies (``kill -9`` included), so no worker or resource tracker outlives a build.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, the kernel kills the worker when the thread
+    that spawned it ends (:class:`process_map` is used from the thread that builds). Then,
+    for the parent dying before that was armed and for systems without it, the worker checks
+    that its parent is still ``parent_pid`` now and once a second from a daemon thread (an
+    orphan is re-parented, so ``getppid()`` changes)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the watcher below still works
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="musicbench-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_SECONDS)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+
 class process_map:
     """Context manager yielding an ordered ``map(fn, items) -> list``: in-process when one
-    worker suffices, else a spawn-based process pool (spawn: safe after torch is imported)."""
+    worker suffices, else a spawn-based process pool (spawn: safe after torch is imported)
+    whose workers die with this process (:func:`_worker_init`)."""
 
     def __init__(self, workers: int, n_jobs: int):
         self.n = max(1, min(int(workers), n_jobs, os.cpu_count() or 1))
@@ -62,7 +100,8 @@ class process_map:
     def __enter__(self):
         if self.n > 1:
             self.pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.n, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.n, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init, initargs=(os.getpid(),),
             )
         return self._map
 
