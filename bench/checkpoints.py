@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from musicbench.files import default_file_mode
+
 
 def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> None:
     """Write ``module``'s state dict to ``path`` atomically (temp file, then rename)."""
@@ -20,7 +22,7 @@ def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, Any]) -
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"musicbench": json.dumps(metadata, sort_keys=True)})
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 -> the umask's (musicbench.files)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -190,8 +190,9 @@ def leaderboard(
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
+        from musicbench.files import atomic_write_text
+
+        atomic_write_text(output, text)  # a kill mid-write leaves the old file whole
         stderr.print(f"wrote {output}")
     if store_copy is not None:
         from musicbench.store import snapshot

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from musicbench.files import default_dir_mode, describe_holder, file_lock
 
 INT16_SCALE = 32767.0
 """Clips are stored as int16: ``round(x * INT16_SCALE)``; decoding divides by it."""
@@ -35,17 +38,46 @@ def recipe_path(cache_dir: Path | str, prefix: str, recipe: dict[str, Any]) -> P
 def load_or_build(path: Path, load: Callable[[Path], None], build: Callable[[Path], None],
                   *, what: str) -> None:
     """``load(path)`` if the cache folder is there and readable; otherwise drop it,
-    ``build(path)`` (which writes it atomically) and load what was written."""
-    if path.is_dir():
-        try:
-            load(path)
+    ``build(path)`` (which writes it atomically) and load what was written.
+
+    Building holds :func:`build_lock` on the entry: a second process (or thread) that wants the
+    same entry meanwhile waits, saying so on stderr, then loads what the first built instead of
+    building it again; if the first died, the lock died with it and the second builds."""
+    if _try_load(path, load, what):
+        return
+    with build_lock(path, what=what):
+        if _try_load(path, load, what):  # built by whoever held the lock before us
             return
-        except (OSError, ValueError, KeyError) as exc:
-            warnings.warn(f"{what} cache at {path} is unreadable ({exc}); rebuilding",
-                          stacklevel=3)
-            shutil.rmtree(path, ignore_errors=True)
-    build(path)
+        build(path)
     load(path)
+
+
+def _try_load(path: Path, load: Callable[[Path], None], what: str) -> bool:
+    if not path.is_dir():
+        return False
+    try:
+        load(path)
+        return True
+    except (OSError, ValueError, KeyError) as exc:
+        warnings.warn(f"{what} cache at {path} is unreadable ({exc}); rebuilding",
+                      stacklevel=4)
+        shutil.rmtree(path, ignore_errors=True)
+        return False
+
+
+def build_lock(path: Path, *, what: str) -> contextlib.AbstractContextManager[None]:
+    """The lock on building cache entry ``path`` (a file or a folder): an exclusive
+    :func:`musicbench.files.file_lock` on ``.<name>.lock`` beside it, waited for with a note on
+    stderr naming the holder. For caches not built through :func:`load_or_build` (weights
+    trained on first use hold it while training)."""
+    path = Path(path)
+    return file_lock(path.parent / f".{path.name}.lock", what=f"building {what} at {path}",
+                     on_wait=lambda holder: _note_wait(what, path, holder))
+
+
+def _note_wait(what: str, path: Path, holder: dict[str, str]) -> None:
+    print(f"musicbench: waiting for {describe_holder(holder)}, which is building {what} at "
+          f"{path}; it will be reused", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -56,6 +88,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        os.chmod(tmp, default_dir_mode())  # mkdtemp's 0700 -> the umask's, like every cache
         yield tmp
         try:
             os.rename(tmp, path)

@@ -32,6 +32,11 @@ class ConfigError(MusicbenchError):
         super().__init__(where + message)
 
 
+class OutputInUseError(ConfigError):
+    """Another ``musicbench run`` is writing the same output folder; nothing has been run
+    (exit code 2, like a config error: the command line must change, or wait)."""
+
+
 class UnknownNameError(ConfigError):
     """A plugin name that no registry holds; the message lists the closest matches."""
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from musicbench.files import atomic_write_text
 from musicbench.interfaces.attack import ThreatModel
 from musicbench.metrics import clopper_pearson
 from musicbench.store import CellRecord, Store
@@ -342,6 +343,8 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
         "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
         "skipped": {name: meta.get("skipped", [])
                     for name, meta in settings.get("datasets", {}).items()},
+        "plugins_failed": {name: p for name, p in (env.get("plugins") or {}).items()
+                           if p.get("status") == "failed"},
     }
 
 
@@ -397,6 +400,9 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
                  ("; quick run" if h.get("quick") else ""))
     if h.get("command"):
         lines.append(f"- command: `{h['command']}`")
+    for name, p in (h.get("plugins_failed") or {}).items():
+        lines.append(f"- **plugin `{name}` ({p.get('provider')}) failed to load**: "
+                     f"{' '.join(str(p.get('error', '')).split())}")
     if h["stored"] < h["planned"]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")
@@ -527,6 +533,5 @@ def render(store: Store, fmt: str = "md") -> str:
 
 
 def write_leaderboard(store: Store, path: Path, fmt: str = "md") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(store, fmt), encoding="utf-8")
-    return path
+    """Render and write ``path`` atomically: a kill mid-write leaves the old file whole."""
+    return atomic_write_text(path, render(store, fmt))

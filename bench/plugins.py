@@ -182,6 +182,24 @@ class PluginSystem:
         """The entry of ``kind`` called ``name``; unknown names raise with suggestions."""
         return self.registries[kind].get(name)
 
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Every discovered plugin by name: ``provider`` (distribution and version), ``status``
+        and, unless loaded, ``error`` (what a run records in its metadata)."""
+        out = {}
+        for key, info in sorted(self.plugins.items()):
+            entry = {"provider": info.provider, "status": info.status}
+            if info.error:
+                entry["error"] = info.error
+            out[key] = entry
+        return out
+
+    def failure_lines(self) -> list[str]:
+        """One line per plugin that failed to load, naming it, its provider and the error."""
+        return [f"plugin '{info.name}' ({info.provider}) failed to load, its components are "
+                f"unavailable: {' '.join((info.error or 'unknown error').split())} "
+                "(`musicbench list` for details)"
+                for info in self.plugins.values() if info.status == "failed"]
+
     def notify_cell_finished(self, record: Any) -> list[str]:
         """Call every ``cell_finished`` observer; returns the errors they raised (never raises).
         One failing observer does not keep the record from the others."""

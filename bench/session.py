@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
 
 from musicbench.cache import cache_dir
 from musicbench.config import RunConfig, load_config
-from musicbench.errors import ConfigError
+from musicbench.errors import ConfigError, OutputInUseError
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.executors import EXECUTORS
+from musicbench.files import LockBusy, describe_holder, file_lock
 from musicbench.interfaces import Progress
 from musicbench.interfaces.context import NullProgress
 from musicbench.planner import apply_only, plan_cells, resolve
@@ -65,9 +71,8 @@ def execute(
     was asked for, and the leaderboard renders every stored cell of the config
     (:func:`musicbench.leaderboard.build`).
     """
-    from musicbench.leaderboard import write_leaderboard
-
     progress = progress or NullProgress()
+    report_failed_plugins(plugins)
     config = load_config(options.config)
     resolved = apply_only(resolve(config, plugins), options.only)
     device = resolve_device(options.device or config.run.device)
@@ -77,9 +82,19 @@ def execute(
             f"unknown executor '{executor_name}'; available: {', '.join(EXECUTORS)}",
             table="run", key="executor",
         )
+    out = output_dir(config, options)
+    with run_lock(out):
+        return _execute_locked(options, plugins, progress, argv, config, resolved, device,
+                               executor_name, out)
+
+
+def _execute_locked(options: RunOptions, plugins: PluginSystem, progress: Progress,
+                    argv: list[str] | None, config: RunConfig, resolved: Any, device: Any,
+                    executor_name: str, out: Path) -> RunOutcome:
+    from musicbench.leaderboard import write_leaderboard
+
     settings = config.run
     samples = settings.quick_samples if options.quick else settings.samples
-    out = output_dir(config, options)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
                    seed=settings.seed)
     plan = plan_cells(resolved, ws, settings, quick=options.quick)
@@ -96,7 +111,8 @@ def execute(
         run_id = store.start_run(
             started=now(), config_source=config.source, config_text=config.text,
             argv=argv if argv is not None else sys.argv, settings=run_settings,
-            environment=environment, plan=[s.key for s in specs],
+            environment=environment | {"plugins": plugins.describe()},
+            plan=[s.key for s in specs],
         )
 
         def on_record(record: CellRecord) -> None:
@@ -113,3 +129,49 @@ def execute(
     finally:
         store.close()
     return RunOutcome(out, len(specs), len(specs) - len(todo), records, board)
+
+
+RUN_LOCK = ".musicbench-run.lock"
+"""The lock file in an output folder that its one running ``musicbench run`` holds."""
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.musicbench-run.lock`` for one run; another run on ``out`` meanwhile
+    raises :class:`OutputInUseError` (exit 2) naming the holder, before doing any work.
+
+    Refuse rather than wait: a second run on the same folder is a duplicate submission, and
+    waiting would hold its machine idle for hours only to find every cell done. The lock dies
+    with its holder, so after a kill the rerun resumes at once. If the run fails before it
+    starts (a config error found while planning), a folder this made for the lock alone is
+    removed again, as if nothing had run."""
+    created = not out.exists()
+    lock = out / RUN_LOCK
+    held = False
+    try:
+        with file_lock(lock, blocking=False, what=f"musicbench run --out {out}"):
+            held = True
+            try:
+                yield
+            except BaseException:
+                if created and not (out / "results.sqlite").exists():
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
+                        out.rmdir()
+                raise
+    except LockBusy as busy:
+        if held:  # raised by the run itself, not by this lock
+            raise
+        raise OutputInUseError(
+            f"another musicbench run ({describe_holder(busy.holder)}) is using {out}; wait "
+            "for it to finish (then rerunning resumes, nothing is computed twice) or pass "
+            "another --out") from None
+
+
+def report_failed_plugins(plugins: PluginSystem) -> None:
+    """One line on stderr per plugin that failed to load: its components are missing from
+    this run (``musicbench list`` shows the traceback)."""
+    from musicbench.ui import stderr
+
+    for line in plugins.failure_lines():
+        stderr.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True, highlight=False)

@@ -378,18 +378,27 @@ def snapshot(source: Path, target: Path) -> None:
     """A consistent, self-contained copy of the store at ``source`` (SQLite's online backup,
     so a run may be writing), written to ``target`` atomically, without a WAL beside it."""
     import os
+    import tempfile
+
+    from musicbench.files import default_file_mode
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    src = sqlite3.connect(source, timeout=30)
-    dst = sqlite3.connect(tmp)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)  # unique: two snapshots at once do not write one temp file
     try:
-        src.backup(dst)
-        dst.execute("PRAGMA journal_mode=DELETE")
+        src = sqlite3.connect(source, timeout=30)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+            src.close()
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, target)
     finally:
-        dst.close()
-        src.close()
-    os.replace(tmp, target)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            if leftover.exists():
+                leftover.unlink()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from musicbench.checkpoints import load_module, save_module
+from musicbench.datacache import build_lock
 from musicbench.errors import NotTrainedError
 from musicbench.interfaces import Context, Dataset, TargetModel
 
@@ -155,12 +156,15 @@ class TrainedOnFirstUse(abc.ABC):
             if not ctx.allow_training:
                 raise NotTrainedError(f"no {self.checkpoint_prefix} checkpoint at {path}; run "
                                       f"`musicbench train {self.checkpoint_prefix}`")
-            self.fit(ctx)
-            if not path.exists():
-                raise RuntimeError(
-                    f"{type(self).__name__}.fit did not write its weights to {path}; end fit "
-                    "with `return self.save_trained(ctx, ds, net, summary)`")
-            return
+            # One trainer per checkpoint: a second run sharing the cache waits, then loads.
+            with build_lock(path, what=f"{self.checkpoint_prefix} weights"):
+                if not path.exists():
+                    self.fit(ctx)
+                    if not path.exists():
+                        raise RuntimeError(
+                            f"{type(self).__name__}.fit did not write its weights to {path}; "
+                            "end fit with `return self.save_trained(ctx, ds, net, summary)`")
+                    return
         net = self.build_net(ds, ctx.device)
         self.training_summary = load_module(net, path, ctx.device)
         self.freeze(net)

@@ -1,0 +1,162 @@
+"""Files that survive kills and concurrent runs: atomic writes, advisory locks, and the one
+permission policy of everything musicbench writes.
+
+Permissions: musicbench follows the process umask for every file and folder it creates, caches
+included (datasets, weights of models, inpainters and defenses, lock files, leaderboards). Temp
+files and folders from :mod:`tempfile` are owner-only (0600/0700); whatever is renamed into
+place is first given the mode a plain ``open``/``mkdir`` would have had, so a cache shared by a
+group (``umask 002`` and a setgid folder, say) is readable and replaceable by the group, and a
+private one (``umask 077``) stays private. Nothing is forced wider or narrower than the umask.
+
+Locks: :func:`file_lock` is ``flock(2)`` on a lock file (POSIX). The kernel releases it when
+its holder dies, even by ``kill -9``, so a lock is never stale. On NFS, Linux emulates
+``flock`` with byte-range locks that the server arbitrates (NFSv4, or NFSv3 with ``lockd``):
+then the lock holds across cluster nodes; on a mount with ``nolock`` or ``local_lock=all``/
+``flock``, and on Lustre without ``-o flock``, it holds only between processes on one node.
+Where ``fcntl`` does not exist (Windows), locking is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # the portable way: set and restore
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: ``0o777`` less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` so that readers (and a kill at any moment) see either the old
+    file or the whole new one: a temp file in the same folder, flushed and fsync'ed, then
+    ``os.replace``. The new file gets the umask's mode, like ``open(path, "w")``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+class LockBusy(Exception):
+    """A non-blocking :func:`file_lock` found the lock held; ``holder`` is what the holder
+    wrote into the lock file (``pid``, ``host``, ``since``, ``what``), possibly empty."""
+
+    def __init__(self, path: Path, holder: dict[str, str]):
+        self.path = path
+        self.holder = holder
+        super().__init__(f"{path} is locked by {describe_holder(holder)}")
+
+
+def describe_holder(holder: dict[str, str]) -> str:
+    """``pid 123 on node7 since 2024-01-01 12:00:00`` (whatever parts are known)."""
+    parts = []
+    if holder.get("pid"):
+        parts.append(f"pid {holder['pid']}")
+    if holder.get("host"):
+        parts.append(f"on {holder['host']}")
+    if holder.get("since"):
+        parts.append(f"since {holder['since']}")
+    return " ".join(parts) or "another process"
+
+
+def read_holder(path: Path) -> dict[str, str]:
+    """The ``key=value`` lines a holder wrote into lock file ``path`` (``{}`` if none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """``(fd, writable)``: read-write if we may (a lock file another user made in a shared
+    cache may be read-only to us; ``flock`` works on a read-only descriptor)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:
+        return os.open(path, os.O_RDONLY), False
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str, *, blocking: bool = True, what: str = "",
+              on_wait: Callable[[dict[str, str]], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing, never deleted: deleting a
+    lock file races with the next locker) for the ``with`` block.
+
+    ``blocking=False`` raises :class:`LockBusy` at once when another process holds it;
+    otherwise this waits, calling ``on_wait(holder)`` once first. The holder's pid, host, start
+    time and ``what`` are written into the file for whoever waits. Separate ``file_lock`` calls
+    exclude each other even within one process (``flock`` locks belong to open files)."""
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover - no advisory locks on this OS
+        yield
+        return
+    fd, writable = _open_lock_file(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = read_holder(path)
+            if not blocking:
+                raise LockBusy(path, holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if writable:
+            info = (f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
+                    f"since={time.strftime('%Y-%m-%d %H:%M:%S')}\nwhat={what}\n").encode()
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, info, 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
