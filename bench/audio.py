@@ -32,9 +32,16 @@ libsndfile's "ended unexpectedly" log line (OGG) counts as truncation.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import struct
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -53,8 +60,9 @@ MAX_CHANNELS = 8
 
 BadAudioKind = Literal[
     "unreadable", "not-audio", "corrupt", "truncated", "empty", "non-finite",
-    "unsupported-rate", "unsupported-channels", "too-short",
+    "unsupported-rate", "unsupported-channels", "too-short", "too-long",
 ]
+
 
 #: Leading bytes of the containers libsndfile reads, to tell a corrupt header of a real audio
 #: file from a file that is no audio at all.
@@ -74,10 +82,67 @@ class BadAudioError(MusicbenchError):
 
     def __init__(self, reason: str, *, kind: BadAudioKind = "unreadable",
                  path: str | os.PathLike[str] | None = None):
-        self.reason = reason
+        self.reason = printable(reason)
         self.kind = kind
-        self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+        self.path = None if path is None else printable(os.fsdecode(path))
+        super().__init__(f"{self.path}: {self.reason}" if self.path else self.reason)
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (surrogate escapes) written as
+    ``\\xNN``, so that it can be stored and shown as UTF-8."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+_NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def stat_input(path: str | bytes | os.PathLike) -> os.stat_result:
+    """``os.stat`` of an input file, or :class:`BadAudioError` (kind ``unreadable``) saying
+    why it cannot be read as one: no such file, dangling symbolic link, symbolic link loop,
+    permission denied, a path through something that is not a directory, a name too long or
+    with a NUL, a directory, or a FIFO, socket or device (whose read could block forever)."""
+    def bad(reason: str) -> BadAudioError:
+        return BadAudioError(reason, kind="unreadable", path=path)
+
+    try:
+        st = os.stat(path)
+    except ValueError:
+        raise bad("invalid file name (it contains a NUL character)") from None
+    except OSError as exc:
+        raise bad(os_reason(path, exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise bad("is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        what = _NOT_REGULAR.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise bad(f"is {what}, not a regular file (reading it could block or never end)")
+    return st
+
+
+def os_reason(path: str | bytes | os.PathLike, exc: OSError) -> str:
+    """One line for an OS error on an input path."""
+    code = exc.errno
+    if code == errno.ELOOP:
+        return "symbolic link loop (a link that leads back to itself)"
+    if code == errno.ENOENT:
+        if os.path.islink(path):
+            try:
+                return f"dangling symbolic link (to {os.fsdecode(os.readlink(path))})"
+            except OSError:
+                return "dangling symbolic link"
+        return "no such file"
+    if code == errno.ENOTDIR:
+        return "a folder in the path is not a directory"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if code == errno.ENAMETOOLONG:
+        return "file name too long"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def load_audio(
@@ -104,7 +169,10 @@ def load_audio(
         raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
     if min_seconds is not None and not min_seconds >= 0:
         raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
-    mono, file_rate = _read_mono(Path(path), sample_rate, min_seconds)
+    try:
+        mono, file_rate = _read_mono(Path(os.fsdecode(path)), sample_rate, min_seconds)
+    except OSError as exc:  # e.g. the file went away or became unreadable while being read
+        raise BadAudioError(os_reason(path, exc), kind="unreadable", path=path) from None
     out = _resample(mono, file_rate, sample_rate)
     peak = float(np.max(np.abs(out)))
     if peak > 1.0:
@@ -122,10 +190,19 @@ def _read_mono(path: Path, sample_rate: int, min_seconds: float | None) -> tuple
     head = _head(path, bad)
     if not head:
         raise bad("empty file (0 bytes)", "empty")
+    mpeg = _maybe_mpeg(path, head)
     try:
-        f = sf.SoundFile(str(path))
+        # bytes: a name that is not valid UTF-8 opens too (soundfile would encode a str strictly)
+        with _decoder_stderr(mpeg) as chatter:
+            f = sf.SoundFile(os.fsencode(path))
     except sf.LibsndfileError as exc:
         msg = _sf_message(exc)
+        if "not a regular file" in msg:
+            # _head checked that it is one: libsndfile says this when its MPEG decoder
+            # (mpg123) gives up; the decoder's own notes say why.
+            notes = "; ".join(chatter)
+            msg = ("the MPEG decoder (mpg123) found no audio stream"
+                   + (f": {notes}" if notes else ""))
         if head.startswith(_MAGIC):
             raise bad(f"corrupt header ({msg})", "corrupt") from None
         raise bad(f"not an audio file (starts with {head[:8]!r}; {msg})", "not-audio") from None
@@ -151,6 +228,10 @@ def _read_mono(path: Path, sample_rate: int, min_seconds: float | None) -> tuple
             data = f.read(dtype="float64", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise bad(f"truncated or corrupt data ({_sf_message(exc)})", "truncated") from None
+        except MemoryError:  # e.g. a header that claims far more frames than the file holds
+            raise bad(f"too long to decode: the header declares {frames} frames of {channels} "
+                      f"channel(s) ({frames / rate / 3600:.1f} h), more than fits in memory",
+                      "too-long") from None
     if data.shape[0] < frames:
         raise bad(f"truncated: read {data.shape[0]} of the {frames} frames the header declares",
                   "truncated")
@@ -165,19 +246,72 @@ def _read_mono(path: Path, sample_rate: int, min_seconds: float | None) -> tuple
 
 
 def _head(path: Path, bad) -> bytes:  # noqa: ANN001
-    """The first 16 bytes; unreadable paths (missing, dangling link, folder, no permission)
-    raise with the reason."""
-    if path.is_symlink() and not path.exists():
-        raise bad(f"dangling symbolic link (to {os.readlink(path)})", "unreadable")
-    if not path.exists():
-        raise bad("no such file", "unreadable")
-    if path.is_dir():
-        raise bad("is a directory, not a file", "unreadable")
+    """The first 16 bytes; a path that is not a readable regular file (see
+    :func:`stat_input`) raises with the reason. Opened without blocking, so a FIFO put in
+    the file's place after the check cannot hang the run."""
+    stat_input(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(path, "rb") as fh:
-            return fh.read(16)
+        fd = os.open(path, flags)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise bad("is not a regular file (it changed while being opened)", "unreadable")
+            return os.read(fd, 16)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise bad(f"cannot read: {exc.strerror or exc}", "unreadable") from None
+        raise bad(os_reason(path, exc), "unreadable") from None
+
+
+_MPEG_SUFFIXES = (".mp3", ".mp2", ".mp1", ".mpga", ".mpeg")
+
+
+def _maybe_mpeg(path: Path, head: bytes) -> bool:
+    """Whether libsndfile may hand the file to its MPEG decoder (it goes by the name, too)."""
+    sync = len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0
+    return path.suffix.lower() in _MPEG_SUFFIXES or head.startswith(b"ID3") or sync
+
+
+_STDERR_LOCK = threading.Lock()
+#: How the MPEG decoder (mpg123, inside libsndfile) starts the lines it writes to stderr.
+_CHATTER = ("Note:", "Warning:", "Error:", "[")
+
+
+@contextmanager
+def _decoder_stderr(capture: bool) -> Iterator[list[str]]:
+    """Collect what the C decoder writes to file descriptor 2 while the block runs (mpg123
+    explains its failures there, and would otherwise print over the progress display); other
+    lines written meanwhile are passed on. Yields the decoder's lines (filled on exit)."""
+    lines: list[str] = []
+    if not capture:
+        yield lines
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            _sort_chatter(tmp.read().decode("utf-8", "backslashreplace"), lines)
+
+
+def _sort_chatter(text: str, notes: list[str]) -> None:
+    """The decoder's lines (prefix dropped) into ``notes``; the rest back to stderr."""
+    other = []
+    for line in text.splitlines():
+        if line.startswith(_CHATTER):
+            note = line.split("] ", 1)[-1] if line.startswith("[") else line.split(":", 1)[1]
+            note = note.strip().rstrip(".")
+            if note and note not in notes:
+                notes.append(note)
+        elif line.strip():
+            other.append(line)
+    if other:
+        sys.stderr.write("\n".join(other) + "\n")
 
 
 def _check_length(frames: int, rate: int, sample_rate: int, min_seconds: float | None,

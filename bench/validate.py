@@ -8,6 +8,7 @@ under ``-O`` is worse than none (HEAR's validator raises for the same reason).
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -316,6 +317,9 @@ def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
     ds = report.check("prepares", lambda: ws.dataset(name, params))
     if ds is None:
         return
+    for source, reason in ds.problems():  # every input the user may want to fix, in full
+        logging.getLogger("musicbench.validate").warning("%s: skipped %s: %s", name, source,
+                                                         reason)
     works: dict[str, str] = {}
     for split in ("train", "valid", "test"):
         examples = report.check(f"split '{split}' is not empty", lambda s=split: _nonempty(ds, s))

@@ -72,7 +72,7 @@ from musicbench.api import (
     recipe_path,
     to_int16,
 )
-from musicbench.audio import BadAudioError, load_audio
+from musicbench.audio import BadAudioError, load_audio, printable, stat_input
 from musicbench.errors import ConfigError, MusicbenchError
 from musicbench.interfaces import Dataset, Example
 
@@ -327,7 +327,8 @@ class AudioFileDataset(Dataset):
     def _build(self, ctx: Context, scan: Scan, recipe: dict[str, Any], path: Path) -> None:
         p = self.params
         cands = scan.candidates
-        problems = list(scan.problems)
+        # Shown and stored as UTF-8: a file name that is not valid UTF-8 is written escaped.
+        problems = [(printable(s), k, printable(r)) for s, k, r in scan.problems]
         todo = [c for c in cands if c.split is None]
         if todo:
             groups, unit = self.split_groups(todo)
@@ -346,7 +347,7 @@ class AudioFileDataset(Dataset):
                     try:
                         audio = load_audio(c.path, self.sample_rate, min_seconds=p.clip_seconds)
                     except BadAudioError as exc:
-                        problems.append((c.source, exc.kind, exc.reason))
+                        problems.append((printable(c.source), exc.kind, exc.reason))
                     else:
                         x = audio.numpy()
                         start = (x.shape[0] - n_samples) // 2
@@ -476,7 +477,7 @@ class FolderDataset(AudioFileDataset):
 
     def scan(self) -> Scan:
         p: Params = self.params
-        manifest = Path(p.manifest).expanduser()
+        manifest = _expand(Path(p.manifest))
         table = f"datasets.{self.name or self.cache_prefix}"
         header, rows, raw = _read_manifest(manifest, table)
         column = _TASK_COLUMN[self.task]
@@ -494,7 +495,7 @@ class FolderDataset(AudioFileDataset):
             raise ConfigError(f"manifest {manifest}: the 'role' column only applies to "
                               "retrieval manifests (work_id, dataset 'folder-retrieval')",
                               table=table, key="manifest")
-        base = manifest.resolve().parent
+        base = _resolve(manifest).parent
         problems: list[tuple[str, str, str]] = []
         good: list[tuple[int, dict[str, str], Path]] = []
         seen: dict[Path, int] = {}
@@ -505,15 +506,20 @@ class FolderDataset(AudioFileDataset):
                 problems.append((source or f"{manifest.name}:{line}", why[0],
                                  f"line {line}: {why[1]}"))
                 continue
-            path = Path(source).expanduser()
-            path = (path if path.is_absolute() else base / path).resolve()
+            given = _expand(Path(source))
+            given = given if given.is_absolute() else base / given
+            path = _resolve(given)
             if path in seen:
                 problems.append((source, "duplicate",
                                  f"line {line}: same file as line {seen[path]}"))
                 continue
-            if not path.is_file():
-                what = "is a directory" if path.is_dir() else "no such file"
-                problems.append((source, "missing", f"line {line}: {what} ({path})"))
+            try:
+                # Every OS-level reason a file cannot be read is a skip (the path as given:
+                # a dangling link is named as one).
+                stat_input(given)
+            except BadAudioError as exc:
+                kind = "missing" if exc.reason == "no such file" else exc.kind
+                problems.append((source, kind, f"line {line}: {exc.reason} ({exc.path})"))
                 continue
             seen[path] = line
             good.append((line, row, path))
@@ -537,7 +543,7 @@ class FolderDataset(AudioFileDataset):
         if self.task == "retrieval" and "split" in header:
             _check_work_splits(cands, manifest, table)
         return Scan(cands, problems, labels,
-                    key={"manifest": str(manifest.resolve()),
+                    key={"manifest": str(_resolve(manifest)),
                          "manifest_sha256": hashlib.sha256(raw).hexdigest()},
                     info={"rows": len(rows)})
 
@@ -548,6 +554,23 @@ class FolderRetrievalDataset(FolderDataset):
     task: ClassVar[str] = "retrieval"
     cache_prefix: ClassVar[str] = "folder-retrieval"
     labels: tuple[str, ...] = ()
+
+
+def _expand(path: Path) -> Path:
+    """``~`` and ``~user`` expanded; unchanged where there is no such home folder."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
+
+
+def _resolve(path: Path) -> Path:
+    """The absolute path without symbolic links; as given (absolute) where it cannot be
+    resolved (a link loop, a NUL in the name): :func:`stat_input` then says why."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return path.absolute()
 
 
 def _read_manifest(

@@ -46,11 +46,13 @@ folder.AudioFileDataset`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from musicbench.api import check_seed
+from musicbench.audio import os_reason, printable
 from musicbench.errors import ConfigError
 from musicbench_plugins.datasets.folder import (
     SPLITS,
@@ -68,6 +70,15 @@ GENRES: tuple[str, ...] = (
 #: Extensions read as tracks, in order of preference when one track has several.
 EXTENSIONS: tuple[str, ...] = (".wav", ".au")
 SPLIT_FILES: dict[str, str] = {s: f"{s}_filtered.txt" for s in SPLITS}
+
+log = logging.getLogger("musicbench.datasets")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # e.g. permission denied on a folder above it
+        return False
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ class GTZAN(AudioFileDataset):
         """The folder with one sub-folder per genre."""
         root = Path(self.params.root).expanduser()
         for cand in (root / "genres", root / "genres_original", root):
-            if cand.is_dir() and any((cand / g).is_dir() for g in GENRES):
+            if _is_dir(cand) and any(_is_dir(cand / g) for g in GENRES):
                 return cand.resolve()
         raise ConfigError(
             f"no GTZAN genre folders under {root} (looked for {root}/genres/<genre>/, "
@@ -115,24 +126,41 @@ class GTZAN(AudioFileDataset):
         top = self.genres_dir()
         problems: list[tuple[str, str, str]] = []
         tracks: dict[str, Path] = {}  # "genre/stem" -> file
+        absent: list[str] = []
         for genre in GENRES:
             folder = top / genre
-            if not folder.is_dir():
-                problems.append((f"{genre}/", "missing", f"genre folder missing: no {genre} "
-                                 "examples"))
+            if not _is_dir(folder):
+                absent.append(genre)  # not a skipped input: there is no input (see below)
                 continue
-            files = sorted(f for f in folder.iterdir()
-                           if f.suffix.lower() in EXTENSIONS and not f.name.startswith("."))
+            try:
+                files = sorted(f for f in folder.iterdir()
+                               if f.suffix.lower() in EXTENSIONS and not f.name.startswith("."))
+            except OSError as exc:
+                problems.append((f"{genre}/", "unreadable",
+                                 f"cannot list the {genre} folder: {os_reason(folder, exc)}"))
+                continue
             files.sort(key=lambda f: (f.stem, EXTENSIONS.index(f.suffix.lower()), f.name))
             for f in files:
+                if printable(f.name) != f.name:  # ids, results and reports are UTF-8
+                    problems.append((f"{genre}/{printable(f.name)}", "unreadable",
+                                     "file name is not valid UTF-8; rename the file"))
+                    continue
                 key = f"{genre}/{f.stem}"
                 if key in tracks:
                     problems.append((f"{genre}/{f.name}", "duplicate",
                                      f"same track as {genre}/{tracks[key].name}, which is used"))
                     continue
                 tracks[key] = f
-        info: dict[str, int] = {"tracks_on_disk": len(tracks)}
+        info: dict[str, object] = {"tracks_on_disk": len(tracks)}
         key: dict[str, object] = {"genres_dir": str(top)}
+        if absent:
+            # An incomplete copy, not a broken file: the labels stay GTZAN's ten (a model's
+            # outputs do not change), the genres without a folder just have no examples.
+            info["missing_genres"] = key["missing_genres"] = absent
+            log.warning("%s: no folder for genre(s) %s under %s: the dataset has no examples "
+                        "of %s (results are not comparable with a full GTZAN)",
+                        self.name or "gtzan", ", ".join(absent), printable(str(top)),
+                        "it" if len(absent) == 1 else "them")
         if self.params.split_files is None:
             cands = [self._cand(k, f, None) for k, f in tracks.items()]
         else:
@@ -167,7 +195,7 @@ class GTZAN(AudioFileDataset):
             path = folder / SPLIT_FILES[split]
             try:
                 text = path.read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError) as exc:
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
                 raise ConfigError(f"cannot read split file {path}: {exc}; split_files must be a "
                                   f"folder holding {', '.join(SPLIT_FILES.values())}",
                                   table=table, key="split_files") from None
