@@ -47,6 +47,14 @@ def run(
                               "(needed before publishing them)")] = False,
 ) -> None:
     """Run every (dataset, model, defense, attack) cell of CONFIG; resumes if rerun."""
+    from musicbench.config import load_config, with_options
+
+    try:  # the config and the options that override it, checked before torch is even imported
+        with_options(load_config(config), device=device, executor=executor)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+
     from musicbench.plugins import get_plugins
     from musicbench.session import RunOptions, execute
     from musicbench.ui import RichProgress

@@ -5,6 +5,7 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -70,8 +71,7 @@ class RunSettings:
             raise ValueError(
                 f"executor '{self.executor}' is not available; this version has 'local'"
             )
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        check_device_name(self.device)
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,17 @@ class ComponentSpec:
 
 
 MAX_DRAWS = 1000
+
+
+def check_device_name(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the one check of a device name, whether it
+    comes from ``[run] device`` or ``--device`` (any command); whether that device exists here
+    is :func:`musicbench.environment.resolve_device`'s to say."""
+    index = name[5:] if name.startswith("cuda:") else None
+    if name in ("auto", "cpu", "cuda") or (index is not None and index.isascii()
+                                            and index.isdigit() and len(index) <= 4):
+        return
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{name}'")
 
 
 def check_draws(name: str, value: int) -> None:
@@ -132,6 +143,10 @@ def load_config(path: Path | None) -> RunConfig:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            line = exc.object[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"config '{path}' is not UTF-8 text (TOML must be): byte "
+                              f"{exc.object[exc.start]:#04x} on line {line}") from None
         source = str(path)
     return parse_config(text, source=source)
 
@@ -177,9 +192,11 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
             datasets = None
             if kind == "model" and "datasets" in entry:
                 datasets = entry.pop("datasets")
-                if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+                if not isinstance(datasets, list) or not datasets or not all(
+                        isinstance(d, str) for d in datasets):
                     raise ConfigError(
-                        "expected a list of dataset names", table=f"{table}.{name}", key="datasets"
+                        "expected a non-empty list of dataset names", table=f"{table}.{name}",
+                        key="datasets"
                     )
                 datasets = tuple(datasets)
             samples, attacks, pseudo = None, None, False
@@ -254,6 +271,23 @@ def _check_model_attacks(components: dict[str, list[ComponentSpec]]) -> None:
                     f"attack '{name}' is not a label in this config's [[attacks]].{hint} "
                     f"Labels: {', '.join(labels)}.", table=model.table, key="attacks",
                 )
+
+
+def with_options(config: RunConfig, **options: Any) -> RunConfig:
+    """``config`` with command-line options (``device=``, ``executor=``; ``None``: not given)
+    applied to its ``[run]`` table through the same checks as the keys they override, so a bad
+    ``--device`` fails exactly like a bad ``[run] device``, naming ``[run] key 'device'``,
+    before anything is created."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return config
+    values = {f.name: getattr(config.run, f.name) for f in dataclasses.fields(RunSettings)}
+    try:
+        run = build_params(RunSettings, values | given, table="run")
+    except ConfigError as exc:
+        flag = f" (--{exc.key.replace('_', '-')})" if exc.key in given else ""
+        raise ConfigError(exc.message + flag, table="run", key=exc.key) from None
+    return dataclasses.replace(config, run=run, overrides=config.overrides | given)
 
 
 def model_samples(spec: ComponentSpec, run: RunSettings, *, quick: bool) -> int:

@@ -30,13 +30,30 @@ def git_revision() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything but ``auto``, ``cpu``,
+    ``cuda`` and ``cuda:N``, or a GPU this machine lacks, is a :class:`ConfigError` naming
+    ``[run] key 'device'`` (the key ``--device`` overrides), raised before anything is
+    created. Every command that takes a device comes here."""
+    from musicbench.config import check_device_name
     from musicbench.errors import ConfigError
 
+    try:
+        check_device_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (from --device or the config)", table="run",
+                          key="device") from None
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but torch sees no CUDA GPU; use auto or cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}' requested but torch sees no CUDA GPU; use auto "
+                              "or cpu", table="run", key="device")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{name}' requested but torch sees "
+                              f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 to "
+                              f"cuda:{torch.cuda.device_count() - 1})", table="run",
+                              key="device")
     return torch.device(name)
 
 

@@ -312,10 +312,14 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
     settings = run["settings"]
     fingerprints = {}
     counts: dict[str, set[int]] = {}
+    short: dict[str, int] = {}  # dataset -> clips asked where cells got fewer
     for r in records:
         fingerprints[r.spec.dataset.label] = r.spec.dataset.fingerprint
         if r.status == "ok":
             counts.setdefault(r.spec.dataset.label, set()).add(r.info.n)
+            if 0 < r.info.n < r.spec.run.samples:  # the test split holds fewer than asked
+                short[r.spec.dataset.label] = max(short.get(r.spec.dataset.label, 0),
+                                                  r.spec.run.samples)
     samples: dict[str, int | str] = {}
     for name, ns in counts.items():
         # models may evaluate different numbers of clips ([[models]] samples = N)
@@ -338,6 +342,7 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
         "quick": settings.get("quick"),
         "dataset_fingerprints": fingerprints,
         "samples": samples,
+        "samples_short": short,
         "planned": planned,
         "stored": len(records),
         "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
@@ -407,8 +412,10 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")
     for name, fp in h["dataset_fingerprints"].items():
-        lines.append(f"- dataset `{name}`: {h['samples'].get(name, '—')} clips, fingerprint "
-                     f"`{fp}`")
+        asked = (h.get("samples_short") or {}).get(name)
+        lines.append(f"- dataset `{name}`: {h['samples'].get(name, '—')} clips"
+                     + (f" (**fewer than the {asked} asked**: its test split holds no more)"
+                        if asked else "") + f", fingerprint `{fp}`")
         skipped = h.get("skipped", {}).get(name) or []
         if skipped:
             lines.append(f"  - {len(skipped)} input(s) skipped:")

@@ -165,6 +165,7 @@ def plan_cells(
             datasets[ds.spec.label] = prepared
             meta[ds.spec.label] = {"name": ds.name, "fingerprint": prepared.fingerprint(),
                                    "skipped": [list(p) for p in prepared.problems()]}
+    _warn_short_splits(pairs, datasets, settings, quick=quick)
     models: dict[str, ComponentRef] = {}
     for ds, model in pairs:
         loaded = ws.model(model.name, model.params_dict())
@@ -199,6 +200,29 @@ def plan_cells(
                 specs.append(CellSpec(ds_ref, models[model.spec.label], defense.ref,
                                       attack_ref, run, threat, threat_model, harness_version()))
     return Plan(specs, meta)
+
+
+def _warn_short_splits(pairs: list[tuple[Resolved, Resolved]], datasets: dict[str, Any],
+                       settings: RunSettings, *, quick: bool) -> None:
+    """A warning for each dataset whose test split holds fewer clips than a model's cells ask
+    for: those cells evaluate the whole split (the n column and the leaderboard header say how
+    many), not the number in the config."""
+    from musicbench.ui import print_note
+
+    told: set[tuple[str, int]] = set()
+    for ds, model in pairs:
+        asked = model_samples(model.spec, settings, quick=quick)
+        if not asked or (ds.spec.label, asked) in told:
+            continue
+        told.add((ds.spec.label, asked))
+        have = len(datasets[ds.spec.label].queries("test"))
+        if have < asked:
+            where = (f"[{model.spec.table}] samples" if model.spec.samples is not None
+                     and not (quick and settings.quick_samples and asked == settings.quick_samples)
+                     else "[run] " + ("quick_samples" if quick else "samples"))
+            print_note(f"warning: {where} = {asked}, but dataset '{ds.spec.label}' has only "
+                       f"{have} test clips: its cells evaluate {have} clips (the n column)",
+                       "yellow")
 
 
 @dataclass
