@@ -11,12 +11,14 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-RESULTS_VERSION = "3"
+RESULTS_VERSION = "4"
 """Version of the harness's result-bearing code (scoring, re-scoring, metrics, FAD; the modules
 in :data:`musicbench.sources.CORE_MODULES`). It is part of every cell key: bump it when a
 change to that code changes results. 2: FAD over every attacked clip, exact intervals.
 3: clean clips judged once per (dataset, model, defense) over eval_draws; pseudo-label clean
-accuracy = agreement with the undefended top-1; success judged over eval_draws."""
+accuracy = agreement with the undefended top-1; success judged over eval_draws.
+4: under EOT an attack's early-stop margin is the largest over draws; black-box attacks get
+EOT only from their own entry; defense flags measured on real clips too."""
 
 __all__ = ["__version__", "RESULTS_VERSION"]
 

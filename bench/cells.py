@@ -66,6 +66,7 @@ class CellRun:
     eval_draws: int = 1
     bpda: bool = False
     adaptive: bool = True
+    oblivious: bool = False  # the attack crafts on the undefended model (a contrast)
 
     def key_data(self) -> dict[str, Any]:
         data = asdict(self)
@@ -79,16 +80,25 @@ class CellRun:
         return data
 
     @property
+    def contrast(self) -> bool:
+        """A cell that is not a real evaluation of its defense (non-adaptive or oblivious),
+        shown only for contrast: never part of a worst case or a sanity flag's yardstick."""
+        return self.oblivious or not self.adaptive
+
+    @property
     def adaptive_label(self) -> str:
         """What the leaderboard's ``adaptive`` column says: ``eot``, ``bpda``, ``eot+bpda``,
-        ``none`` (nothing to adapt to) or ``non-adaptive``."""
+        ``none`` (nothing to adapt to), ``non-adaptive`` or ``oblivious``."""
+        if self.oblivious:
+            return "oblivious"
         if not self.adaptive:
             return "non-adaptive"
         used = [n for n, on in (("eot", self.eot_samples > 1), ("bpda", self.bpda)) if on]
         return "+".join(used) or "none"
 
 
-_EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True}
+_EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True,
+                     "oblivious": False}
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,9 @@ class CellSpec:
         return derive_seed(json.dumps(parts, sort_keys=True))
 
     def stream(self, name: str) -> int:
-        """An independent seed for one random stream of the cell (``"attack"``, ``"defense"``,
-        ``"judge"``): the defense's draws must not share a stream with the attack's."""
+        """An independent seed for one random stream of the cell besides the attack's own
+        (which is :attr:`seed`): ``"defense"`` (draws while attacked), ``"judge"``,
+        ``"probe"``; the defense's draws must not share a stream with the attack's."""
         return derive_seed(f"{self.seed}:{name}")
 
     @property
@@ -205,6 +216,7 @@ class CellInfo:
     defense_behaviour: dict[str, Any] | None = None
     clean_accuracy_undefended: float | None = None
     input_gradient_median: float | None = None
+    input_gradient_median_undefended: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -44,9 +44,11 @@ class RunSettings:
     # randomized defense averaged in every gradient (and black-box score) call (EOT); draws
     # over which success against it is judged; adaptive = false only to show what a
     # non-adaptive evaluation would overstate. [[defenses]] and [[attacks]] entries may
-    # override eot_samples (an attack's wins), [[defenses]] eval_draws, [[attacks]] adaptive.
+    # override eot_samples (an attack's wins), [[defenses]] eval_draws, [[attacks]] adaptive
+    # (true, false, or "oblivious": crafted on the undefended model). EOT applies to
+    # white-box attacks by default; a black-box entry gets it only with its own eot_samples.
     eot_samples: int = 8
-    eval_draws: int = 10
+    eval_draws: int = 11  # odd: a tie cannot happen (it would count as not fooled)
     adaptive: bool = True
 
     def __post_init__(self) -> None:
@@ -95,7 +97,7 @@ class ComponentSpec:
     # defenses and attacks: per-entry overrides of [run] eot_samples / eval_draws / adaptive
     eot_samples: int | None = None
     eval_draws: int | None = None
-    adaptive: bool | None = None
+    adaptive: bool | str | None = None  # True, False or "oblivious"
 
 
 MAX_DRAWS = 1000
@@ -250,8 +252,9 @@ def _evaluation_keys(kind: str, entry: dict[str, Any], table: str) -> dict[str, 
             continue
         value = entry.pop(key)
         if key == "adaptive":
-            if not isinstance(value, bool):
-                raise ConfigError(f"expected true or false, got {value!r}", table=table, key=key)
+            if not isinstance(value, bool) and value != "oblivious":
+                raise ConfigError(f"expected true, false or \"oblivious\", got {value!r}",
+                                  table=table, key=key)
         else:
             try:
                 check_draws(key, value)

@@ -215,7 +215,7 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
     """Sanity flags, each comparing cells of one threat model only (DESIGN.md section 6)."""
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        if r.status == "ok" and rows[i]["asr"] is not None:
+        if r.status == "ok" and rows[i]["asr"] is not None and not r.spec.run.contrast:
             groups[(*r.names[:3], r.spec.threat_model)].append(i)
     for idxs in groups.values():
         white = [i for i in idxs if records[i].spec.threat == "white-box"]
@@ -225,7 +225,9 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
         for i in idxs:
             if records[i].spec.threat == "black-box" and rows[i]["asr"] > rows[best]["asr"]:
                 rows[i]["flags"].append(
-                    f"black-box beats every white-box attack of its threat model (here "
+                    f"black-box beats every white-box attack of its threat model "
+                    f"({rows[i]['n_success']}/{rows[i]['n_attacked']} vs "
+                    f"{rows[best]['n_success']}/{rows[best]['n_attacked']}; here "
                     f"{rows[best]['attack']}, {100 * rows[best]['asr']:.1f}%): gradient masking?")
     _flag_eps_monotonic(records, rows)
     for rec, row in zip(records, rows, strict=True):
@@ -282,7 +284,9 @@ def _summaries(
         ok = [i for i in idxs if records[i].status == "ok"]
         worst = []
         for tm in threat_models:
-            cells = [i for i in idxs if records[i].spec.threat_model == tm]
+            # contrast cells (non-adaptive, oblivious) are not evaluations of the defense
+            cells = [i for i in idxs if records[i].spec.threat_model == tm
+                     and not records[i].spec.run.contrast]
             if not cells:
                 continue
             survive: dict[str, bool] = {}

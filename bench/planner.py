@@ -174,7 +174,10 @@ def plan_cells(
         _check_labels(model, loaded, datasets[ds.spec.label])
     rates = {model.spec.label: ws.model(model.name, model.params_dict()).sample_rate
              for _, model in pairs}
-    defenses = [_plan_defense(d, ws, sorted(set(rates.values()))) for d in resolved["defense"]]
+    clips: dict[int, Any] = {}  # rate -> real clips the defenses' flags are measured on
+    for ds, model in pairs:
+        clips.setdefault(rates[model.spec.label], measurement_clips(datasets[ds.spec.label]))
+    defenses = [_plan_defense(d, ws, clips) for d in resolved["defense"]]
     attacks = []
     for attack in resolved["attack"]:
         made = ws.make("attack", attack.name, attack.params_dict())
@@ -182,6 +185,7 @@ def plan_cells(
         attacks.append((attack, attack.ref(weights=made.weights_digest()), made.threat,
                         made.threat_model()))
     specs = []
+    repeats: list[str] = []  # non-adaptive cells on defenses with nothing to adapt to
     for ds, model in pairs:
         ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
         for defense in defenses:
@@ -189,16 +193,25 @@ def plan_cells(
             for attack, attack_ref, threat, threat_model in attacks:
                 if model.spec.attacks is not None and attack.spec.label not in model.spec.attacks:
                     continue
+                how = evaluation(settings, defense.resolved.spec, attack.spec, threat, behaviour)
+                if how is None:
+                    repeats.append(f"{defense.resolved.spec.label} / {attack.spec.label}")
+                    continue
                 run = CellRun(seed=settings.seed,
                               samples=model_samples(model.spec, settings, quick=quick),
                               batch_size=settings.batch_size, keep_audio=settings.keep_audio,
                               fad_encoder=settings.fad_encoder,
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
-                              pseudo_labels=model.spec.pseudo_labels,
-                              **evaluation(settings, defense.resolved.spec, attack.spec, threat,
-                                           behaviour))
+                              pseudo_labels=model.spec.pseudo_labels, **how)
                 specs.append(CellSpec(ds_ref, models[model.spec.label], defense.ref,
                                       attack_ref, run, threat, threat_model, harness_version()))
+    if repeats:
+        from musicbench.ui import print_note
+
+        unique = sorted(set(repeats))
+        print_note(f"not planned: {len(repeats)} non-adaptive cell(s) on defenses with nothing "
+                   "to adapt to (deterministic and differentiable: identical to their adaptive "
+                   f"twins): {', '.join(unique[:6])}{' ...' if len(unique) > 6 else ''}")
     return Plan(specs, meta)
 
 
@@ -232,20 +245,29 @@ class _PlannedDefense:
     behaviour: dict[int, DefenseBehaviour]  # by sample rate; empty for training defenses
 
 
-def _plan_defense(defense: Resolved, ws: Workspace, rates: list[int]) -> _PlannedDefense:
+def measurement_clips(dataset: Any) -> Any:
+    """``audio[B, T]``: the first two test clips of ``dataset``, on which the planner and the
+    runner measure a defense's flags besides the probe (the same clips for both)."""
+    import torch
+
+    examples = list(dataset.examples("test"))[:2]
+    return torch.stack([e.audio for e in examples]) if examples else None
+
+
+def _plan_defense(defense: Resolved, ws: Workspace, clips: dict[int, Any]) -> _PlannedDefense:
     """Bind and load a defense at every model rate of the run (a parameter the rate makes
     impossible, such as a cutoff above Nyquist, is a config error now, before any work) and
-    measure how it behaves there."""
+    measure how it behaves there, on the probe and on real clips at that rate."""
     behaviour: dict[int, DefenseBehaviour] = {}
     made = None
-    for rate in rates:
+    for rate in sorted(clips):
         try:
             made = ws.defense(defense.name, defense.params_dict(), rate)
         except ConfigError as exc:
             raise ConfigError(exc.message, table=defense.spec.table, key=exc.key) from None
         if made.kind == "preprocessor":
             try:
-                behaviour[rate] = measure(made, rate, ws.device)
+                behaviour[rate] = measure(made, rate, ws.device, clips[rate])
             except Exception:  # noqa: BLE001 - a broken defense costs its cells, not the run:
                 pass  # the runner measures again and fails each cell with the error
     weights = made.weights_digest() if made is not None else None
@@ -253,23 +275,38 @@ def _plan_defense(defense: Resolved, ws: Workspace, rates: list[int]) -> _Planne
 
 
 def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentSpec,
-               threat: str, behaviour: DefenseBehaviour | None) -> dict[str, Any]:
-    """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6):
-    EOT draws and ``eval_draws`` where the defense is randomized (declared or measured),
-    BPDA where it lacks useful gradients and the attack uses gradients; ``adaptive = false``
-    (attack entry, else ``[run]``) turns EOT and BPDA off but never the judgement over draws.
-    Overrides: an attack entry's ``eot_samples`` wins over the defense entry's, which wins
-    over ``[run]``."""
+               threat: str, behaviour: DefenseBehaviour | None) -> dict[str, Any] | None:
+    """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6),
+    or None when the cell would only repeat another.
+
+    EOT where the defense is randomized (declared or measured) and the attack is white-box
+    (``eot_samples``: an attack entry's wins over the defense entry's, which wins over
+    ``[run]``; a black-box entry gets EOT only from its own ``eot_samples``, since every draw
+    costs a query of its budget); judgement over ``eval_draws`` draws wherever the defense is
+    randomized; BPDA where it lacks useful gradients and the attack is white-box.
+    ``adaptive = false`` turns EOT and BPDA off (a non-adaptive evaluation, for contrast); on
+    a defense with nothing to adapt to such a cell would repeat its adaptive twin exactly, so
+    it is not planned. ``adaptive = "oblivious"``: the attack crafts on the undefended model
+    (the transfer setting defense papers report); the harness still judges through the
+    defense."""
     adaptive = settings.adaptive if attack.adaptive is None else attack.adaptive
+    oblivious, naive = adaptive == "oblivious", adaptive is False
+    white = threat == "white-box"
     if behaviour is None:  # a training defense (a model like any other), or a broken one
-        return {"adaptive": adaptive}
+        return None if naive else {"oblivious": oblivious}
     randomized = behaviour.attack_randomized
-    eot = attack.eot_samples or defense.eot_samples or settings.eot_samples
+    eot = attack.eot_samples or ((defense.eot_samples or settings.eot_samples) if white else 1)
+    uses_eot = randomized and eot > 1
+    uses_bpda = white and behaviour.attack_with_bpda
+    if naive and not (uses_eot or uses_bpda):
+        return None
+    plain = naive or oblivious
     return {
-        "eot_samples": eot if randomized and adaptive else 1,
+        "eot_samples": eot if uses_eot and not plain else 1,
         "eval_draws": (defense.eval_draws or settings.eval_draws) if randomized else 1,
-        "bpda": adaptive and threat == "white-box" and behaviour.attack_with_bpda,
-        "adaptive": adaptive,
+        "bpda": uses_bpda and not plain,
+        "adaptive": not naive,
+        "oblivious": oblivious,
     }
 
 

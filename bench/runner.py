@@ -25,6 +25,7 @@ from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Attack, CellAudio, Example, Preprocessor, TargetModel
 from musicbench.memory import PeakMemory
 from musicbench.metrics import bootstrap_ci, classification_summary
+from musicbench.planner import measurement_clips
 from musicbench.store import CellRecord, MetricValue, SampleRecord
 from musicbench.victim import ReferenceSet, Scorer, Victim, begin_batch, margin_from_logits
 from musicbench.workspace import Workspace
@@ -34,6 +35,13 @@ VANISHING_GRADIENT_NORM = 1e-6
 which a cell is flagged: gradient attacks are blind there and a high robust accuracy says
 nothing. Measured on 16 validation clips of m21-styles: style-cnn undefended 12.8 (min 2.2),
 behind lowpass 14.2, behind quantize or mp3 without BPDA exactly 0 (docs/defenses.md)."""
+
+VANISHING_GRADIENT_RATIO = 1e-3
+"""... or below this fraction of the undefended model's median on the same clips."""
+
+OBLIVIOUS_FLAG = ("🔴 defense-oblivious attacker: robustness overstated (adaptive = "
+                  "\"oblivious\": crafted on the undefended model, judged through the defense; "
+                  "shown only for contrast)")
 
 NON_ADAPTIVE_FLAG = ("🔴 non-adaptive: robustness overstated (adaptive = false: no EOT, no "
                      "BPDA; shown only for contrast)")
@@ -87,6 +95,8 @@ def load_average() -> float | None:
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator on ``device`` as tensors name it (``cuda`` -> ``cuda:0``)."""
+    device = torch.empty(0, device=device).device
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -148,9 +158,11 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
         model = ws.defended_model(defense, model, dataset)
     else:
         preprocessor = defense
-        behaviour = measure(preprocessor, model.sample_rate, device)
+        behaviour = measure(preprocessor, model.sample_rate, device,
+                            measurement_clips(dataset))
         info.defense_behaviour = dataclasses.asdict(behaviour)
         info.flags += behaviour.mismatches()
+        _as_planned(spec, behaviour)
     if dataset.sample_rate != model.sample_rate:
         raise MusicbenchError(
             f"dataset '{dataset.name}' is at {dataset.sample_rate} Hz but model "
@@ -167,17 +179,25 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
         data = _classification_data(dataset, model, run.samples, run.seed, run.pseudo_labels)
     clean = _judge_clean(spec, data, model, undefended, preprocessor, device, info)
     # Three independent streams: the attack's, the defense's draws while attacked, and the
-    # defense's draws when the harness judges the result.
-    victim = Victim(model, allow_gradients=not black_box,
+    # defense's draws when the harness judges the result. A defense-oblivious attacker
+    # (adaptive = "oblivious") crafts on the undefended model; the harness still judges
+    # through the defense.
+    attacked_model, attacked_defense, attacked_refs = (
+        (undefended, None, data.undefended_references or data.references) if run.oblivious
+        else (model, preprocessor, data.references))
+    victim = Victim(attacked_model, allow_gradients=not black_box,
                     budget=getattr(attack.params, "budget", None) if black_box else None,
-                    references=data.references, defense=preprocessor,
+                    references=attacked_refs, defense=attacked_defense,
                     eot_samples=run.eot_samples, bpda=run.bpda,
                     generator=_generator(device, spec.stream("defense")))
     judge = Scorer(model, references=data.references, defense=preprocessor,
                    generator=_generator(device, spec.stream("judge")))
-    probe = None if black_box else Victim(
-        model, references=data.references, defense=preprocessor, eot_samples=run.eot_samples,
-        bpda=run.bpda, generator=_generator(device, spec.stream("probe")))
+    probes = None
+    if not black_box and not run.oblivious:  # the gradient the attack gets, and without defense
+        probes = (Victim(model, references=data.references, defense=preprocessor,
+                         eot_samples=run.eot_samples, bpda=run.bpda,
+                         generator=_generator(device, spec.stream("probe"))),
+                  Victim(undefended, references=data.undefended_references or data.references))
     generator = _generator(device, spec.seed)
     metrics = [ws.make("metric", name) for name in run.metrics]
     sample_metrics = [m for m in metrics if m.level == "sample"]
@@ -186,26 +206,20 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     label = " / ".join((spec.model.label, spec.attack.label))
     examples = data.examples
     gradient_norms: list[torch.Tensor] = []
+    plain_norms: list[torch.Tensor] = []
     with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
         for start in range(0, len(examples), run.batch_size):
             rows = slice(start, start + run.batch_size)
             batch = _Batch(examples[rows], clean.targets[rows], start, clean.prediction[rows],
                            clean.wrong_fraction[rows])
-            if probe is not None:
-                gradient_norms.append(_input_gradient_norms(batch, probe, device))
+            if probes is not None:
+                gradient_norms.append(_input_gradient_norms(batch, probes[0], device))
+                plain_norms.append(_input_gradient_norms(batch, probes[1], device))
             _run_batch(batch, victim, judge, run.eval_draws, attack, generator, sample_metrics,
                        dataset.sample_rate, run.keep_audio, record, out, device)
             bar.advance(len(batch.examples))
     if gradient_norms:
-        norms = torch.cat(gradient_norms)
-        if norms.numel():
-            info.input_gradient_median = float(norms.median())
-            if info.input_gradient_median < VANISHING_GRADIENT_NORM:
-                info.flags.append(
-                    f"vanishing gradients: median input-gradient norm "
-                    f"{info.input_gradient_median:.2e} at clean clips through the "
-                    f"{'defended ' if preprocessor is not None else ''}model "
-                    f"(< {VANISHING_GRADIENT_NORM:g}): gradient attacks are blind here")
+        _flag_vanishing_gradients(torch.cat(gradient_norms), torch.cat(plain_norms), info)
     record.samples = out.samples
     record.attack_seconds = round(out.attack_seconds, 4)
     record.metrics = _cell_metrics(out.samples, [m.name for m in sample_metrics],
@@ -231,6 +245,8 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     info.adaptive = run.adaptive_label
     if not run.adaptive:
         info.flags.insert(0, NON_ADAPTIVE_FLAG)
+    if run.oblivious:
+        info.flags.insert(0, OBLIVIOUS_FLAG)
     if data.pseudo_labels:
         info.flags.insert(0, "pseudo-label mode: y = the undefended model's clean top-1; "
                              "clean accuracy = agreement with it")
@@ -241,6 +257,19 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     info.higher_is_better = {m.name: bool(m.higher_is_better) for m in sample_metrics}
     for metric in set_metrics:
         info.higher_is_better.update(metric.columns)
+
+
+def _as_planned(spec: CellSpec, behaviour: Any) -> None:
+    """The defense must behave as it did when the cell was planned: its key (and the EOT,
+    BPDA and draws it was planned with) rests on that measurement."""
+    run = spec.run
+    if behaviour.attack_randomized and run.eval_draws == 1:
+        raise MusicbenchError(f"defense '{spec.defense.name}' behaves randomized now but did "
+                              "not when the run was planned; rerun to plan again")
+    if (behaviour.attack_with_bpda and run.adaptive and not run.oblivious
+            and spec.threat == "white-box" and not run.bpda):
+        raise MusicbenchError(f"defense '{spec.defense.name}' has no useful gradient now but "
+                              "had one when the run was planned; rerun to plan again")
 
 
 def _same(kind: str, ref: ComponentRef, now_value: str | None, planned: str | None) -> None:
@@ -346,6 +375,22 @@ def _judge_clean(spec: CellSpec, data: _CellData, model: TargetModel, undefended
         info.clean_accuracy_undefended = float(torch.cat(plain_right).float().mean())
     return _CleanVerdict(_cat(targets).long(), _cat(preds).long(),
                          _cat(wrong).to(torch.float64))
+
+
+def _flag_vanishing_gradients(norms: torch.Tensor, plain: torch.Tensor, info: CellInfo) -> None:
+    """Flag a cell whose attack gets (almost) no input gradient at clean clips: below
+    :data:`VANISHING_GRADIENT_NORM`, or below :data:`VANISHING_GRADIENT_RATIO` of what the
+    undefended model gives on the same clips (a defense that scales gradients down by orders
+    of magnitude masks them as surely as one that zeroes them)."""
+    if not norms.numel():
+        return
+    info.input_gradient_median = median = float(norms.median())
+    info.input_gradient_median_undefended = base = float(plain.median())
+    if median < VANISHING_GRADIENT_NORM or median < VANISHING_GRADIENT_RATIO * base:
+        info.flags.append(
+            f"vanishing gradients: median input-gradient norm {median:.2e} at clean clips as "
+            f"the attack gets it ({base:.2e} without the defense): gradient attacks are blind "
+            "here")
 
 
 def _input_gradient_norms(batch: _Batch, probe: Victim, device: torch.device) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from musicbench.defense_checks import checked_output
-from musicbench.errors import GradientRefusedError, QueryBudgetExceededError
+from musicbench.errors import GradientRefusedError, MusicbenchError, QueryBudgetExceededError
 from musicbench.interfaces.defense import Preprocessor
 from musicbench.interfaces.model import TargetModel
 from musicbench.windows import score_windows
@@ -31,6 +31,16 @@ class ReferenceSet:
     embeddings: torch.Tensor
     works: torch.Tensor
     n_works: int
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` (the current device) are one device; a generator made for
+    ``torch.device("cuda")`` keeps index -1 or None while tensors say 0."""
+    def norm(d: torch.device) -> tuple[str, int]:
+        if d.type == "cuda" and (d.index is None or d.index < 0):
+            return ("cuda", torch.cuda.current_device())
+        return (d.type, d.index if d.index is not None and d.index >= 0 else 0)
+    return norm(torch.device(a)) == norm(torch.device(b))
 
 
 class Victim:
@@ -151,9 +161,13 @@ class Victim:
         if defense is None:
             return audio
         gen = self.generator
-        if gen is None or gen.device != audio.device:
-            gen = torch.Generator(device=audio.device).manual_seed(0)
-            self.generator = gen
+        if gen is None:  # a Victim built without one (library use): a fixed stream
+            gen = self.generator = torch.Generator(device=audio.device).manual_seed(0)
+        elif not same_device(gen.device, audio.device):
+            raise MusicbenchError(
+                f"the defense's generator is on {gen.device} but the audio on {audio.device}: "
+                "build generators on the audio's device (never reseeded silently: the "
+                "defense's draws must stay the stream they were given)")
         if grad and self.bpda:
             self.used_bpda = True
             surrogate = defense.surrogate(audio)
@@ -209,8 +223,10 @@ class Victim:
         *,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B]``: true logit minus the best other logit; > 0 while the model is still right."""
-        return margin_from_logits(self._logits_draws(audio, index, True), target).mean(0)
+        """``[B]``: true logit minus the best other logit; > 0 while the model is still right.
+        Under EOT the largest over the draws: <= 0 only when the model is wrong on every draw
+        (see :func:`eot_margin`)."""
+        return eot_margin(self._logits_draws(audio, index, True), target)
 
     def loss(
         self,
@@ -232,8 +248,20 @@ class Victim:
         """``(loss[B], margin[B])`` from one (counted) forward pass: attacks that step on the
         loss learn for free whether the current iterate already succeeded (margin <= 0)."""
         logits = self._logits_draws(audio, index, True)
-        return (_cross_entropy(logits, target, self._scale),
-                margin_from_logits(logits, target).mean(0))
+        return _cross_entropy(logits, target, self._scale), eot_margin(logits, target)
+
+    def scores_and_margin(
+        self,
+        audio: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores[B, K], margin[B])`` from one (counted) pass: the scores averaged over EOT
+        draws (what a loss of the scores, such as DLR, is taken of) and the margin by the same
+        rule as :meth:`margin`, so every attack stops on the same criterion."""
+        logits = self._logits_draws(audio, index, True)
+        return logits.mean(0), eot_margin(logits.detach(), target)
 
     @torch.no_grad()
     def success(
@@ -335,6 +363,15 @@ def judge(victim: Victim) -> Scorer:
     :mod:`musicbench.api`): an attack that scores through it breaks its contract."""
     return Scorer(victim._model, references=victim.references, defense=victim.defense,
                   generator=victim.generator)
+
+
+def eot_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``logits[D, B, K]`` (EOT draws) -> ``[B]``: the largest per-draw margin. An attack
+    against a randomized defense stops early only once the model is wrong on every draw it
+    was shown: the harness judges success afresh over ``eval_draws`` draws (fooled = wrong on
+    more than half), and a mean margin <= 0 (one draw far off, the rest right) would stop an
+    attack on clips the harness then finds robust. One draw: the plain margin."""
+    return margin_from_logits(logits, target).amax(0)
 
 
 def margin_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,13 @@ shared by every cell of a row; a broken defense costs only its cells."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
-from toyplugins import LyingNoise, LyingRound, ToyNoise, ToyRound
+from toyplugins import LyingNoise, LyingRound, ToyLowpass, ToyNoise, ToyRound
 
 from musicbench.cells import CellRun
 from musicbench.config import parse_config
@@ -89,20 +90,38 @@ def test_evaluation_settings_follow_behaviour_and_overrides():
     plain, eot16, naive = config.components["attack"]
     noisy = measure(_bound(ToyNoise()), 16_000)
     rounding = measure(_bound(ToyRound()), 16_000)
+    lowpass = measure(_bound(ToyLowpass()), 16_000)
+    base = {"oblivious": False}
     # the defense entry's eot_samples beats [run]'s, the attack entry's beats both
-    assert evaluation(config.run, defense, plain, "white-box", noisy) == {
+    assert evaluation(config.run, defense, plain, "white-box", noisy) == base | {
         "eot_samples": 4, "eval_draws": 5, "bpda": False, "adaptive": True}
     assert evaluation(config.run, defense, eot16, "white-box", noisy)["eot_samples"] == 16
+    # a black-box entry pays a query per draw: EOT only when it asks for it
+    assert evaluation(config.run, defense, plain, "black-box", noisy)["eot_samples"] == 1
+    assert evaluation(config.run, defense, eot16, "black-box", noisy)["eot_samples"] == 16
     # non-adaptive: no EOT, no BPDA, but success is still judged over the draws
-    assert evaluation(config.run, defense, naive, "white-box", noisy) == {
+    assert evaluation(config.run, defense, naive, "white-box", noisy) == base | {
         "eot_samples": 1, "eval_draws": 5, "bpda": False, "adaptive": False}
-    assert evaluation(config.run, defense, plain, "white-box", rounding) == {
+    assert evaluation(config.run, defense, plain, "white-box", rounding) == base | {
         "eot_samples": 1, "eval_draws": 1, "bpda": True, "adaptive": True}
     # a black-box attack takes no gradients: no BPDA to apply
     assert not evaluation(config.run, defense, plain, "black-box", rounding)["bpda"]
+    # nothing to adapt to: a non-adaptive cell would repeat its adaptive twin, so none
+    assert evaluation(config.run, defense, naive, "white-box", lowpass) is None
+    assert evaluation(config.run, defense, naive, "black-box", rounding) is None
     assert CellRun(0, 8, 8, 0, "", (), eot_samples=4, eval_draws=5).adaptive_label == "eot"
     assert CellRun(0, 8, 8, 0, "", (), bpda=True).adaptive_label == "bpda"
     assert CellRun(0, 8, 8, 0, "", (), adaptive=False).adaptive_label == "non-adaptive"
+    assert CellRun(0, 8, 8, 0, "", (), oblivious=True).adaptive_label == "oblivious"
+
+
+def test_an_oblivious_attacker_crafts_on_the_undefended_model():
+    config = _settings()
+    defense = config.components["defense"][0]
+    oblivious = dataclasses.replace(config.components["attack"][0], adaptive="oblivious")
+    rounding = measure(_bound(ToyRound()), 16_000)
+    assert evaluation(config.run, defense, oblivious, "white-box", rounding) == {
+        "eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True, "oblivious": True}
 
 
 def test_evaluation_settings_at_their_no_op_values_stay_out_of_the_key():
@@ -209,6 +228,12 @@ label = "pgd-naive"
 eps = 0.01
 steps = 3
 adaptive = false
+[[attacks]]
+name = "pgd"
+label = "pgd-oblivious"
+eps = 0.01
+steps = 3
+adaptive = "oblivious"
 """
 
 DEFENSES = """
@@ -245,12 +270,12 @@ def test_randomized_defense_gets_eot_and_a_row_wide_clean_verdict(adaptive_run):
     outcome, _ = adaptive_run
     cells = _cells(outcome, "toy-noise")
     assert {label: r.info.adaptive for label, r in cells.items()} == {
-        "fgsm": "eot", "pgd": "eot", "pgd-naive": "non-adaptive"}
+        "fgsm": "eot", "pgd": "eot", "pgd-naive": "non-adaptive", "pgd-oblivious": "oblivious"}
     assert all(r.status == "ok" for r in cells.values())
     # clean verdicts come from the row's own stream: identical in every cell of the row
     clean = {label: [(s.clean_correct, s.clean_wrong) for s in r.samples]
              for label, r in cells.items()}
-    assert clean["fgsm"] == clean["pgd"] == clean["pgd-naive"]
+    assert clean["fgsm"] == clean["pgd"] == clean["pgd-naive"] == clean["pgd-oblivious"]
     assert all(w is not None and (w * 5).is_integer() for _, w in clean["pgd"])
     for r in cells.values():
         for s in r.samples:
@@ -388,3 +413,47 @@ def test_a_misconfigured_built_in_defense_exits_2_naming_table_and_key(tmp_path,
     assert proc.returncode == 2, proc.stderr
     assert f"key '{key}'" in proc.stderr and "[defenses." in proc.stderr
     assert not (tmp_path / "out" / "results.sqlite").exists()
+
+
+def test_eot_early_stop_needs_every_draw_wrong():
+    """A mean margin <= 0 can come from one draw far off while the rest are right; the
+    harness would then judge the clip robust. The victim's margin under EOT is the largest
+    over the draws."""
+    from musicbench.victim import eot_margin
+
+    right, far_off = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[-20.0, 0.0, 0.0]])
+    logits = torch.stack([far_off] + [right] * 7)  # [D=8, B=1, K=3]
+    target = torch.tensor([0])
+    assert float(logits.mean(0)[0, 0] - 0.0) < 0  # the mean says fooled
+    assert float(eot_margin(logits, target)[0]) > 0  # the rule does not
+    assert float(eot_margin(torch.stack([far_off] * 8), target)[0]) < 0
+
+
+def test_a_nondeterministic_defense_on_a_deterministic_plan_fails_its_cell():
+    from musicbench.runner import _as_planned
+
+    behaviour = measure(_bound(ToyNoise()), 16_000)
+    spec = type("Spec", (), {"run": CellRun(0, 8, 8, 0, "", ()), "threat": "white-box",
+                             "defense": type("Ref", (), {"name": "toy-noise"})()})()
+    with pytest.raises(Exception, match="behaves randomized now"):
+        _as_planned(spec, behaviour)
+
+
+def test_contrast_cells_stay_out_of_worst_cases_and_flags(adaptive_run):
+    from musicbench.leaderboard import build
+
+    outcome, out = adaptive_run
+    cells = _cells(outcome, "toy-round")
+    assert cells["pgd-oblivious"].spec.run.contrast and cells["pgd-naive"].spec.run.contrast
+    assert not cells["pgd"].spec.run.contrast
+    assert cells["pgd-oblivious"].info.input_gradient_median is None
+    assert any("oblivious" in f for f in cells["pgd-oblivious"].info.flags)
+    store = Store(out / "results.sqlite", readonly=True)
+    try:
+        board = build(store)
+    finally:
+        store.close()
+    assert board.summary
+    for summary in board.summary:
+        for worst in summary.worst_case:
+            assert not {"pgd-naive", "pgd-oblivious"} & set(worst.attacks), worst.attacks

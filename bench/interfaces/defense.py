@@ -52,8 +52,10 @@ class Preprocessor(Defense):
     """
 
     kind: ClassVar[Literal["preprocessor", "training"]] = "preprocessor"
-    randomized: ClassVar[bool] = False
-    differentiable: ClassVar[bool] = True
+    # Class defaults; a flag that depends on a parameter (resample with a random rate, the
+    # hard spectral gate) is set on the instance in __init__. The harness reads the instance.
+    randomized: bool = False
+    differentiable: bool = True
     native_sample_rate: ClassVar[int | None] = None
     """The one rate the defense works at (a learned denoiser trained at 16 kHz), or None: any
     rate, told by :meth:`bind`."""

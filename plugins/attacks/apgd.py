@@ -41,6 +41,8 @@ known before the next restart). ``steps`` counts gradient steps per clip over al
 **EOT.** The Victim averages randomized defenses (EOT) and applies BPDA; the attack does not
 know. With CE it averages the loss over draws; with DLR, DLR is taken of the draw-averaged
 scores (AutoAttack's EOT averages the loss's gradients instead; with one draw they agree).
+Either way the early stop uses the Victim's margin, which under EOT is the largest over the
+draws: a clip stops only when the model is wrong on every draw it was shown.
 
 Readings and defaults (:class:`APGDParams`): ``steps = 50``, half of AutoAttack's 100. On
 32 clean-correct m21-styles clips of style-cnn (2 shared CPU cores, ~20 ms per gradient step
@@ -219,7 +221,7 @@ class APGD(Attack):
     """
 
     threat = "white-box"
-    version = "1"
+    version = "2"
     Params = APGDParams
 
     def bound(self) -> Bound:
@@ -245,8 +247,8 @@ class APGD(Attack):
             if self.params.loss == "ce":
                 loss, margin = victim.loss_and_margin(xg, target, index=index)
             else:
-                scores = victim.scores(xg, index=index)
-                loss, margin = dlr_loss(scores, target), _margin(scores.detach(), target)
+                scores, margin = victim.scores_and_margin(xg, target, index=index)
+                loss = dlr_loss(scores, target)
             g = torch.autograd.grad(loss.sum(), xg)[0] if grad else None
         return loss.detach(), margin.detach(), g
 

@@ -105,7 +105,7 @@ class Square(Attack):
     """
 
     threat = "black-box"
-    version = "1"
+    version = "2"
     Params = SquareParams
 
     def bound(self) -> Bound:
@@ -147,10 +147,13 @@ class Square(Attack):
         keep = best > 0
         active, best = active[keep], best[keep]
         positions = torch.arange(length, device=dev)
+        # The p schedule runs over the iterations the budget buys: against a randomized
+        # defense every scored row costs victim.queries_per_row queries (EOT draws).
+        iterations = max(1, p.budget // victim.queries_per_row)
         iteration = 0
         while active.numel() and remaining_budget(victim, p.budget, active) >= 1:
             b = active.numel()
-            width = min(length, max(1, round(window_fraction(iteration, p.budget, p.p_init)
+            width = min(length, max(1, round(window_fraction(iteration, iterations, p.p_init)
                                             * length)))
             first = torch.randint(0, length - width + 1, (b, 1), generator=generator,
                                   device=dev)
