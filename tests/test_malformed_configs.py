@@ -28,7 +28,7 @@ from musicbench.plugins import get_plugins
 CHECKED_AT_BIND = {"defense/lowpass.cutoff_hz", "defense/mp3.bitrate_kbps"}
 # What a Params needs besides the probed key (required parameters without a usable default).
 REQUIRED = {"dataset/folder": {"manifest": "m.csv"}, "dataset/folder-retrieval":
-            {"manifest": "m.csv"}, "dataset/gtzan": {"root": "/data/gtzan"}}
+            {"manifest": "m.csv"}, "dataset/gtzan": {"root": "gtzan"}}
 HUGE_INT = 2**62
 HUGE_FLOAT = 1e30
 
