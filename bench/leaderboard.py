@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,7 @@ class Leaderboard:
     threat_models: list[ThreatModel]
     higher_is_better: dict[str, bool]
     metrics: list[str]  # configured per-sample metrics, in order
+    contrasts: list[str] = field(default_factory=list)  # attack labels of contrast cells
 
 
 def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
@@ -197,7 +198,8 @@ def build(store: Store) -> Leaderboard:
         for name in cell_row(r)["metrics"]:  # the per-clip ones, in config order
             if name not in metrics:
                 metrics.append(name)
-    return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics)
+    contrasts = sorted({r.names[3] for r in records if r.spec.run.contrast})
+    return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics, contrasts)
 
 
 def _grouped(records: list[CellRecord]) -> list[CellRecord]:
@@ -467,8 +469,10 @@ def render_markdown(board: Leaderboard) -> str:
     lines += _table(head, body)
     lines.append("")
     for tm in tms:
-        names = [a for a, t in board.attacks if t == tm]
-        lines.append(f"- {tm.label}: {', '.join(names)}")
+        names = [a for a, t in board.attacks if t == tm and a not in board.contrasts]
+        shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
+        lines.append(f"- {tm.label}: {', '.join(names) or '—'}" + (
+            f" (contrasts, not in the worst case: {', '.join(shown)})" if shown else ""))
     lines += ["", "## Robust accuracy by attack", ""]
     head = ["dataset", "model", "defense"] + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks]
     body = [[s.dataset, s.model, s.defense] + [_pct(s.robust_accuracy.get(a))

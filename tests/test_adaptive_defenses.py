@@ -453,6 +453,11 @@ def test_contrast_cells_stay_out_of_worst_cases_and_flags(adaptive_run):
         board = build(store)
     finally:
         store.close()
+    assert board.contrasts == ["pgd-naive", "pgd-oblivious"]
+    from musicbench.leaderboard import render_markdown
+
+    assert "(contrasts, not in the worst case: pgd-naive, pgd-oblivious)" in \
+        render_markdown(board)
     assert board.summary
     for summary in board.summary:
         for worst in summary.worst_case:
