@@ -60,3 +60,18 @@ def cli(*args: str, sites: tuple[Path, ...] = (), cwd: Path | None = None,
     cmd = [sys.executable, *python_flags, "-c", "from musicbench.cli import main; main()", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)
+
+
+def run_toy_config(folder: Path, config_text: str):
+    """Write ``config_text`` to ``folder/run.toml`` and run it in-process with the toy plugins
+    (for module-scoped fixtures, which cannot use the function-scoped ``toy_plugins``);
+    returns ``(outcome, out folder)``."""
+    import toyplugins
+
+    from musicbench.session import RunOptions, execute
+
+    plugins = PluginSystem()
+    plugins.add_plugin(toyplugins, "toy", provider="toy-plugins 0")
+    (folder / "run.toml").write_text(config_text)
+    outcome = execute(RunOptions(config=folder / "run.toml", out=folder / "out"), plugins)
+    return outcome, folder / "out"

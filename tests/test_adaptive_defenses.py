@@ -250,16 +250,9 @@ name = "raising-defense"
 
 @pytest.fixture(scope="module")
 def adaptive_run(tmp_path_factory):
-    import toyplugins
+    from conftest import run_toy_config
 
-    from musicbench.plugins import PluginSystem
-
-    plugins = PluginSystem()
-    plugins.add_plugin(toyplugins, "toy", provider="toy-plugins 0")
-    tmp = tmp_path_factory.mktemp("adaptive")
-    (tmp / "run.toml").write_text(RUN.format(defenses=DEFENSES))
-    outcome = execute(RunOptions(config=tmp / "run.toml", out=tmp / "out"), plugins)
-    return outcome, tmp / "out"
+    return run_toy_config(tmp_path_factory.mktemp("adaptive"), RUN.format(defenses=DEFENSES))
 
 
 def _cells(outcome, defense):
