@@ -74,27 +74,41 @@ def run(
 
 
 def _print_summary(outcome) -> None:  # noqa: ANN001 (RunOutcome, imported lazily)
+    """The end-of-run table: a rich table on a terminal; markdown at full width when stderr is
+    a pipe or a file (a CI log), where a rich table would be squeezed to 80 columns."""
     from musicbench.leaderboard import cell_row
 
-    table = Table(title=f"musicbench run → {outcome.out}", show_lines=False)
-    for col in ("dataset", "model", "defense", "attack", "status", "clean acc", "ASR",
-                "robust acc", "LSD", "SNR dB", "s"):
-        table.add_column(col)
+    def pct(x: float | None) -> str:
+        return "—" if x is None else f"{100 * x:.1f}%"
+
+    header = ("dataset", "model", "defense", "attack", "status", "clean acc", "ASR",
+              "robust acc", "LSD", "SNR dB", "s")
+    rows = []
     for rec in outcome.records:
         r = cell_row(rec)
-
-        def pct(x: float | None) -> str:
-            return "—" if x is None else f"{100 * x:.1f}%"
-
-        status = "[green]ok" if r["status"] == "ok" else f"[red]failed[/]: {escape(r['error'])}"
-        table.add_row(r["dataset"], r["model"], r["defense"], r["attack"], status,
-                      pct(r["clean_accuracy"]), pct(r["asr"]), pct(r["robust_accuracy"]),
-                      "—" if r["lsd"] is None else f"{r['lsd']:.3f}",
-                      "—" if r["snr_db"] is None else f"{r['snr_db']:.1f}",
-                      f"{rec.seconds:.1f}")
+        status = "ok" if r["status"] == "ok" else f"failed: {r['error']}"
+        rows.append((r["dataset"], r["model"], r["defense"], r["attack"], status,
+                     pct(r["clean_accuracy"]), pct(r["asr"]), pct(r["robust_accuracy"]),
+                     "—" if r["lsd"] is None else f"{r['lsd']:.3f}",
+                     "—" if r["snr_db"] is None else f"{r['snr_db']:.1f}",
+                     f"{rec.seconds:.1f}"))
+    footer = (f"{outcome.planned} cells planned, {outcome.skipped} already done, "
+              f"{len(outcome.failed)} failed. Leaderboard: {outcome.leaderboard}")
+    if not stderr.is_terminal:
+        lines = [f"musicbench run → {outcome.out}", "", "| " + " | ".join(header) + " |",
+                 "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in row)
+                  + " |" for row in rows]
+        print("\n".join(lines + ["", footer]), file=sys.stderr)
+        return
+    table = Table(title=f"musicbench run → {outcome.out}", show_lines=False)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        status = "[green]ok" if row[4] == "ok" else f"[red]failed[/]: {escape(row[4][8:])}"
+        table.add_row(*row[:4], status, *row[5:])
     stderr.print(table)
-    stderr.print(f"{outcome.planned} cells planned, {outcome.skipped} already done, "
-                 f"{len(outcome.failed)} failed. Leaderboard: {outcome.leaderboard}")
+    stderr.print(footer)
 
 
 @app.command("list")

@@ -63,3 +63,19 @@ def test_list_into_a_pipe_prints_one_aligned_line_per_plugin(listed):
     assert "failed" in broken[0] and "[red]" not in broken[0]
     assert broken[0].endswith("RuntimeError: this plugin fails over two lines")
     assert all(line.split()[0] in ("attack", "plugin") for line in lines[1:]), lines  # no folds
+
+
+def test_the_end_of_run_table_in_a_pipe_is_markdown_at_full_width(tmp_path, toy_site):
+    """A CI log is not a terminal: labels must not be cut to 'm21…'."""
+    from conftest import cli
+
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nsamples = 4\ndevice = "cpu"\nfad_encoder = ""\n'
+                      '[[datasets]]\nname = "toy-tones"\n[[models]]\nname = "toy-model"\n'
+                      'label = "a-model-label-longer-than-any-narrow-column"\n'
+                      '[[defenses]]\nname = "none"\n[[attacks]]\nname = "fgsm"\neps = 0.01\n')
+    proc = cli("run", str(config), "--out", str(tmp_path / "out"), sites=(toy_site,))
+    assert proc.returncode == 0, proc.stderr
+    assert ("| toy-tones | a-model-label-longer-than-any-narrow-column | none | fgsm | ok |"
+            in proc.stderr)
+    assert "…" not in proc.stderr.split("musicbench run →")[1]
