@@ -1,5 +1,5 @@
 """Built-in metrics (definitions in DESIGN.md 5): per-sample LSD, SNR, L-inf and L2 distance;
-set-level FAD and retrieval mAP/MR1."""
+set-level FAD and retrieval mAP/MR1; per-sample PAMT distance (trained head, docs/pamt.md)."""
 
 from musicbench import hookimpl
 
@@ -18,3 +18,6 @@ def register_metrics(register):
              summary="Fréchet Audio Distance over a cell's attacked clips ([run] fad_encoder)")
     register("map", "musicbench_plugins.metrics.retrieval:MAP",
              summary="retrieval mAP and MR1 before and after the attack")
+    register("pamt-distance", "musicbench_plugins.metrics.pamt_distance:PamtDistance",
+             summary="cosine distance in PAMT feature space (trained on first use), "
+                     "lower = closer")
