@@ -296,17 +296,27 @@ def validate(
 
 @app.command()
 def train(
-    name: Annotated[str, typer.Argument(help="a trainable model, inpainter or preprocessing "
-                                             "defense (e.g. style-cnn, gacela, denoise-unet)")],
+    name: Annotated[str, typer.Argument(help="a trainable model, inpainter or defense (e.g. "
+                                             "style-cnn, gacela, denoise-unet, advtrain)")],
     param: Annotated[
         Optional[list[str]],
         typer.Option("--param", "-p", help="KEY=VALUE parameter (TOML value), as in a run "
                                           "config; repeatable"),
     ] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="training defenses: the base model to fit the defense to")] = None,
+    model_param: Annotated[Optional[list[str]], typer.Option(
+        "--model-param", help="KEY=VALUE parameter of --model; repeatable")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="training defenses: the dataset (its train and valid splits; "
+                          "default: the model's own train_dataset)")] = None,
+    dataset_param: Annotated[Optional[list[str]], typer.Option(
+        "--dataset-param", help="KEY=VALUE parameter of --dataset; repeatable")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Train a model, inpainter or preprocessing defense (anything with fit(ctx)) and save its
-    weights in the cache, where a run with the same parameters loads them."""
+    """Train a model, inpainter or preprocessing defense (anything with fit(ctx)), or fit a
+    training defense to a model (DEFENSE --model M [--dataset D]), and save the weights in the
+    cache, where a run with the same parameters loads them."""
     from musicbench.cache import cache_dir
     from musicbench.environment import resolve_device
     from musicbench.plugins import get_plugins
@@ -324,21 +334,52 @@ def train(
             component = ws.make(kind, name, parse_params(param or []))
             fit = getattr(component, "fit", None)
             if kind == "defense" and getattr(component, "kind", None) == "training":
-                raise ConfigError(
-                    f"defense '{name}' is a training defense: it is fitted to a model, in a "
-                    "run; `musicbench train` trains preprocessing defenses only")
-            if not callable(fit):
+                summary = _fit_training_defense(ws, name, parse_params(param or []), model,
+                                                parse_params(model_param or []), dataset,
+                                                parse_params(dataset_param or []))
+            elif model is not None or dataset is not None or model_param or dataset_param:
+                raise ConfigError(f"--model, --dataset and their params are for training "
+                                  f"defenses; {kind} '{name}' is not one")
+            elif not callable(fit):
                 raise ConfigError(
                     f"{kind} '{name}' has nothing to train: it has no fit(ctx) method (it ships "
                     "its weights or needs none). A model that musicbench trains subclasses "
                     "musicbench.api.TrainedModel (docs/plugins.md section 9)")
-            summary = fit(ws.ctx)
+            else:
+                summary = fit(ws.ctx)
     except ConfigError as exc:
         _fail_config(exc)
         return
     print_note(f"trained {name}: {summary}", "green")
     if isinstance(summary, dict) and summary.get("checkpoint"):
         print_note(f"weights: {summary['checkpoint']}", "green")
+
+
+def _fit_training_defense(ws, name: str, params: dict, model: Optional[str],
+                          model_params: dict, dataset: Optional[str],
+                          dataset_params: dict) -> dict:
+    """``musicbench train DEFENSE --model M``: the defended model, fitted (or found in the
+    cache) exactly as a run's cell would get it."""
+    if model is None:
+        raise ConfigError(f"defense '{name}' is a training defense: name the model to fit it "
+                          f"to, e.g. `musicbench train {name} --model style-cnn`")
+    base = ws.model(model, model_params)
+    if dataset is None:
+        dataset = getattr(base.params, "train_dataset", None)
+        if dataset is None:
+            raise ConfigError(f"model '{model}' names no training dataset; pass --dataset")
+        dataset_params = dict(getattr(base.params, "train_dataset_params", {})) | dataset_params
+    data = ws.dataset(dataset, dataset_params)
+    if data.task != base.task or data.sample_rate != base.sample_rate:
+        raise ConfigError(f"dataset '{data.name}' ({data.task}, {data.sample_rate} Hz) cannot "
+                          f"train model '{base.name}' ({base.task}, {base.sample_rate} Hz)")
+    defense = ws.defense(name, params, base.sample_rate)
+    defended = ws.defended_model(defense, base, data)
+    summary = dict(getattr(defended, "training_summary", {}) or {})
+    checkpoint = getattr(defended, "checkpoint", None)
+    keep = ("key", "best_epoch", "valid_clean_accuracy", "valid_robust_accuracy",
+            "train_seconds", "history")
+    return {k: summary[k] for k in keep if k in summary} | {"checkpoint": str(checkpoint)}
 
 
 def _add_plugin_commands() -> None:

@@ -190,6 +190,7 @@ def plan_cells(
         ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
         for defense in defenses:
             behaviour = defense.behaviour.get(rates[model.spec.label])
+            defense_ref = _defense_ref(defense, ws, model, datasets[ds.spec.label])
             for attack, attack_ref, threat, threat_model in attacks:
                 if model.spec.attacks is not None and attack.spec.label not in model.spec.attacks:
                     continue
@@ -203,7 +204,7 @@ def plan_cells(
                               fad_encoder=settings.fad_encoder,
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
                               pseudo_labels=model.spec.pseudo_labels, **how)
-                specs.append(CellSpec(ds_ref, models[model.spec.label], defense.ref,
+                specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref,
                                       attack_ref, run, threat, threat_model, harness_version()))
     if repeats:
         from musicbench.ui import print_note
@@ -272,6 +273,22 @@ def _plan_defense(defense: Resolved, ws: Workspace, clips: dict[int, Any]) -> _P
                 pass  # the runner measures again and fails each cell with the error
     weights = made.weights_digest() if made is not None else None
     return _PlannedDefense(defense, defense.ref(weights=weights), behaviour)
+
+
+def _defense_ref(defense: _PlannedDefense, ws: Workspace, model: Resolved,
+                 dataset: Any) -> ComponentRef:
+    """The defense's entry in a cell key. A training defense's ``weights`` are those of the
+    model it fits to this (model, dataset): their content address,
+    :func:`musicbench.training.defended_key` (base weights, dataset fingerprint, defense
+    version and params), known without training them, so planning never trains a defense and
+    a retrained base makes new cells."""
+    if defense.resolved.cls.kind != "training":
+        return defense.ref
+    from musicbench.training import defended_key
+
+    base = ws.model(model.name, model.params_dict())
+    made = ws.defense(defense.resolved.name, defense.resolved.params_dict(), base.sample_rate)
+    return defense.resolved.ref(weights=defended_key(made, base, dataset))
 
 
 def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentSpec,

@@ -27,6 +27,7 @@ from musicbench.memory import PeakMemory
 from musicbench.metrics import bootstrap_ci, classification_summary
 from musicbench.planner import measurement_clips
 from musicbench.store import CellRecord, MetricValue, SampleRecord
+from musicbench.training import defended_key
 from musicbench.victim import ReferenceSet, Scorer, Victim, begin_batch, margin_from_logits
 from musicbench.workspace import Workspace
 
@@ -151,12 +152,16 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     _same("model", spec.model, model.weights_digest(), spec.model.weights)
     undefended = model
     defense = ws.defense(spec.defense.name, spec.defense.params, model.sample_rate)
-    _same("defense", spec.defense, defense.weights_digest(), spec.defense.weights)
     preprocessor: Preprocessor | None = None
     info = record.info
     if defense.kind == "training":
+        # The defended model is attacked like any model; `undefended` (the base) keeps giving
+        # pseudo-labels, the clean accuracy without the defense and the oblivious attacker.
+        _same("defense", spec.defense, defended_key(defense, model, dataset),
+              spec.defense.weights)
         model = ws.defended_model(defense, model, dataset)
     else:
+        _same("defense", spec.defense, defense.weights_digest(), spec.defense.weights)
         preprocessor = defense
         behaviour = measure(preprocessor, model.sample_rate, device,
                             measurement_clips(dataset))

@@ -4,24 +4,30 @@ models and inpainters alike, built-in or third-party (public through :mod:`music
 Such a component names the dataset it trains on, caches its weights as safetensors under the
 cache dir, keyed by everything the weights depend on, loads them when they are there and trains
 them first when they are not. Its ``fit(ctx)`` is also what ``musicbench train NAME`` calls.
+
+Training defenses (:class:`~musicbench.interfaces.TrainingDefense`) are cached by the core
+here too: :func:`load_or_fit_defense`, keyed by :func:`defended_key`; ``musicbench train
+DEFENSE --model M`` calls it ahead of a run.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from musicbench.checkpoints import load_module, save_module
+from musicbench.checkpoints import load_module, save_module, state_digest
 from musicbench.datacache import build_lock
-from musicbench.errors import NotTrainedError
-from musicbench.interfaces import Context, Dataset, TargetModel
+from musicbench.errors import MusicbenchError, NotTrainedError
+from musicbench.interfaces import Context, Dataset, TargetModel, TrainingDefense
 
 TRAINING_FIELDS = ("train_dataset", "train_dataset_params", "seed")
 """The ``Params`` fields every :class:`TrainedOnFirstUse` component must have."""
@@ -193,3 +199,185 @@ class TrainedModel(TrainedOnFirstUse, TargetModel):
         if self.net is None:
             raise RuntimeError(f"{self.checkpoint_prefix} is not loaded; call load(ctx) first")
         return self.net
+
+
+# -- training defenses ----------------------------------------------------------------------------
+
+DEFENDED_KEY_FORMAT = "1"
+"""Bumped if what :func:`defended_key` hashes changes (every cached defended model is then
+trained anew)."""
+
+
+def defended_key(defense: TrainingDefense, base: TargetModel, data: Dataset) -> str:
+    """The content address of the model ``defense`` fits to ``base`` on ``data``: 16 hex of the
+    sha256 of (the defense's name, version and params; the base's name, version, params and
+    :meth:`~TargetModel.weights_digest`; the training dataset's name, version, params and
+    fingerprint). Training is a deterministic function of these on CPU (seeded, forked RNG),
+    so the key names the defended weights without training them: the planner puts it in the
+    cell key (as the defense's ``weights``), the cache files the weights under it, and new
+    base weights (a retrained base) give a new key, hence new cells and a new fit."""
+    blob = json.dumps([DEFENDED_KEY_FORMAT, defense.describe(), base.describe(),
+                       base.weights_digest(), data.describe(), data.fingerprint()],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def defended_path(ctx: Context, defense: TrainingDefense, base: TargetModel,
+                  data: Dataset) -> Path:
+    """``<cache_dir>/defenses/<defense>/<base>-<defended_key>.safetensors``."""
+    key = defended_key(defense, base, data)
+    return ctx.cache_dir / "defenses" / defense.name / f"{base.name}-{key}.safetensors"
+
+
+class DefendedModel(TargetModel):
+    """A base model with weights of its own: a deep copy of the base (the base itself, the
+    undefended twin of every defended cell, is never touched), which a fine-tuning defense
+    trains in place through :meth:`module`. Same task, labels, rate, input length, Grad-CAM
+    layer and network family as the base; :meth:`weights_digest` is the digest of the
+    defended weights. What the default :meth:`TrainingDefense.build` returns."""
+
+    def __init__(self, base: TargetModel, *, defense: str = ""):
+        super().__init__(None)
+        self.base_name = base.name
+        self.defense = defense
+        self.inner = copy.deepcopy(base)
+        self.name = base.name
+        self.task = base.task  # type: ignore[misc]  # ClassVars of the interface, per instance
+        self.sample_rate = base.sample_rate  # type: ignore[misc]
+        self.input_seconds = base.input_seconds  # type: ignore[misc]
+        self.cam_layer = base.cam_layer  # type: ignore[misc]
+        self.network = base.network  # type: ignore[misc]
+        self.labels = tuple(base.labels)
+        self.training_summary: dict[str, Any] = {}
+        self.checkpoint: Path | None = None
+
+    def load(self, ctx: Context) -> None:
+        """Nothing: the core loads the cached weights (:func:`load_or_fit_defense`)."""
+
+    def module(self) -> nn.Module:
+        return self.inner.module()
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward(audio)
+
+    def embed(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.inner.embed(audio)
+
+    def weights_digest(self) -> str | None:
+        return state_digest(self.module())
+
+    def checkpoint_key(self) -> str:
+        return self.checkpoint.stem if self.checkpoint is not None else ""
+
+
+def train_command(defense: TrainingDefense, base: TargetModel, data: Dataset) -> str:
+    """The ``musicbench train`` command line that fits ``defense`` to ``base`` on ``data``
+    (parameters that differ from their defaults only)."""
+    parts = ["musicbench", "train", defense.name, "--model", base.name]
+    parts += _param_flags("--model-param", base)
+    parts += ["--dataset", data.name]
+    parts += _param_flags("--dataset-param", data)
+    parts += _param_flags("-p", defense)
+    return " ".join(parts)
+
+
+def _param_flags(flag: str, component: Any) -> list[str]:
+    params = getattr(component, "params", None)
+    if not dataclasses.is_dataclass(params):
+        return []
+    try:
+        defaults = dataclasses.asdict(type(params)())
+    except TypeError:  # a Params without defaults: spell out every value
+        defaults = {}
+    out = []
+    for key, value in dataclasses.asdict(params).items():
+        if key in defaults and defaults[key] == value:
+            continue
+        out += [flag, shlex.quote(f"{key}={_toml(value)}")]
+    return out
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def load_or_fit_defense(defense: TrainingDefense, base: TargetModel, data: Dataset,
+                        ctx: Context) -> TargetModel:
+    """The model ``defense`` fits to ``base`` on ``data``, frozen on ``ctx.device``: loaded
+    from :func:`defended_path` when it is there; otherwise fitted and saved there (under the
+    entry's build lock, so a second process waits and loads), or, when ``ctx.allow_training``
+    is False, :class:`NotTrainedError` naming the ``musicbench train`` command that fits it.
+
+    ``defense.fit`` runs with the global RNG forked and seeded with the defense's ``seed``
+    parameter (0 without one), so dropout is reproducible and the caller's RNG untouched.
+    It must not modify ``base`` (checked: the base is the undefended twin of the cell)."""
+    path = defended_path(ctx, defense, base, data)
+    what = f"{defense.name} weights for {base.name}"
+    if not path.exists():
+        if not ctx.allow_training:
+            raise NotTrainedError(
+                f"no {defense.name} weights for model '{base.name}' on dataset '{data.name}' "
+                f"at {path}; train them with `{train_command(defense, base, data)}`")
+        with build_lock(path, what=what):
+            if not path.exists():
+                return _fit_and_save(defense, base, data, ctx, path)
+    model = defense.build(base, data, ctx=ctx)
+    summary = load_module(model.module(), path, ctx.device)
+    _freeze(model)
+    saved = summary.get("weights_digest")
+    if saved is not None and model.weights_digest() != saved:
+        raise MusicbenchError(f"{path} does not hold the weights it was saved with (digest "
+                              f"{model.weights_digest()} != {saved}); delete it to retrain")
+    _attach(model, summary, path)
+    return model
+
+
+def _fit_and_save(defense: TrainingDefense, base: TargetModel, data: Dataset, ctx: Context,
+                  path: Path) -> TargetModel:
+    before = base.weights_digest()
+    seed = int(getattr(defense.params, "seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = defense.fit(base, data, ctx=ctx)
+    if not isinstance(model, TargetModel):
+        raise TypeError(f"{type(defense).__name__}.fit returned {type(model).__name__}, not a "
+                        "TargetModel")
+    if base.weights_digest() != before:
+        raise RuntimeError(f"{type(defense).__name__}.fit modified the base model "
+                           f"'{base.name}' (its undefended twin in every cell); train a copy "
+                           "(self.build(base, data, ctx=ctx))")
+    if model.task != base.task or tuple(model.labels) != tuple(base.labels):
+        raise RuntimeError(f"{type(defense).__name__}.fit returned a {model.task} model with "
+                           f"labels {tuple(model.labels)[:5]}; the base is {base.task} with "
+                           f"{tuple(base.labels)[:5]}")
+    _freeze(model)
+    summary = dict(getattr(model, "training_summary", {}) or {})
+    summary |= {
+        "key": defended_key(defense, base, data), "defense": defense.describe(),
+        "base": base.describe(), "base_weights": before, "dataset": data.describe(),
+        "dataset_fingerprint": data.fingerprint(), "device": str(ctx.device),
+        "torch": torch.__version__, "weights_digest": model.weights_digest(),
+    }
+    save_module(model.module(), path, summary)
+    _attach(model, summary, path)
+    return model
+
+
+def _freeze(model: TargetModel) -> None:
+    net = model.module()
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+
+def _attach(model: TargetModel, summary: dict[str, Any], path: Path) -> None:
+    model.training_summary = summary  # type: ignore[attr-defined]
+    model.checkpoint = path  # type: ignore[attr-defined]

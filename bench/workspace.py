@@ -128,11 +128,13 @@ class Workspace:
     def defended_model(
         self, defense: TrainingDefense, base: TargetModel, data: Dataset
     ) -> TargetModel:
-        """``defense.fit(base, data)`` once per process (the defense caches on disk itself)."""
-        key = json.dumps([defense.describe(), base.describe(), data.name, data.fingerprint()],
-                         sort_keys=True)
+        """The model ``defense`` fits to ``base`` on ``data``, once per process: loaded from
+        the cache, or fitted first (:func:`musicbench.training.load_or_fit_defense`)."""
+        from musicbench.training import defended_key, load_or_fit_defense
+
+        key = f"{defense.name}:{base.name}:{defended_key(defense, base, data)}"
         if key not in self._defended:
-            self._defended[key] = defense.fit(base, data, ctx=self.ctx)
+            self._defended[key] = load_or_fit_defense(defense, base, data, self.ctx)
         return self._defended[key]
 
 

@@ -91,10 +91,47 @@ class Preprocessor(Defense):
 
 
 class TrainingDefense(Defense):
-    """Produces a hardened model from a base model and its training data (cached by the core)."""
+    """Produces a hardened model from a base model and its training data.
+
+    The contract, in one place: **the defense trains, the core caches.**
+
+    - :meth:`fit` trains and returns the defended model; it never reads or writes the cache
+      and must not modify ``base`` (the undefended twin of every defended cell: pseudo-labels,
+      clean accuracy without the defense and the defense-oblivious attacker use it). A
+      fine-tuning defense trains ``self.build(base, data, ctx=ctx)``, a copy.
+    - :meth:`build` returns the defended model's architecture before training (the default: a
+      deep copy of ``base``, :class:`musicbench.training.DefendedModel`); the core loads cached
+      weights into its :meth:`~TargetModel.module`, so a defense whose network differs from the
+      base's (PAMT: encoder, head, task head) overrides it.
+    - The core (:func:`musicbench.training.load_or_fit_defense`) keeps the defended module's
+      state dict as safetensors at ``<cache>/defenses/<defense>/<base>-<key>.safetensors``,
+      with ``key`` = :func:`musicbench.training.defended_key` (the defense's name, version and
+      params; the base's name, version, params and weights digest; the training dataset's
+      description and fingerprint). It loads them when present; otherwise it calls
+      :meth:`fit` (global RNG forked and seeded with ``params.seed``) when
+      ``ctx.allow_training``, else raises :class:`~musicbench.errors.NotTrainedError` naming
+      ``musicbench train DEFENSE --model M --dataset D``, which fails the cell.
+    - The defended model is a :class:`TargetModel` like any other (same ``task``, ``labels``
+      and ``sample_rate`` as the base; ``weights_digest()`` = the defended weights), frozen by
+      the core and attacked exactly like any model. ``training_summary`` (a JSON-able dict on
+      the returned model, if set) is saved with the weights.
+
+    ``data`` is the dataset of the cell (``--dataset`` of ``musicbench train``): train on its
+    ``train`` split, select on ``valid``; take randomness from ``params.seed``, never from
+    ``ctx.seed``, so one cached model serves every run; report progress through
+    ``ctx.progress``.
+    """
 
     kind: ClassVar[Literal["preprocessor", "training"]] = "training"
 
+    def build(self, base: TargetModel, data: Dataset, *, ctx: Context) -> TargetModel:
+        """The defended model before training, on ``ctx.device``: by default a deep copy of
+        ``base`` (its weights the starting point of fine-tuning)."""
+        from musicbench.training import DefendedModel
+
+        return DefendedModel(base, defense=self.name)
+
     @abc.abstractmethod
     def fit(self, base: TargetModel, data: Dataset, *, ctx: Context) -> TargetModel:
-        """Return the defended model, already loaded on ``ctx.device``."""
+        """Train and return the defended model on ``ctx.device`` (see the class docstring;
+        the core caches, loads and freezes it)."""

@@ -26,3 +26,6 @@ def register_defenses(register):
              summary="learned residual denoiser, a U-Net mask on a filterbank (Stoller et al. "
                      "2018, Luo & Mesgarani 2019), trained on m21-styles against sign and "
                      "Gaussian noise")
+    register("advtrain", "musicbench_plugins.defenses.advtrain:AdvTrain",
+             summary="adversarial fine-tuning of the model on the waveform: PGD (Madry et al. "
+                     "2018), TRADES (Zhang et al. 2019) or FGSM-RS (Wong et al. 2020)")
