@@ -67,11 +67,15 @@ class CellRun:
     bpda: bool = False
     adaptive: bool = True
     oblivious: bool = False  # the attack crafts on the undefended model (a contrast)
+    # (metric name, weights digest) of the metrics that have weights (pamt-distance): new
+    # weights, new cells
+    metric_weights: tuple[tuple[str, str], ...] = ()
 
     def key_data(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("keep_audio")
         data["metrics"] = list(self.metrics)
+        data["metric_weights"] = [list(p) for p in self.metric_weights]
         # Settings at their no-op value stay out of the key, so cells of deterministic,
         # differentiable defenses keep the keys they had before these settings existed.
         for name, noop in _EVALUATION_NOOPS.items():
@@ -98,7 +102,7 @@ class CellRun:
 
 
 _EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True,
-                     "oblivious": False}
+                     "oblivious": False, "metric_weights": []}
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,9 @@ class CellSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: asdict(getattr(self, k)) for k in CELL_KINDS}
-        out["run"] = asdict(self.run) | {"metrics": list(self.run.metrics)}
+        out["run"] = asdict(self.run) | {"metrics": list(self.run.metrics),
+                                         "metric_weights": [list(p) for p in
+                                                            self.run.metric_weights]}
         out["threat"] = self.threat
         out["threat_model"] = self.threat_model.to_dict()
         out["musicbench"] = self.musicbench
@@ -169,6 +175,7 @@ class CellSpec:
     def from_dict(data: dict[str, Any]) -> CellSpec:
         run = dict(data["run"])
         run["metrics"] = tuple(run.get("metrics", ()))
+        run["metric_weights"] = tuple(tuple(p) for p in run.get("metric_weights", ()))
         return CellSpec(
             **{k: ComponentRef.from_dict(data[k]) for k in CELL_KINDS},
             run=CellRun(**run),

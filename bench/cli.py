@@ -296,8 +296,9 @@ def validate(
 
 @app.command()
 def train(
-    name: Annotated[str, typer.Argument(help="a trainable model, inpainter or defense (e.g. "
-                                             "style-cnn, gacela, denoise-unet, advtrain)")],
+    name: Annotated[str, typer.Argument(help="a trainable model, inpainter, defense or metric "
+                                             "(e.g. style-cnn, gacela, denoise-unet, advtrain, "
+                                             "pamt-distance)")],
     param: Annotated[
         Optional[list[str]],
         typer.Option("--param", "-p", help="KEY=VALUE parameter (TOML value), as in a run "
@@ -329,7 +330,7 @@ def train(
         dev = resolve_device(device or "auto")
         with RichProgress() as progress:
             ws = Workspace(plugins, cache_dir=cache_dir(), device=dev, progress=progress)
-            kind = next((k for k in ("model", "inpainter", "defense")
+            kind = next((k for k in ("model", "inpainter", "defense", "metric")
                          if name in plugins.registry(k)), "model")
             component = ws.make(kind, name, parse_params(param or []))
             fit = getattr(component, "fit", None)

@@ -47,6 +47,10 @@ class RunSettings:
     # override eot_samples (an attack's wins), [[defenses]] eval_draws, [[attacks]] adaptive
     # (true, false, or "oblivious": crafted on the undefended model). EOT applies to
     # white-box attacks by default; a black-box entry gets it only with its own eot_samples.
+    # a component without cached weights (a model, inpainter, defense or metric trained on
+    # first use) fails its cells with the `musicbench train ...` command to run, instead of
+    # training inside the run (a cluster job that must not spend hours training)
+    allow_training: bool = True
     eot_samples: int = 8
     eval_draws: int = 11  # odd: a tie cannot happen (it would count as not fooled)
     adaptive: bool = True

@@ -184,6 +184,9 @@ def plan_cells(
         made.prepare(ws.ctx)
         attacks.append((attack, attack.ref(weights=made.weights_digest()), made.threat,
                         made.threat_model()))
+    loaded_metrics = [ws.metric(name) for name in (*settings.metrics, *settings.set_metrics)]
+    metric_weights = tuple(sorted((m.name, m.weights_digest()) for m in loaded_metrics
+                                  if m.weights_digest() is not None))
     specs = []
     repeats: list[str] = []  # non-adaptive cells on defenses with nothing to adapt to
     for ds, model in pairs:
@@ -203,7 +206,8 @@ def plan_cells(
                               batch_size=settings.batch_size, keep_audio=settings.keep_audio,
                               fad_encoder=settings.fad_encoder,
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
-                              pseudo_labels=model.spec.pseudo_labels, **how)
+                              pseudo_labels=model.spec.pseudo_labels,
+                              metric_weights=metric_weights, **how)
                 specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref,
                                       attack_ref, run, threat, threat_model, harness_version()))
     if repeats:

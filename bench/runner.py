@@ -204,7 +204,11 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
                          generator=_generator(device, spec.stream("probe"))),
                   Victim(undefended, references=data.undefended_references or data.references))
     generator = _generator(device, spec.seed)
-    metrics = [ws.make("metric", name) for name in run.metrics]
+    metrics = [ws.metric(name) for name in run.metrics]
+    weights = {m.name: m.weights_digest() for m in metrics if m.weights_digest() is not None}
+    if weights != dict(run.metric_weights):  # the key rests on the planned weights
+        raise MusicbenchError(f"metric weights changed since the run was planned ({weights} != "
+                              f"{dict(run.metric_weights)}); rerun to plan again")
     sample_metrics = [m for m in metrics if m.level == "sample"]
     set_metrics = [m for m in metrics if m.level == "set"]
     out = _Collected()

@@ -96,7 +96,7 @@ def _execute_locked(options: RunOptions, plugins: PluginSystem, progress: Progre
     settings = config.run
     samples = settings.quick_samples if options.quick else settings.samples
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
-                   seed=settings.seed)
+                   seed=settings.seed, allow_training=settings.allow_training)
     plan = plan_cells(resolved, ws, settings, quick=options.quick)
     specs = plan.specs
     store = Store(out / "results.sqlite")

@@ -426,7 +426,8 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
 
 
 def _metric(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
-    metric = report.check("instantiates", lambda: ws.make("metric", name, params))
+    metric = report.check("instantiates and loads (weights trained on first use)",
+                          lambda: ws.metric(name, params))
     if metric is None or getattr(metric, "level", "sample") != "sample":
         return
     x = tone_batch(3, 8000, seed=5)

@@ -45,6 +45,7 @@ class Workspace:
         self._models: dict[str, TargetModel] = {}
         self._defended: dict[str, TargetModel] = {}
         self._defenses: dict[str, Any] = {}
+        self._metrics: dict[str, Any] = {}
         self._encoders: dict[str, Any] = {}
         self._inpainters: dict[str, Any] = {}
         self._memo: dict[tuple[str, ...], Any] = {}
@@ -116,6 +117,15 @@ class Workspace:
                 defense.load(self.ctx)
             self._defenses[key] = defense
         return self._defenses[key]
+
+    def metric(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """The metric, loaded (weights trained on first use) once per process."""
+        key = _key("metric", self.plugins.get("metric", name).name, params)
+        if key not in self._metrics:
+            metric = self.make("metric", name, params)
+            metric.load(self.ctx)
+            self._metrics[key] = metric
+        return self._metrics[key]
 
     def memo(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
         """``compute()`` once per process for ``key``: e.g. the encoder frames of a clean clip,

@@ -294,3 +294,40 @@ def test_pamt_distance_rejects_bad_params(toy_plugins, tmp_path):
         ws.make("metric", "pamt-distance", {"d_model": 10, "heads": 4})
     with pytest.raises(ConfigError, match="condition"):
         ws.make("metric", "pamt-distance", {"condition": "ppe"})
+
+
+def test_a_metric_with_weights_is_loaded_by_the_harness_and_keys_its_cells(tmp_path):
+    """The workspace loads a metric before use (training it on first use), and the planner
+    puts its weights digest into the key of every cell that reports it."""
+    from musicbench.cells import CellRun
+
+    with_weights = CellRun(0, 8, 8, 0, "", ("lsd",), metric_weights=(("pamt-distance", "ab"),))
+    without = CellRun(0, 8, 8, 0, "", ("lsd",))
+    assert "metric_weights" not in without.key_data()
+    assert with_weights.key_data()["metric_weights"] == [["pamt-distance", "ab"]]
+    other = CellRun(0, 8, 8, 0, "", ("lsd",), metric_weights=(("pamt-distance", "cd"),))
+    assert with_weights.key_data() != other.key_data()
+    from conftest import run_toy_config
+
+    outcome, _ = run_toy_config(tmp_path, """
+[run]
+samples = 4
+device = "cpu"
+fad_encoder = ""
+metrics = ["lsd", "toy-weighted"]
+[[datasets]]
+name = "toy-tones"
+[[models]]
+name = "toy-model"
+[[defenses]]
+name = "none"
+[[attacks]]
+name = "fgsm"
+eps = 0.01
+""")
+    record = outcome.records[0]
+    assert record.status == "ok", record.error
+    names = [n for n, _ in record.spec.run.metric_weights]
+    assert names == ["toy-weighted"]
+    attacked = [s for s in record.samples if s.attacked]
+    assert attacked and all("toy-weighted" in s.metrics for s in attacked)

@@ -20,6 +20,7 @@ from musicbench.interfaces import (
     Encoder,
     Example,
     Preprocessor,
+    SampleMetric,
 )
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench_plugins.attacks.pgd import PGD, PGDParams
@@ -289,3 +290,21 @@ def register_defenses(register):
     register("nan-defense", NaNDefense, summary="returns NaN (tests)")
     register("raising-defense", RaisingDefense, summary="raises (tests)")
     register("toy-lowpass", ToyLowpass, summary="rate-checked parameter (tests)")
+
+
+class WeightedDistance(SampleMetric):
+    """A per-clip metric with weights, loaded by the harness (tests the metric load path)."""
+
+    def load(self, ctx: Context) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.proj = torch.nn.Linear(1, 1)
+
+    def compute(self, clean, adv, sample_rate):
+        diff = (adv - clean).abs().mean(1, keepdim=True)
+        return self.proj(diff).squeeze(1).detach()
+
+
+@hookimpl
+def register_metrics(register):
+    register("toy-weighted", WeightedDistance, summary="a metric with weights (tests)")

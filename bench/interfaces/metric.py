@@ -17,11 +17,18 @@ if TYPE_CHECKING:
 
 
 class Metric(Component):
-    """Metadata every metric declares; ``higher_is_better`` drives the arrows in tables."""
+    """Metadata every metric declares; ``higher_is_better`` drives the arrows in tables.
+
+    A metric with weights (``pamt-distance``) loads them in :meth:`load` (training them on
+    first use when ``ctx.allow_training``); the harness calls it once per process, before the
+    first cell, and puts :meth:`weights_digest` into the key of every cell that reports it."""
 
     level: ClassVar[Literal["sample", "set"]] = "sample"
     higher_is_better: ClassVar[bool] = False
     unit: ClassVar[str] = ""
+
+    def load(self, ctx: Context) -> None:
+        """Load weights onto ``ctx.device``; default: nothing to load."""
 
 
 class SampleMetric(Metric, abc.ABC):
