@@ -29,3 +29,9 @@ def register_defenses(register):
     register("advtrain", "musicbench_plugins.defenses.advtrain:AdvTrain",
              summary="adversarial fine-tuning of the model on the waveform: PGD (Madry et al. "
                      "2018), TRADES (Zhang et al. 2019) or FGSM-RS (Wong et al. 2020)")
+    register("pamt", "musicbench_plugins.defenses.pamt_defense:Pamt",
+             summary="frozen encoder (musicnn) + PAMT head (InfoNCE on psychoacoustically "
+                     "perturbed views, arXiv 2509.04985) + task head; not the base's weights")
+    register("pamt-control", "musicbench_plugins.defenses.pamt_defense:PamtControl",
+             summary="pamt's control: the same task head on the raw frozen encoder's "
+                     "features; not the base's weights")
