@@ -160,6 +160,7 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
         _same("defense", spec.defense, defended_key(defense, model, dataset),
               spec.defense.weights)
         model = ws.defended_model(defense, model, dataset)
+        info.flags += list(getattr(model, "cell_flags", ()))  # e.g. pamt: not the base's weights
     else:
         _same("defense", spec.defense, defense.weights_digest(), spec.defense.weights)
         preprocessor = defense

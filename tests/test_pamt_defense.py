@@ -169,3 +169,7 @@ def test_a_run_with_pamt_and_control_defenses(tmp_path, toy_site):
     assert [s.sample_id for s in by["pamt"].samples] == \
         [s.sample_id for s in by["none"].samples]
     assert by["pamt"].spec.defense.weights != by["pamt-control"].spec.defense.weights
+    # the leaderboard says the defended network is not the base's (the runner's cell_flags)
+    for name in ("pamt", "pamt-control"):
+        assert any("weights are not used" in f for f in by[name].info.flags)
+    assert not any("weights are not used" in f for f in by["none"].info.flags)
