@@ -224,6 +224,25 @@ def leaderboard(
 
 
 @app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
+    directory: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="report folder (default: OUT/report)")] = None,
+) -> None:
+    """Write a static HTML report of a stored run: sortable leaderboard tables, and per model
+    the kept clips with players (clean, adversarial, amplified difference) and spectrograms.
+    Opens from file:// or any static host; needs `pip install "musicbench[report]"`."""
+    from musicbench.report import write_report
+
+    try:
+        index = write_report(out, directory)
+    except FileNotFoundError as exc:
+        print_error(exc)
+        raise typer.Exit(code=2) from None
+    stderr.print(f"wrote {index}")
+
+
+@app.command()
 def compare(
     out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
     labels: Annotated[list[str], typer.Argument(

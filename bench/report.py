@@ -1,0 +1,485 @@
+"""A static HTML report of a run: see and hear the results (DESIGN.md section 7).
+
+``write_report(OUT, DIR)`` writes ``DIR/index.html`` and one page per (dataset, model), all
+self-contained (inline CSS and JS, no network; opens from ``file://`` or any static host):
+
+- ``index.html``: the run's header, the worst-case robust accuracy per threat model, the
+  robust accuracy of each attack, and every cell (one table per threat model, so sorting never
+  mixes threat models), with the flags, the contrast and non-adaptive marks of the markdown
+  leaderboard (:func:`musicbench.leaderboard.build`). Column heads sort the tables.
+- ``<dataset>--<model>.html``: per cell, its figures, a per-clip figure (outcomes, LSD against
+  SNR of the fooled clips, fraction fooled within q queries) from
+  :func:`musicbench.results.load`, and per kept clip (``<out>/audio/``) players for the clean,
+  adversarial and amplified difference audio (FLAC, which current Chrome, Edge, Firefox and
+  Safari play; the gain is stated), and their log-mel spectrograms on one colour scale.
+
+Media is copied or written under ``DIR/media/<cell key>/``; the report folder can be moved or
+published alone. Needs matplotlib and pandas: ``pip install "musicbench[report]"``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from musicbench.errors import MusicbenchError
+from musicbench.leaderboard import Leaderboard, _pct_ci, build, plan_keys
+from musicbench.store import CellRecord, SampleRecord, Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DIFF_PEAK = 0.5
+"""The amplified difference is scaled so that its peak is this fraction of full scale."""
+
+DYNAMIC_RANGE_DB = 80.0
+"""Spectrograms show this many dB below the clean clip's loudest bin (one scale per clip)."""
+
+N_MELS = 64
+
+
+class ReportDependencyError(MusicbenchError):
+    """matplotlib or pandas is missing: they are the ``report`` extra."""
+
+
+def _plotting() -> Any:
+    """matplotlib.pyplot on the Agg backend, or an error naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import pandas  # noqa: F401 (musicbench.results, for the per-clip figures)
+    except ImportError as exc:
+        raise ReportDependencyError(
+            f"musicbench report needs matplotlib and pandas ({exc.name} is missing): "
+            "pip install \"musicbench[report]\"") from exc
+    return plt
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One kept clip of a cell: its record and the stored paths of its audio by kind."""
+
+    sample: SampleRecord
+    clean: Path
+    adv: Path
+
+
+def _load(out: Path) -> tuple[Leaderboard, dict[str, CellRecord]]:
+    """The leaderboard of the run in ``out`` and its cell records by key."""
+    db = out if out.suffix == ".sqlite" else out / "results.sqlite"
+    if not db.is_file():
+        raise FileNotFoundError(f"no results store at {db}; run `musicbench run --out {out}`")
+    store = Store(db, readonly=True)
+    try:
+        board = build(store)
+        records = {r.key: r for r in store.cells(plan_keys(store)[0])}
+    finally:
+        store.close()
+    return board, records
+
+
+def kept_clips(record: CellRecord, root: Path) -> list[Clip]:
+    """The clips of ``record`` with both a clean and an adversarial file under ``root``."""
+    paths: dict[str, dict[str, Path]] = {}
+    for sid, kind, rel in record.audio:
+        paths.setdefault(sid, {})[kind] = root / rel
+    samples = {s.sample_id: s for s in record.samples}
+    return [Clip(samples[sid], p["clean"], p["adv"]) for sid, p in paths.items()
+            if {"clean", "adv"} <= p.keys() and sid in samples
+            and p["clean"].is_file() and p["adv"].is_file()]
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a label."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def model_page(dataset: str, model: str) -> str:
+    return f"{slug(dataset)}--{slug(model)}.html"
+
+
+# -- audio and pictures --------------------------------------------------------------------
+
+
+def write_difference(clean: Path, adv: Path, path: Path) -> float:
+    """Write ``adv - clean`` scaled to a peak of :data:`DIFF_PEAK`; returns the gain."""
+    import soundfile
+
+    x, rate = soundfile.read(clean, dtype="float32")
+    y, _ = soundfile.read(adv, dtype="float32")
+    diff = y[: len(x)] - x[: len(y)]
+    peak = float(np.max(np.abs(diff))) if diff.size else 0.0
+    gain = DIFF_PEAK / peak if peak > 0 else 1.0
+    soundfile.write(path, np.clip(diff * gain, -1.0, 1.0), rate, subtype="PCM_24")
+    return gain
+
+
+def mel_filterbank(rate: int, n_fft: int, n_mels: int = N_MELS) -> np.ndarray:
+    """Triangular HTK mel filters, ``[n_mels, n_fft // 2 + 1]``."""
+    def mel(f: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+
+    edges = 700.0 * (10 ** (np.linspace(0.0, mel(np.array(rate / 2)), n_mels + 2) / 2595) - 1)
+    freqs = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs - lower) / np.maximum(centre - lower, 1e-9)
+    falling = (upper - freqs) / np.maximum(upper - centre, 1e-9)
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def log_mel(audio: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """Log-mel power spectrogram in dB, ``[n_mels, frames]``."""
+    audio = np.pad(audio.astype(np.float64), (n_fft // 2, n_fft // 2))
+    frames = max(1, 1 + (len(audio) - n_fft) // hop)
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.abs(np.fft.rfft(audio[idx] * np.hanning(n_fft), axis=1)) ** 2
+    return 10.0 * np.log10(mel_filterbank(rate, n_fft) @ spec.T + 1e-12)
+
+
+def plot_spectrograms(clean: Path, adv: Path, path: Path, plt: Any) -> None:
+    """Clean, adversarial and difference log-mel spectrograms on one colour scale."""
+    import soundfile
+
+    x, rate = soundfile.read(clean, dtype="float32")
+    y, _ = soundfile.read(adv, dtype="float32")
+    n = min(len(x), len(y))
+    specs = [log_mel(x[:n], rate), log_mel(y[:n], rate), log_mel(y[:n] - x[:n], rate)]
+    top = float(specs[0].max())
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.4), sharey=True, constrained_layout=True)
+    for ax, spec, title in zip(axes, specs, ("clean", "adversarial", "difference (not amplified)"),
+                               strict=True):
+        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
+                          vmin=top - DYNAMIC_RANGE_DB, vmax=top,
+                          extent=(0.0, n / rate, 0, spec.shape[0]))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("s", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("mel band", fontsize=8)
+    fig.colorbar(image, ax=axes, label="dB", shrink=0.9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_cell_clips(samples: pd.DataFrame, budget: float | None, path: Path, plt: Any) -> None:
+    """Per-clip figures of one cell: outcome counts, LSD against SNR of the fooled clips,
+    and the fraction of attacked clips fooled within q queries."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.4), constrained_layout=True)
+    wrong = int((~samples["clean_correct"].astype(bool)).sum())
+    fooled = int(samples["success"].astype(bool).sum())
+    robust = int(samples["robust"].astype(bool).sum())
+    axes[0].bar(["clean wrong", "fooled", "robust"], [wrong, fooled, robust],
+                color=["#999999", "#d62728", "#2ca02c"])
+    axes[0].set_title("clips by outcome", fontsize=9)
+    ok = samples[samples["success"].astype(bool)]
+    if {"lsd", "snr"} <= set(samples.columns) and len(ok):
+        axes[1].scatter(ok["snr"].astype(float), ok["lsd"].astype(float), s=10)
+        axes[1].set_xlabel("SNR dB", fontsize=8)
+        axes[1].set_ylabel("LSD", fontsize=8)
+    axes[1].set_title("fooled clips: LSD vs SNR", fontsize=9)
+    attacked = samples[samples["attacked"].astype(bool)]
+    if len(attacked):
+        q = np.sort(attacked.loc[attacked["success"].astype(bool), "queries"].astype(float))
+        limit = max(budget or 0.0, float(attacked["queries"].astype(float).max()), 1.0)
+        xs = np.concatenate([[0.0], q, [limit]])
+        ys = np.concatenate([[0.0], np.arange(1, len(q) + 1), [len(q)]]) / len(attacked)
+        axes[2].step(xs, ys, where="post")
+        axes[2].set_ylim(0, 1)
+        axes[2].set_xlabel("queries", fontsize=8)
+    axes[2].set_title("fooled within q queries", fontsize=9)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# -- HTML ----------------------------------------------------------------------------------
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3;cursor:pointer;user-select:none}
+th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
+td.num{text-align:right;white-space:nowrap}
+.badge{display:inline-block;border-radius:3px;padding:0 4px;font-size:11px;margin-left:3px}
+.contrast{background:#fde9b6}.nonadaptive{background:#e3e3e3}.failed{background:#f8c9c9}
+.flags{color:#a33;font-size:12px}
+.clip{border-top:1px solid #ddd;padding:.5em 0}
+.players{display:flex;gap:1em;flex-wrap:wrap}.players figure{margin:0}
+figcaption{font-size:12px;color:#555}
+img{max-width:100%}
+.load-error{color:#a00;font-weight:bold}
+"""
+
+SCRIPT = """
+function mbSort(th){
+  var table=th.closest('table'),body=table.tBodies[0],i=th.cellIndex;
+  var asc=th.getAttribute('aria-sort')!=='ascending';
+  table.querySelectorAll('th').forEach(function(h){h.removeAttribute('aria-sort')});
+  th.setAttribute('aria-sort',asc?'ascending':'descending');
+  function key(r){var c=r.cells[i];var v=c.getAttribute('data-v');
+    return v!==null&&v!==''?parseFloat(v):c.textContent.trim().toLowerCase();}
+  var rows=Array.prototype.slice.call(body.rows);
+  rows.sort(function(a,b){var x=key(a),y=key(b);
+    if(typeof x!==typeof y){return (typeof x==='number'?-1:1)*(asc?1:-1);}
+    return (x<y?-1:x>y?1:0)*(asc?1:-1);});
+  rows.forEach(function(r){body.appendChild(r)});
+}
+document.querySelectorAll('th').forEach(function(th){
+  th.addEventListener('click',function(){mbSort(th)});});
+function mbFailed(el,what){var p=document.createElement('span');p.className='load-error';
+  p.textContent=' could not load '+what+' '+(el.currentSrc||el.src);el.after(p);}
+document.querySelectorAll('audio').forEach(function(a){
+  a.addEventListener('loadedmetadata',function(){a.setAttribute('data-loaded','1')});
+  a.addEventListener('error',function(){mbFailed(a,'audio')},true);});
+document.querySelectorAll('img').forEach(function(im){
+  function done(){if(im.naturalWidth>0){im.setAttribute('data-loaded','1')}
+    else{mbFailed(im,'image')}}
+  if(im.complete){done()}else{im.addEventListener('load',done);
+    im.addEventListener('error',function(){mbFailed(im,'image')});}});
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def page(title: str, body: Sequence[str]) -> str:
+    """A complete HTML document with the inline style and sorting/loading script."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(body) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
+
+
+def td(text: str, value: float | None = None, raw: bool = False) -> str:
+    """A table cell; ``value`` (when numeric) is what sorting uses."""
+    content = text if raw else esc(text)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"<td>{content}</td>"
+    return f"<td class=\"num\" data-v=\"{value:.6g}\">{content}</td>"
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """A sortable table; ``rows`` are lists of ready ``<td>`` strings."""
+    ths = "".join(f"<th>{esc(h)}</th>" for h in head)
+    trs = "\n".join("<tr>" + "".join(r) + "</tr>" for r in rows)
+    return (f"<table class=\"{cls}\"><thead><tr>{ths}</tr></thead>"
+            f"<tbody>\n{trs}\n</tbody></table>")
+
+
+def header_html(board: Leaderboard) -> list[str]:
+    h = board.header
+    items = [f"date: {h['date']}", f"musicbench {h['musicbench']} (git {h['git_revision']}), "
+             f"torch {h['torch']}", f"device: {h['device']}", f"seed: {h['seed']}; config: "
+             f"{h['config']}" + ("; quick run" if h.get("quick") else "")]
+    if h.get("command"):
+        items.append(f"command: {h['command']}")
+    if h["stored"] < h["planned"]:
+        items.append(f"{h['planned'] - h['stored']} of {h['planned']} planned cells have not "
+                     "run yet")
+    for name, fp in h["dataset_fingerprints"].items():
+        items.append(f"dataset {name}: {h['samples'].get(name, '—')} clips, fingerprint {fp}")
+    return ["<ul>"] + [f"<li>{esc(i)}</li>" for i in items] + ["</ul>"]
+
+
+def marks(row: dict[str, Any], board: Leaderboard) -> str:
+    """Badges: failed, contrast (not in the worst case), non-adaptive or oblivious."""
+    out = []
+    if row["status"] != "ok":
+        out.append("<span class=\"badge failed\">failed</span>")
+    if row["attack"] in board.contrasts:
+        out.append("<span class=\"badge contrast\" title=\"not an evaluation of the defense; "
+                   "left out of the worst case\">contrast</span>")
+    if row["adaptive"] in ("non-adaptive", "oblivious"):  # the attack ignores the defense
+        out.append(f"<span class=\"badge nonadaptive\">{esc(row['adaptive'])}</span>")
+    return "".join(out)
+
+
+def pct_td(x: float | None, ci: Any = None) -> str:
+    return td(_pct_ci(x, ci), None if x is None else 100 * x)
+
+
+def num_td(x: float | None, digits: int = 2) -> str:
+    return td("—" if x is None else f"{x:.{digits}f}", x)
+
+
+def worst_case_tables(board: Leaderboard) -> list[str]:
+    """The worst-case table (per threat model) and the robust accuracy of each attack."""
+    tms = board.threat_models
+    rows = []
+    for s in board.summary:
+        by_tm = {w.threat_model: w for w in s.worst_case}
+        link = f"<a href=\"{esc(model_page(s.dataset, s.model))}\">{esc(s.model)}</a>"
+        cells = [td(s.dataset), td(link, raw=True), td(s.defense), num_td(s.n, 0),
+                 pct_td(s.clean_accuracy, s.clean_accuracy_ci)]
+        for tm in tms:
+            w = by_tm.get(tm)
+            text = "—" if w is None else _pct_ci(w.value, w.ci) + (
+                "" if w.complete else " (a cell failed: upper bound)")
+            cells.append(td(text, None if w is None or w.value is None else 100 * w.value))
+        rows.append(cells)
+    out = ["<h2>Worst-case robust accuracy by threat model</h2>",
+           "<p>Per model and defense, the clips that survive every attack of a threat model "
+           "(per-clip AND), in %, with exact 95% intervals.</p>",
+           table(["dataset", "model", "defense", "n", "clean acc ↑"]
+                 + [f"{tm.label} ↑" for tm in tms], rows), "<ul>"]
+    for tm in tms:
+        names = [a for a, t in board.attacks if t == tm and a not in board.contrasts]
+        shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
+        out.append(f"<li>{esc(tm.label)}: {esc(', '.join(names) or '—')}" + (
+            f" (contrasts, not in the worst case: {esc(', '.join(shown))})" if shown else "")
+            + "</li>")
+    out += ["</ul>", "<h2>Robust accuracy by attack</h2>"]
+    rows = [[td(s.dataset), td(s.model), td(s.defense)]
+            + [pct_td(s.robust_accuracy.get(a)) for a, _ in board.attacks]
+            for s in board.summary]
+    out.append(table(["dataset", "model", "defense"]
+                     + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks], rows))
+    return out
+
+
+def cell_row_html(row: dict[str, Any], board: Leaderboard) -> list[str]:
+    """One row of the every-cell table."""
+    anchor = f"{model_page(row['dataset'], row['model'])}#cell-{row['key']}"
+    attack = f"<a href=\"{esc(anchor)}\">{esc(row['attack'])}</a>{marks(row, board)}"
+    cells = [td(row["dataset"]), td(row["model"]), td(row["defense"]), td(attack, raw=True)]
+    if row["status"] != "ok":
+        err = (row["error"] or "").splitlines()[0][:160] if row["error"] else ""
+        return cells + [td(f"failed: {err}")] + [td("—")] * (7 + len(board.metrics))
+    cells += [num_td(row["n"], 0), num_td(row["n_attacked"], 0), num_td(row["n_success"], 0),
+              pct_td(row["asr"], row["asr_ci"]),
+              pct_td(row["robust_accuracy"], row["robust_accuracy_ci"]), num_td(row["fad"])]
+    cells += [num_td(row["metrics"].get(m, {}).get("value"), 3) for m in board.metrics]
+    cells += [num_td(row["mean_queries"], 1), td(row["adaptive"] or "none"),
+              f"<td class=\"flags\">{esc('; '.join(row['flags']))}</td>"]
+    return cells
+
+
+def every_cell_tables(board: Leaderboard) -> list[str]:
+    """Every cell, one sortable table per threat model."""
+    head = ["dataset", "model", "defense", "attack", "n", "n att", "n ok", "ASR ↑",
+            "robust acc ↑", "FAD ↓"] + board.metrics + ["queries ↓", "adaptive", "flags"]
+    out = ["<h2>Every cell</h2>"]
+    for tm in board.threat_models:
+        rows = [cell_row_html(r, board) for r in board.rows
+                if r["threat_model"]["label"] == tm.label]
+        out += [f"<h3>{esc(tm.label)}</h3>", table(head, rows, "cells")]
+    return out
+
+
+def index_html(board: Leaderboard) -> str:
+    models = sorted({(s.dataset, s.model) for s in board.summary})
+    nav = ["<h2>Models: clips and spectrograms</h2>", "<ul>"] + [
+        f"<li><a href=\"{esc(model_page(d, m))}\">{esc(d)} / {esc(m)}</a></li>"
+        for d, m in models] + ["</ul>"]
+    body = (["<h1>musicbench report</h1>"] + header_html(board) + nav
+            + worst_case_tables(board) + every_cell_tables(board))
+    return page("musicbench report", body)
+
+
+def clip_html(clip: Clip, media: Path, root: Path, plt: Any) -> list[str]:
+    """Players and spectrograms of one kept clip; writes its media under ``media``."""
+    name = slug(clip.sample.sample_id)
+    clean, adv = media / f"{name}-clean.flac", media / f"{name}-adv.flac"
+    shutil.copyfile(clip.clean, clean)
+    shutil.copyfile(clip.adv, adv)
+    gain = write_difference(clip.clean, clip.adv, media / f"{name}-diff.flac")
+    plot_spectrograms(clip.clean, clip.adv, media / f"{name}-spec.png", plt)
+    s = clip.sample
+    facts = (f"label {s.label}, clean prediction {s.clean_pred}, adversarial prediction "
+             f"{s.adv_pred}; {'fooled' if s.success else 'not fooled'}"
+             + "".join(f", {k.upper() if k == 'lsd' else k.upper() + ' dB' if k == 'snr' else k}"
+                       f" {v:.3g}" for k, v in s.metrics.items() if k in ("lsd", "snr"))
+             + f", {s.queries} queries")
+
+    def player(path: Path, caption: str) -> str:
+        rel = path.relative_to(root).as_posix()
+        return (f"<figure><audio controls preload=\"metadata\" src=\"{esc(rel)}\"></audio>"
+                f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+    spec = (media / f"{name}-spec.png").relative_to(root).as_posix()
+    return [f"<div class=\"clip\"><h4>{esc(s.sample_id)}</h4><p>{esc(facts)}</p>",
+            "<div class=\"players\">", player(clean, "clean"), player(adv, "adversarial"),
+            player(media / f"{name}-diff.flac",
+                   f"difference × {gain:.0f} ({20 * math.log10(gain):+.1f} dB)"),
+            "</div>", f"<img src=\"{esc(spec)}\" alt=\"log-mel spectrograms of "
+            f"{esc(s.sample_id)}\" loading=\"lazy\">", "</div>"]
+
+
+def cell_section(row: dict[str, Any], record: CellRecord, board: Leaderboard,
+                 samples: pd.DataFrame, out: Path, root: Path, plt: Any) -> list[str]:
+    """A cell's figures, its per-clip figure and its kept clips."""
+    title = f"{row['defense']} / {row['attack']} ({row['threat_model']['label']})"
+    parts = [f"<section id=\"cell-{esc(row['key'])}\"><h2>{esc(title)}{marks(row, board)}</h2>"]
+    if row["status"] != "ok":
+        return parts + [f"<pre>{esc(row['error'] or '')}</pre></section>"]
+    facts = [f"n {row['n']}", f"attacked {row['n_attacked']}", f"fooled {row['n_success']}",
+             f"ASR {_pct_ci(row['asr'], row['asr_ci'])}%",
+             f"robust accuracy {_pct_ci(row['robust_accuracy'], row['robust_accuracy_ci'])}%",
+             f"mean queries {row['mean_queries']}", f"adaptive: {row['adaptive'] or 'none'}"]
+    parts.append(f"<p>{esc('; '.join(facts))}</p>")
+    if row["flags"]:
+        parts.append(f"<p class=\"flags\">{esc('; '.join(row['flags']))}</p>")
+    media = root / "media" / slug(row["key"])
+    media.mkdir(parents=True, exist_ok=True)
+    mine = samples[samples["key"] == row["key"]]
+    if len(mine):
+        budget = record.spec.attack.params.get("queries")
+        plot_cell_clips(mine, float(budget) if isinstance(budget, int | float) else None,
+                        media / "clips.png", plt)
+        rel = (media / "clips.png").relative_to(root).as_posix()
+        parts.append(f"<img src=\"{esc(rel)}\" alt=\"per-clip figures\" loading=\"lazy\">")
+    clips = kept_clips(record, out)
+    if not clips:
+        parts.append("<p>No clips kept for this cell (<code>keep_audio = 0</code>).</p>")
+    for clip in clips:
+        parts += clip_html(clip, media, root, plt)
+    return parts + ["</section>"]
+
+
+def model_html(dataset: str, model: str, board: Leaderboard, records: dict[str, CellRecord],
+               samples: pd.DataFrame, out: Path, root: Path, plt: Any) -> str:
+    rows = [r for r in board.rows if (r["dataset"], r["model"]) == (dataset, model)]
+    toc = ["<ul>"] + [f"<li><a href=\"#cell-{esc(r['key'])}\">{esc(r['defense'])} / "
+                      f"{esc(r['attack'])}</a></li>" for r in rows] + ["</ul>"]
+    body = [f"<p><a href=\"index.html\">← all results</a></p><h1>{esc(dataset)} / "
+            f"{esc(model)}</h1>", "<p>Players: clean, adversarial, and the difference "
+            "amplified by the stated gain. Spectrograms: log-mel power, one colour scale "
+            f"per clip ({DYNAMIC_RANGE_DB:.0f} dB below the clean clip's loudest bin); the "
+            "difference panel is not amplified.</p>", *toc]
+    for r in rows:
+        body += cell_section(r, records[r["key"]], board, samples, out, root, plt)
+    return page(f"{dataset} / {model} — musicbench report", body)
+
+
+def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
+    """Write the report of the run in ``out`` to ``directory`` (default ``out/report``);
+    returns the index page's path."""
+    plt = _plotting()
+    from musicbench.files import atomic_write_text
+    from musicbench.results import load
+
+    out = Path(out)
+    run_dir = out.parent if out.suffix == ".sqlite" else out
+    root = Path(directory) if directory is not None else run_dir / "report"
+    board, records = _load(out)
+    samples = load(out).samples
+    root.mkdir(parents=True, exist_ok=True)
+    for dataset, model in sorted({(r["dataset"], r["model"]) for r in board.rows}):
+        atomic_write_text(root / model_page(dataset, model),
+                          model_html(dataset, model, board, records, samples, run_dir, root,
+                                     plt))
+    return atomic_write_text(root / "index.html", index_html(board))

@@ -1,0 +1,175 @@
+"""musicbench report: a static HTML report whose every link, player and picture resolves, with
+no network reference, every cell in its tables, and pages that load in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("pandas")
+
+from conftest import cli, run_toy_config  # noqa: E402
+from test_results_api import CONFIG as RESULTS_CONFIG  # noqa: E402
+
+from musicbench.report import ReportDependencyError, write_report  # noqa: E402
+from musicbench.results import load  # noqa: E402
+
+# the results API's toy run (2 defenses x 3 attacks, one a contrast), keeping 2 clips a cell
+CONFIG = RESULTS_CONFIG.replace("[run]\n", "[run]\nkeep_audio = 2\n", 1)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return run_toy_config(tmp_path_factory.mktemp("report-run"), CONFIG)[1]
+
+
+@pytest.fixture(scope="module")
+def report(run_dir, tmp_path_factory) -> Path:
+    return write_report(run_dir, tmp_path_factory.mktemp("report") / "site")
+
+
+class _Refs(HTMLParser):
+    """Every src/href of a page, the ids it defines, and its element counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.ids: set[str] = set()
+        self.tags: dict[str, int] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        for name, value in attrs:
+            if name in ("src", "href") and value:
+                self.refs.append(value)
+            if name == "id" and value:
+                self.ids.add(value)
+
+
+def _parse(page: Path) -> _Refs:
+    parser = _Refs()
+    parser.feed(page.read_text())
+    return parser
+
+
+def _kept(run_dir: Path) -> int:
+    return len(list(run_dir.glob("audio/*/*-clean.flac")))
+
+
+def test_every_reference_resolves_offline(report: Path, run_dir: Path):
+    pages = sorted(report.parent.glob("*.html"))
+    assert len(pages) == 2  # the index and one page for (toy-tones, toy-model)
+    parsed = {p.name: _parse(p) for p in pages}
+    for page in pages:
+        text = page.read_text()
+        assert "http://" not in text and "https://" not in text, page
+        for ref in parsed[page.name].refs:
+            target, _, anchor = ref.partition("#")
+            target = target or page.name
+            assert (report.parent / target).is_file(), f"{page.name}: {ref}"
+            if anchor:
+                assert anchor in parsed[target].ids, f"{page.name}: {ref}"
+    model = parsed["toy-tones--toy-model.html"]
+    kept = _kept(run_dir)
+    assert kept >= 6  # up to 2 per cell (the fooled ones)
+    assert model.tags["audio"] == 3 * kept  # clean, adversarial, difference
+    assert model.tags["img"] == kept + 6  # a spectrogram per clip, a per-clip figure per cell
+
+
+def test_tables_hold_every_cell_with_marks(report: Path, run_dir: Path):
+    index = report.read_text()
+    model = (report.parent / "toy-tones--toy-model.html").read_text()
+    cells = load(run_dir).cells
+    assert len(cells) == 6
+    for key in cells.key:
+        assert f"toy-tones--toy-model.html#cell-{key}" in index
+        assert f'id="cell-{key}"' in model
+    assert index.count("<h3>") == cells.threat_model.nunique()  # one table per threat model
+    assert "Worst-case robust accuracy by threat model" in index
+    assert "contrasts, not in the worst case: pgd, oblivious" in index
+    assert index.count("badge contrast") == 2  # "pgd, oblivious" under both defenses
+    assert index.count('<span class="badge nonadaptive">oblivious</span>') == 2
+    assert re.search(r"difference × \d+ \([+-]\d+\.\d dB\)", model)
+
+
+def test_difference_file_is_amplified(report: Path):
+    import numpy as np
+    import soundfile
+
+    media = report.parent / "media"
+    diff = next(media.glob("*/*-diff.flac"))
+    data, _ = soundfile.read(diff)
+    assert np.max(np.abs(data)) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_cli_writes_the_report(run_dir: Path, tmp_path: Path):
+    result = cli("report", str(run_dir), "-o", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "r" / "index.html").is_file()
+    missing = cli("report", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no results store" in missing.stderr
+
+
+def test_missing_matplotlib_names_the_extra(run_dir: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ReportDependencyError, match=r"musicbench\[report\]"):
+        write_report(run_dir, tmp_path / "r")
+
+
+# -- headless Chromium ----------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium); "
+                "the browser check of the report did not run")
+
+
+def _open(page: Path) -> tuple[str, list[str]]:
+    """The DOM of ``page`` after its scripts and media loads ran, and its console messages."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--mute-audio",
+           "--enable-logging=stderr", "--v=0", "--window-size=1400,30000",
+           "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()]
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if re.search(r"CONSOLE[:(]", line)]
+    return done.stdout, console
+
+
+def _loaded(dom: str, tag: str) -> tuple[int, int]:
+    tags = re.findall(rf"<{tag}\b[^>]*>", dom)
+    return len(tags), sum("data-loaded=" in t for t in tags)
+
+
+def test_pages_load_in_headless_chromium(report: Path, run_dir: Path):
+    for page in (report, report.parent / "toy-tones--toy-model.html"):
+        dom, console = _open(page)
+        assert console == [], console
+        assert 'class="load-error"' not in dom
+        audio, audio_ok = _loaded(dom, "audio")
+        images, images_ok = _loaded(dom, "img")
+        assert audio_ok == audio and images_ok == images, (page.name, audio, audio_ok,
+                                                            images, images_ok)
+        if page == report:
+            assert dom.count("<table") == 3  # worst case, by attack, every cell (one L∞ ε)
+    kept = _kept(run_dir)  # the model page's players and pictures all loaded
+    assert audio == 3 * kept and images == kept + 6
+
+
+def test_chromium_check_sees_a_broken_report(report: Path, tmp_path: Path):
+    """The check above can fail: a missing picture and a missing clip show as load errors."""
+    broken = tmp_path / "broken"
+    shutil.copytree(report.parent, broken)
+    next((broken / "media").glob("*/clips.png")).unlink()
+    next((broken / "media").glob("*/*-adv.flac")).unlink()
+    dom, _ = _open(broken / "toy-tones--toy-model.html")
+    assert dom.count('class="load-error"') == 2
