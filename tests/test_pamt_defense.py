@@ -62,6 +62,15 @@ def test_trains_caches_reloads_and_is_a_differentiable_target_model(tmp_path, to
     (grad,) = torch.autograd.grad(logits.logsumexp(-1).sum(), x)
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
+    # Grad-CAM (MAIA-WB) finds the defended model's cam_layer, time last
+    from musicbench.victim import Victim, begin_batch
+    from musicbench_plugins.attacks.gradcam import gradcam
+
+    victim = Victim(defended)
+    begin_batch(victim, 3)
+    cam = gradcam(victim, x.detach(), logits.argmax(-1), cell=400).cam
+    assert cam.shape[0] == 3 and torch.isfinite(cam).all()
+
     # a fresh workspace loads it without training, with the same weights and outputs
     def refuse(*args, **kwargs):
         raise AssertionError("retrained a cached defended model")

@@ -209,7 +209,9 @@ class PamtParams(PamtControlParams):
 
 class EncoderTaskNet(nn.Module):
     """Frames ``[B, F, E]`` of the frozen encoder -> (PAMT head on windows of
-    ``window_frames``, null condition) -> pooling over frames -> task head ``[B, out]``."""
+    ``window_frames``, null condition) -> pooling over frames -> task head ``[B, out]``.
+    ``frames`` is an identity hook point with the encoder's frames time-last (``[B, E, F]``),
+    the defended model's ``cam_layer``: Grad-CAM (MAIA-WB) weighs the encoder's output."""
 
     def __init__(self, head: PamtHead | None, width: int, out: int, *, pooling: str,
                  hidden: int, dropout: float, window_frames: int):
@@ -217,12 +219,14 @@ class EncoderTaskNet(nn.Module):
         self.head = head
         self.pooling = pooling
         self.window_frames = window_frames
+        self.frames = nn.Identity()  # the encoder's frames as [B, E, F], time last: Grad-CAM's
         pooled = width * (2 if pooling == "mean-std" else 1)
         self.task = nn.Sequential(nn.LayerNorm(pooled), nn.Linear(pooled, hidden), nn.GELU(),
                                   nn.Dropout(dropout), nn.Linear(hidden, out))
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """``[B, F, E]`` -> pooled ``[B, D]`` (what the task head sees)."""
+        frames = self.frames(frames.transpose(1, 2)).transpose(1, 2)
         if self.head is not None:
             w = self.window_frames
             frames = torch.cat([self.head(frames[:, i : i + w], None)
@@ -255,7 +259,7 @@ class EncoderHeadModel(TargetModel):
         self.task = base.task  # type: ignore[misc]
         self.sample_rate = base.sample_rate  # type: ignore[misc]
         self.input_seconds = base.input_seconds  # type: ignore[misc]
-        self.cam_layer = None  # type: ignore[misc]
+        self.cam_layer = "frames"  # type: ignore[misc]  # the encoder's output (MAIA-WB)
         self.network = getattr(encoder, "network", None)  # type: ignore[misc]
         self.labels = tuple(base.labels)
         self.training_summary: dict[str, Any] = {}
