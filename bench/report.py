@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from musicbench.errors import MusicbenchError
-from musicbench.leaderboard import Leaderboard, _pct_ci, build, plan_keys
+from musicbench.leaderboard import (METRIC_COLUMNS, METRIC_TITLES, Leaderboard, _num,
+                                    _pct_ci, build, plan_keys)
 from musicbench.store import CellRecord, SampleRecord, Store
 
 if TYPE_CHECKING:
@@ -368,10 +369,17 @@ def cell_row_html(row: dict[str, Any], board: Leaderboard) -> list[str]:
     return cells
 
 
+def metric_title(metric: str, board: Leaderboard) -> str:
+    """A per-clip metric's column head with the better direction for the attack."""
+    up = board.higher_is_better.get(METRIC_COLUMNS.get(metric, metric), True)
+    return f"{METRIC_TITLES.get(metric, metric)} {'↑' if up else '↓'}"
+
+
 def every_cell_tables(board: Leaderboard) -> list[str]:
     """Every cell, one sortable table per threat model."""
     head = ["dataset", "model", "defense", "attack", "n", "n att", "n ok", "ASR ↑",
-            "robust acc ↑", "FAD ↓"] + board.metrics + ["queries ↓", "adaptive", "flags"]
+            "robust acc ↑", "FAD ↓"] + [metric_title(m, board) for m in board.metrics] + [
+            "queries ↓", "adaptive", "flags"]
     out = ["<h2>Every cell</h2>"]
     for tm in board.threat_models:
         rows = [cell_row_html(r, board) for r in board.rows
@@ -429,7 +437,8 @@ def cell_section(row: dict[str, Any], record: CellRecord, board: Leaderboard,
     facts = [f"n {row['n']}", f"attacked {row['n_attacked']}", f"fooled {row['n_success']}",
              f"ASR {_pct_ci(row['asr'], row['asr_ci'])}%",
              f"robust accuracy {_pct_ci(row['robust_accuracy'], row['robust_accuracy_ci'])}%",
-             f"mean queries {row['mean_queries']}", f"adaptive: {row['adaptive'] or 'none'}"]
+             f"mean queries {_num(row['mean_queries'], 1)}",
+             f"adaptive: {row['adaptive'] or 'none'}"]
     parts.append(f"<p>{esc('; '.join(facts))}</p>")
     if row["flags"]:
         parts.append(f"<p class=\"flags\">{esc('; '.join(row['flags']))}</p>")
