@@ -446,14 +446,17 @@ def cell_section(row: dict[str, Any], record: CellRecord, board: Leaderboard,
     media.mkdir(parents=True, exist_ok=True)
     mine = samples[samples["key"] == row["key"]]
     if len(mine):
-        budget = record.spec.attack.params.get("queries")
+        budget = record.spec.attack.params.get("budget")  # black-box query budget, if any
         plot_cell_clips(mine, float(budget) if isinstance(budget, int | float) else None,
                         media / "clips.png", plt)
         rel = (media / "clips.png").relative_to(root).as_posix()
         parts.append(f"<img src=\"{esc(rel)}\" alt=\"per-clip figures\" loading=\"lazy\">")
     clips = kept_clips(record, out)
     if not clips:
-        parts.append("<p>No clips kept for this cell (<code>keep_audio = 0</code>).</p>")
+        why = ("<code>keep_audio = 0</code>" if record.spec.run.keep_audio == 0 else
+               "no clip was fooled, and a run keeps fooled clips only"
+               if record.info.n_success == 0 else "their files are missing")
+        parts.append(f"<p>No clips kept for this cell ({why}).</p>")
     for clip in clips:
         parts += clip_html(clip, media, root, plt)
     return parts + ["</section>"]
