@@ -150,6 +150,9 @@ class PamtControlParams:
         check_number("temperature", self.temperature, above=0, at_most=MAX_WEIGHT)
         check_number("triplet_margin", self.triplet_margin, at_least=0, at_most=MAX_WEIGHT)
         check_number("spl_full_scale_db", self.spl_full_scale_db, at_least=0, at_most=200)
+        check_number("level_db_min", self.level_db_min, at_least=-120, at_most=120)
+        check_number("level_db_max", self.level_db_max, at_least=self.level_db_min,
+                     at_most=120)
         for name, allowed in (("pooling", ("mean", "mean-std", "max")),
                               ("retrieval_loss", ("ce", "triplet"))):
             if getattr(self, name) not in allowed:
@@ -192,6 +195,13 @@ class PamtParams(PamtControlParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("d_model", "layers", "heads", "ffn_mult", "cond_dim", "ppe_hidden",
+                     "out_dim", "head_batch_size", "window_frames"):
+            check_number(name, getattr(self, name), at_least=1, at_most=MAX_SIZE, integer=True)
+        check_number("exclude_radius", self.exclude_radius, at_least=0, at_most=MAX_SIZE,
+                     integer=True)
+        check_number("dropout", self.dropout, at_least=0, below=1)
+        check_number("info_nce_temperature", self.info_nce_temperature, above=0, at_most=100)
         check_number("head_epochs", self.head_epochs, at_least=1, at_most=MAX_STEPS,
                      integer=True)
         check_number("head_lr", self.head_lr, above=0, at_most=MAX_LEARNING_RATE)
