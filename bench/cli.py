@@ -313,6 +313,50 @@ def validate(
     stderr.print(f"[green]{report.kind} '{report.name}' passed {len(report.checks)} checks")
 
 
+@app.command("attack")
+def attack_one(
+    source: Annotated[Path, typer.Argument(help="an audio file (any rate and format the "
+                                                "loaders read)")],
+    model: Annotated[str, typer.Option("--model", help="a classification model")],
+    attack: Annotated[str, typer.Option("--attack", help="an attack")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the "
+                                         "adversarial file (format from its suffix)")],
+    defense: Annotated[str, typer.Option("--defense", help="a preprocessing defense")] = "none",
+    param: Annotated[Optional[list[str]], typer.Option(
+        "--param", "-p", help="KEY=VALUE attack parameter (TOML value); repeatable")] = None,
+    model_param: Annotated[Optional[list[str]], typer.Option(
+        "--model-param", help="KEY=VALUE parameter of --model; repeatable")] = None,
+    defense_param: Annotated[Optional[list[str]], typer.Option(
+        "--defense-param", help="KEY=VALUE parameter of --defense; repeatable")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1)] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Attack one file as a cell would (the harness's EOT/BPDA against the defense, success
+    judged over draws); print the clean and adversarial predictions, LSD and SNR; write the
+    adversarial audio back at the input's rate and check it still fools the model."""
+    from musicbench.cache import cache_dir
+    from musicbench.environment import resolve_device
+    from musicbench.plugins import get_plugins
+    from musicbench.single import attack_file, describe
+    from musicbench.ui import RichProgress
+    from musicbench.validate import parse_params
+    from musicbench.workspace import Workspace
+
+    try:
+        dev = resolve_device(device or "auto")
+        with RichProgress() as progress:
+            ws = Workspace(get_plugins(), cache_dir=cache_dir(), device=dev, progress=progress)
+            result = attack_file(ws, source, output, model=model, attack=attack,
+                                 defense=defense, seed=seed,
+                                 model_params=parse_params(model_param or []),
+                                 attack_params=parse_params(param or []),
+                                 defense_params=parse_params(defense_param or []))
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    print(describe(result))
+
+
 @app.command()
 def train(
     name: Annotated[str, typer.Argument(help="a trainable model, inpainter, defense or metric "

@@ -1,0 +1,145 @@
+"""Attack one audio file: ``musicbench attack IN --model M --attack A [--defense D] -o OUT``.
+
+The file is read at any rate and channel count the loaders accept, attacked at the model's
+rate exactly as a cell would attack it (the harness's adaptive evaluation of a preprocessing
+defense, success judged by the harness over draws), and written back at the input's rate: the
+perturbation (at the model's rate) is resampled to the input's rate and added to the original
+(mono-mixed) signal, so the output keeps the input's bandwidth, and resampling being linear,
+the model sees its clean input plus the perturbation. The written file is then read back and
+judged again, since writing (clipping, the file's sample format) may undo an attack.
+
+The label attacked is the undefended model's top-1 on the clean file (there is no ground truth
+for a single file): an untargeted attack succeeds when the prediction leaves it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from musicbench.audio import _resample, load_audio
+from musicbench.defense_checks import measure
+from musicbench.errors import ConfigError
+from musicbench.metrics import lsd, snr_db
+from musicbench.victim import Scorer, Victim
+from musicbench.workspace import Workspace
+
+EOT_SAMPLES = 8
+EVAL_DRAWS = 11
+"""The run defaults (``[run] eot_samples``, ``eval_draws``) used against a randomized defense."""
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    """What ``musicbench attack`` prints: the labels by name, the harness's verdicts, the
+    perceptual cost at the model's rate and whether the written file still fools the model."""
+
+    clean_label: str
+    clean_prediction: str
+    adv_prediction: str
+    success: bool
+    wrong_fraction: float
+    lsd: float
+    snr_db: float
+    queries: int
+    adaptive: str
+    written: Path
+    written_success: bool
+    input_rate: int
+    model_rate: int
+    draws: int
+
+
+def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: str,
+                defense: str = "none", model_params: dict[str, Any] | None = None,
+                attack_params: dict[str, Any] | None = None,
+                defense_params: dict[str, Any] | None = None, seed: int = 0) -> SingleResult:
+    """Attack ``source`` and write the adversarial file to ``out`` (format from its suffix)."""
+    import soundfile as sf
+
+    target = ws.model(model, model_params or {})
+    if target.task != "classification":
+        raise ConfigError(f"model '{target.name}' is a {target.task} model: a single file has "
+                          "no reference set to be retrieved against; attack it in a run",
+                          key="model")
+    rate = target.sample_rate
+    made = ws.defense(defense, defense_params or {}, rate)
+    if made.kind != "preprocessor":
+        raise ConfigError(f"defense '{made.name}' is trained for a base model on a dataset; "
+                          "evaluate it in a run", key="defense")
+    x = load_audio(source, rate).to(ws.device)[None]  # [1, T]; a bad file: BadAudioError
+    info = sf.info(str(source))
+    input_rate = int(info.samplerate)
+    made_attack = ws.make("attack", attack, attack_params or {})
+    made_attack.prepare(ws.ctx)
+    white = made_attack.threat == "white-box"
+    behaviour = measure(made, rate, ws.device, x)
+    randomized, bpda = behaviour.attack_randomized, white and behaviour.attack_with_bpda
+    draws = EVAL_DRAWS if randomized else 1
+    eot = EOT_SAMPLES if randomized and white else 1
+    adaptive = "+".join(n for n, on in (("eot", eot > 1), ("bpda", bpda)) if on) or "none"
+
+    def generator(stream: int) -> torch.Generator:
+        device = torch.empty(0, device=ws.device).device
+        return torch.Generator(device=device).manual_seed(seed * 4 + stream)
+
+    with torch.no_grad():
+        y = Scorer(target).predict(x)
+    judge = Scorer(target, defense=made, generator=generator(1))
+    clean = judge.judge(x, y, draws)
+    labels = list(target.labels)
+    victim = Victim(target, defense=made, allow_gradients=white, eot_samples=eot, bpda=bpda,
+                    budget=getattr(made_attack.params, "budget", None) if not white else None,
+                    generator=generator(2))
+    result = made_attack(victim, x, y, generator=generator(3))
+    verdict = judge.judge(result.adv, y, draws)
+    delta = (result.adv - x)[0].detach().cpu().double().numpy()
+    original = _native_mono(source, info)
+    up = _resample(delta, rate, input_rate)[: original.shape[0]]
+    up = np.pad(up, (0, original.shape[0] - up.shape[0]))
+    written = np.clip(original + up, -1.0, 1.0).astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(out), written, input_rate, subtype="FLOAT" if out.suffix.lower() == ".wav"
+             else None)
+    back = load_audio(out, rate).to(ws.device)[None]
+    back = back[..., : x.shape[-1]] if back.shape[-1] >= x.shape[-1] else torch.nn.functional.pad(
+        back, (0, x.shape[-1] - back.shape[-1]))
+    reread = judge.judge(back, y, draws)
+    return SingleResult(
+        clean_label=labels[int(y[0])],
+        clean_prediction=labels[int(clean.prediction[0])],
+        adv_prediction=labels[int(verdict.prediction[0])],
+        success=bool(verdict.fooled[0]) and not bool(clean.fooled[0]),
+        wrong_fraction=float(verdict.wrong_fraction[0]),
+        lsd=float(lsd(x.cpu(), result.adv.cpu())[0]),
+        snr_db=float(snr_db(x.cpu(), result.adv.cpu())[0]),
+        queries=int(result.queries[0]), adaptive=adaptive, written=out,
+        written_success=bool(reread.fooled[0]), input_rate=input_rate, model_rate=rate,
+        draws=draws)
+
+
+def _native_mono(source: Path, info: Any) -> np.ndarray:
+    """The input at its own rate, mixed to mono like the loaders do (float64)."""
+    return load_audio(source, int(info.samplerate)).double().numpy()
+
+
+def describe(r: SingleResult) -> str:
+    """The lines ``musicbench attack`` prints."""
+    snr = "inf" if math.isinf(r.snr_db) else f"{r.snr_db:.1f}"
+    return "\n".join([
+        f"clean: model says '{r.clean_prediction}' (attacked label: '{r.clean_label}', the "
+        "undefended model's top-1)",
+        f"adversarial: model says '{r.adv_prediction}' — "
+        + ("fooled" if r.success else "not fooled")
+        + (f" (wrong on {100 * r.wrong_fraction:.0f}% of {r.draws} draws of the randomized "
+           "defense)" if r.draws > 1 else ""),
+        f"LSD {r.lsd:.3f}, SNR {snr} dB (at the model's {r.model_rate} Hz), {r.queries} "
+        f"queries; defense attacked with: {r.adaptive}",
+        f"wrote {r.written} at {r.input_rate} Hz: read back, it "
+        + ("still fools the model" if r.written_success else "no longer fools the model"),
+    ])
