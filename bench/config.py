@@ -102,6 +102,8 @@ class ComponentSpec:
     eot_samples: int | None = None
     eval_draws: int | None = None
     adaptive: bool | str | None = None  # True, False or "oblivious"
+    # an entry expanded from a sweep (``eps = [0.001, 0.002]``): the label it was written with
+    swept_from: str = ""
 
 
 MAX_DRAWS = 1000

@@ -10,6 +10,9 @@ new cells while a rerun of the same command finds its finished ones.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +60,62 @@ def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved
             except ConfigError as exc:
                 raise ConfigError(str(exc), table=TABLES[kind], key="name") from exc
             cls = entry.load()
-            params = component_params(cls, spec.params, table=spec.table,
-                                      what=f"{kind} '{spec.name}'")
-            items.append(Resolved(spec, entry.name, cls, params, entry.provider))
+            for one in expand_sweep(spec, cls):
+                params = component_params(cls, one.params, table=one.table,
+                                          what=f"{kind} '{one.name}'")
+                items.append(Resolved(one, entry.name, cls, params, entry.provider))
+        labels = [r.spec.label for r in items]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ConfigError(f"'{label}' names two entries after sweeps were expanded; "
+                                  "give one a label = \"...\"", table=TABLES[kind])
         out[kind] = items
     _check_model_datasets(out)
     _check_metrics(config, plugins)
     return out
+
+
+SWEPT_KINDS = ("attack", "defense")
+
+
+def expand_sweep(spec: ComponentSpec, cls: type) -> list[ComponentSpec]:
+    """A list given for a parameter whose type is a single value (a number, a string, a
+    flag) is a sweep: one entry per value, labelled ``"<label>, <key> <value>"``; several
+    swept keys give every combination. Parameters that take lists themselves are left alone.
+    Only attacks and defenses are swept (a robustness curve over eps, a defense strength)."""
+    params_type = getattr(cls, "Params", None)
+    if spec.kind not in SWEPT_KINDS or params_type is None:
+        return [spec]
+    hints = typing.get_type_hints(params_type)
+    swept = {k: v for k, v in spec.params.items()
+             if isinstance(v, list) and k in hints and _single_valued(hints[k])}
+    for key, values in swept.items():
+        if not values:
+            raise ConfigError("a sweep needs at least one value", table=spec.table, key=key)
+    if not swept:
+        return [spec]
+    out = []
+    for combo in itertools.product(*swept.values()):
+        chosen = dict(zip(swept, combo, strict=True))
+        label = ", ".join([spec.label] + [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in chosen.items()])
+        out.append(dataclasses.replace(
+            spec, params={**spec.params, **chosen}, label=label,
+            table=f"{TABLES[spec.kind]}.{label}", swept_from=spec.label))
+    return out
+
+
+def _single_valued(annotation: Any) -> bool:
+    """int, float, str, bool, a Literal, or an Optional of one of those."""
+    if annotation in (int, float, str, bool):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_single_valued(a) for a in args)
+    return False
 
 
 def _check_metrics(config: RunConfig, plugins: PluginSystem) -> None:
@@ -109,7 +161,8 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
         wanted.setdefault(kind, set()).add(name.strip())
     out = dict(resolved)
     for kind, names in wanted.items():
-        present = {r.name for r in resolved[kind]} | {r.spec.label for r in resolved[kind]}
+        present = ({r.name for r in resolved[kind]} | {r.spec.label for r in resolved[kind]}
+                   | {r.spec.swept_from for r in resolved[kind] if r.spec.swept_from})
         for name in names:
             if name not in present:
                 hint = did_you_mean(name, sorted(present))
@@ -117,7 +170,8 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
                     f"--only {kind}={name}: no such {kind} in this config.{hint} "
                     f"The config has: {', '.join(sorted(present))}."
                 )
-        out[kind] = [r for r in resolved[kind] if r.name in names or r.spec.label in names]
+        out[kind] = [r for r in resolved[kind] if r.name in names or r.spec.label in names
+                     or r.spec.swept_from in names]
     return out
 
 
@@ -195,7 +249,9 @@ def plan_cells(
             behaviour = defense.behaviour.get(rates[model.spec.label])
             defense_ref = _defense_ref(defense, ws, model, datasets[ds.spec.label])
             for attack, attack_ref, threat, threat_model in attacks:
-                if model.spec.attacks is not None and attack.spec.label not in model.spec.attacks:
+                if model.spec.attacks is not None and not (
+                        attack.spec.label in model.spec.attacks
+                        or attack.spec.swept_from in model.spec.attacks):
                     continue
                 how = evaluation(settings, defense.resolved.spec, attack.spec, threat, behaviour)
                 if how is None:
