@@ -30,8 +30,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from musicbench.errors import MusicbenchError
-from musicbench.leaderboard import (METRIC_COLUMNS, METRIC_TITLES, Leaderboard, _num,
-                                    _pct_ci, build, plan_keys)
+from musicbench.leaderboard import (
+    METRIC_COLUMNS,
+    METRIC_TITLES,
+    Leaderboard,
+    _num,
+    _pct_ci,
+    build,
+    plan_keys,
+)
 from musicbench.store import CellRecord, SampleRecord, Store
 
 if TYPE_CHECKING:
@@ -388,13 +395,74 @@ def every_cell_tables(board: Leaderboard) -> list[str]:
     return out
 
 
-def index_html(board: Leaderboard) -> str:
+def eps_series(records: dict[str, CellRecord]) -> dict[tuple[Any, ...], list[CellRecord]]:
+    """Cells that differ only in ε (same dataset, model, defense, attack and other
+    parameters, a norm threat model, the same adaptivity): the points of one robustness
+    curve, sorted by ε; only series with at least two points."""
+    import json
+
+    series: dict[tuple[Any, ...], list[CellRecord]] = {}
+    for r in records.values():
+        tm = r.spec.threat_model
+        if r.status != "ok" or tm.kind != "norm" or r.spec.run.contrast:
+            continue
+        others = json.dumps({k: v for k, v in r.spec.attack.params.items() if k != "eps"},
+                            sort_keys=True)
+        series.setdefault((*r.names[:3], r.spec.attack.name, tm.norm, others), []).append(r)
+    return {k: sorted(v, key=lambda r: r.spec.threat_model.eps) for k, v in series.items()
+            if len({r.spec.threat_model.eps for r in v}) > 1}
+
+
+def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> list[str]:
+    """Robustness curves, one figure per (dataset, model): ASR and robust accuracy against ε
+    with exact 95% intervals, one line per (defense, attack) series of a sweep."""
+    series = eps_series(records)
+    if not series:
+        return []
+    parts = ["<h2>Robustness against ε</h2>",
+             "<p>Each line is one attack swept over ε (<code>eps = [...]</code>) on one "
+             "defense; bars are exact 95% intervals.</p>"]
+    by_model: dict[tuple[str, str], list[tuple[tuple[Any, ...], list[CellRecord]]]] = {}
+    for key, cells in series.items():
+        by_model.setdefault(key[:2], []).append((key, cells))
+    for (dataset, model), lines in sorted(by_model.items()):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for key, cells in lines:
+            eps = [c.spec.threat_model.eps for c in cells]
+            label = f"{key[2]} / {key[3]} ({key[4]})"
+            for ax, name in zip(axes, ("asr", "robust_accuracy"), strict=True):
+                values = [c.metrics[name].value if name in c.metrics else np.nan for c in cells]
+                cis = [c.metrics[name].ci if name in c.metrics and c.metrics[name].ci
+                       else (v, v) for c, v in zip(cells, values, strict=True)]
+                low = [100 * (v - lo) for v, (lo, _) in zip(values, cis, strict=True)]
+                high = [100 * (hi - v) for v, (_, hi) in zip(values, cis, strict=True)]
+                ax.errorbar(eps, [100 * v for v in values], yerr=[low, high], marker="o",
+                            capsize=3, label=label)
+        for ax, title in zip(axes, ("ASR % (attacked clips)", "robust accuracy % (all clips)"),
+                             strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel("ε")
+            ax.set_title(title, fontsize=10)
+            ax.set_ylim(-2, 102)
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"{dataset} / {model}", fontsize=11)
+        fig.tight_layout()
+        path = root / "media" / f"eps-{slug(dataset)}-{slug(model)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        parts.append(f"<img src=\"{esc(path.relative_to(root).as_posix())}\" "
+                     f"alt=\"robustness curves, {esc(dataset)} / {esc(model)}\">")
+    return parts
+
+
+def index_html(board: Leaderboard, curves: Sequence[str] = ()) -> str:
     models = sorted({(s.dataset, s.model) for s in board.summary})
     nav = ["<h2>Models: clips and spectrograms</h2>", "<ul>"] + [
         f"<li><a href=\"{esc(model_page(d, m))}\">{esc(d)} / {esc(m)}</a></li>"
         for d, m in models] + ["</ul>"]
     body = (["<h1>musicbench report</h1>"] + header_html(board) + nav
-            + worst_case_tables(board) + every_cell_tables(board))
+            + worst_case_tables(board) + list(curves) + every_cell_tables(board))
     return page("musicbench report", body)
 
 
@@ -494,4 +562,5 @@ def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
         atomic_write_text(root / model_page(dataset, model),
                           model_html(dataset, model, board, records, samples, run_dir, root,
                                      plt))
-    return atomic_write_text(root / "index.html", index_html(board))
+    curves = plot_eps_curves(records, root, plt)
+    return atomic_write_text(root / "index.html", index_html(board, curves))

@@ -173,3 +173,26 @@ def test_chromium_check_sees_a_broken_report(report: Path, tmp_path: Path):
     next((broken / "media").glob("*/*-adv.flac")).unlink()
     dom, _ = _open(broken / "toy-tones--toy-model.html")
     assert dom.count('class="load-error"') == 2
+
+
+def test_a_sweep_gets_robustness_curves(tmp_path: Path):
+    """Cells that differ only in ε are drawn as ASR and robust accuracy against ε."""
+    from musicbench.report import eps_series, write_report
+
+    sweep = RESULTS_CONFIG.replace('[[attacks]]\nname = "pgd"\neps = 0.01\nsteps = 4\n',
+                                   '[[attacks]]\nname = "pgd"\neps = [0.002, 0.01, 0.05]\n'
+                                   'steps = 4\n', 1)
+    assert sweep != RESULTS_CONFIG
+    out = run_toy_config(tmp_path, sweep)[1]
+    index = write_report(out, tmp_path / "report")
+    text = index.read_text(encoding="utf-8")
+    assert "Robustness against ε" in text
+    refs = _parse(index)
+    curves = [src for src in refs.refs if "/eps-" in src]
+    assert curves and all((index.parent / src).is_file() for src in curves)
+    from musicbench.report import _load
+
+    _, records = _load(out)
+    series = eps_series(records)
+    # one pgd series per defense, three points each; the oblivious pgd is a contrast
+    assert sorted(len(v) for v in series.values()) == [3, 3]
