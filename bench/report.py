@@ -456,6 +456,44 @@ def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> lis
     return parts
 
 
+def plot_query_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> list[str]:
+    """Black-box success against query budget, the standard figure of that literature: per
+    (dataset, model, defense), for each black-box attack the fraction of its attacked clips
+    fooled within q queries (from the per-clip query counts), q up to the largest spent."""
+    groups: dict[tuple[str, str, str], list[CellRecord]] = {}
+    for r in records.values():
+        if r.status == "ok" and r.spec.threat == "black-box" and r.info.n_attacked:
+            groups.setdefault(r.names[:3], []).append(r)
+    if not groups:
+        return []
+    parts = ["<h2>Black-box success against queries</h2>",
+             "<p>Fraction of the attacked clips fooled within q queries (a clip counts from "
+             "the query on which it was fooled; the harness's judgement over draws decides "
+             "whether it was).</p>"]
+    for (dataset, model, defense), cells in sorted(groups.items()):
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        for r in sorted(cells, key=lambda c: c.names[3]):
+            attacked = [s for s in r.samples if s.attacked]
+            fooled = sorted(s.queries for s in attacked if s.success)
+            top = max([s.queries for s in attacked] + [1])
+            q = np.linspace(0, top, 200)
+            frac = [sum(1 for f in fooled if f <= x) / len(attacked) for x in q]
+            ax.step(q, [100 * f for f in frac], where="post", label=r.names[3])
+        ax.set_xlabel("queries")
+        ax.set_ylabel("fooled % of attacked clips")
+        ax.set_ylim(-2, 102)
+        ax.set_title(f"{dataset} / {model} / {defense}", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = root / "media" / f"queries-{slug(dataset)}-{slug(model)}-{slug(defense)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        parts.append(f"<img src=\"{esc(path.relative_to(root).as_posix())}\" "
+                     f"alt=\"queries, {esc(dataset)} / {esc(model)} / {esc(defense)}\">")
+    return parts
+
+
 def index_html(board: Leaderboard, curves: Sequence[str] = ()) -> str:
     models = sorted({(s.dataset, s.model) for s in board.summary})
     nav = ["<h2>Models: clips and spectrograms</h2>", "<ul>"] + [
@@ -562,5 +600,5 @@ def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
         atomic_write_text(root / model_page(dataset, model),
                           model_html(dataset, model, board, records, samples, run_dir, root,
                                      plt))
-    curves = plot_eps_curves(records, root, plt)
+    curves = plot_eps_curves(records, root, plt) + plot_query_curves(records, root, plt)
     return atomic_write_text(root / "index.html", index_html(board, curves))

@@ -196,3 +196,14 @@ def test_a_sweep_gets_robustness_curves(tmp_path: Path):
     series = eps_series(records)
     # one pgd series per defense, three points each; the oblivious pgd is a contrast
     assert sorted(len(v) for v in series.values()) == [3, 3]
+
+
+def test_black_box_attacks_get_query_curves(tmp_path: Path):
+    from musicbench.report import write_report
+
+    config = RESULTS_CONFIG + '[[attacks]]\nname = "nes"\neps = 0.05\nbudget = 40\n'
+    out = run_toy_config(tmp_path, config)[1]
+    index = write_report(out, tmp_path / "report")
+    assert "Black-box success against queries" in index.read_text(encoding="utf-8")
+    curves = [src for src in _parse(index).refs if "/queries-" in src]
+    assert len(curves) == 2 and all((index.parent / src).is_file() for src in curves)
