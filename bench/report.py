@@ -413,6 +413,16 @@ def eps_series(records: dict[str, CellRecord]) -> dict[tuple[Any, ...], list[Cel
             if len({r.spec.threat_model.eps for r in v}) > 1}
 
 
+def _figure_img(fig: Any, plt: Any, root: Path, name: str, alt: str) -> str:
+    """Save ``fig`` as ``root/media/name`` and return the ``<img>`` tag that shows it."""
+    fig.tight_layout()
+    path = root / "media" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return f"<img src=\"{esc(path.relative_to(root).as_posix())}\" alt=\"{esc(alt)}\">"
+
+
 def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> list[str]:
     """Robustness curves, one figure per (dataset, model): ASR and robust accuracy against ε
     with exact 95% intervals, one line per (defense, attack) series of a sweep."""
@@ -446,13 +456,8 @@ def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> lis
             ax.set_ylim(-2, 102)
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{dataset} / {model}", fontsize=11)
-        fig.tight_layout()
-        path = root / "media" / f"eps-{slug(dataset)}-{slug(model)}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        parts.append(f"<img src=\"{esc(path.relative_to(root).as_posix())}\" "
-                     f"alt=\"robustness curves, {esc(dataset)} / {esc(model)}\">")
+        parts.append(_figure_img(fig, plt, root, f"eps-{slug(dataset)}-{slug(model)}.png",
+                                 f"robustness curves, {dataset} / {model}"))
     return parts
 
 
@@ -484,13 +489,9 @@ def plot_query_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> l
         ax.set_ylim(-2, 102)
         ax.set_title(f"{dataset} / {model} / {defense}", fontsize=10)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = root / "media" / f"queries-{slug(dataset)}-{slug(model)}-{slug(defense)}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        parts.append(f"<img src=\"{esc(path.relative_to(root).as_posix())}\" "
-                     f"alt=\"queries, {esc(dataset)} / {esc(model)} / {esc(defense)}\">")
+        parts.append(_figure_img(
+            fig, plt, root, f"queries-{slug(dataset)}-{slug(model)}-{slug(defense)}.png",
+            f"queries, {dataset} / {model} / {defense}"))
     return parts
 
 
