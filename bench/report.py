@@ -495,6 +495,52 @@ def plot_query_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> l
     return parts
 
 
+def plot_defense_bars(board: Leaderboard, root: Path, plt: Any) -> list[str]:
+    """Per (dataset, model) with more than one defense: clean accuracy and the worst-case
+    robust accuracy of every threat model, one group of bars per defense, exact 95%
+    intervals (the leaderboard's worst-case table as a picture)."""
+    by_model: dict[tuple[str, str], list[Any]] = {}
+    for summary in board.summary:
+        by_model.setdefault((summary.dataset, summary.model), []).append(summary)
+    parts: list[str] = []
+    for (dataset, model), rows in sorted(by_model.items()):
+        if len(rows) < 2:
+            continue
+        columns = ["clean"] + [tm.label for tm in board.threat_models]
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(rows) * len(columns) / 2), 3.6))
+        width = 0.8 / len(columns)
+        for j, column in enumerate(columns):
+            values, low, high = [], [], []
+            for summary in rows:
+                if column == "clean":
+                    v, ci = summary.clean_accuracy, summary.clean_accuracy_ci
+                else:
+                    wc = next((w for w in summary.worst_case if w.threat_model.label == column),
+                              None)
+                    v, ci = (wc.value, wc.ci) if wc is not None else (None, None)
+                v = np.nan if v is None else v
+                lo, hi = (ci if ci and ci[0] is not None else (v, v))
+                values.append(100 * v)
+                low.append(100 * (v - lo) if not np.isnan(v) else 0)
+                high.append(100 * (hi - v) if not np.isnan(v) else 0)
+            xs = np.arange(len(rows)) + (j - (len(columns) - 1) / 2) * width
+            ax.bar(xs, values, width, yerr=[low, high], capsize=2, label=column)
+        ax.set_xticks(np.arange(len(rows)), [r.defense for r in rows], rotation=30,
+                      ha="right", fontsize=8)
+        ax.set_ylabel("%")
+        ax.set_ylim(0, 102)
+        ax.set_title(f"{dataset} / {model}: clean and worst-case robust accuracy", fontsize=10)
+        ax.legend(fontsize=7)
+        parts.append(_figure_img(fig, plt, root, f"defenses-{slug(dataset)}-{slug(model)}.png",
+                                 f"defenses, {dataset} / {model}"))
+    if parts:
+        parts = ["<h2>Defenses: clean and worst-case robust accuracy</h2>",
+                 "<p>One group of bars per defense: clean accuracy and, per threat model, the "
+                 "clips that survive every (adaptive) attack of it; bars are exact 95% "
+                 "intervals.</p>"] + parts
+    return parts
+
+
 def index_html(board: Leaderboard, curves: Sequence[str] = ()) -> str:
     models = sorted({(s.dataset, s.model) for s in board.summary})
     nav = ["<h2>Models: clips and spectrograms</h2>", "<ul>"] + [
@@ -601,5 +647,6 @@ def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
         atomic_write_text(root / model_page(dataset, model),
                           model_html(dataset, model, board, records, samples, run_dir, root,
                                      plt))
-    curves = plot_eps_curves(records, root, plt) + plot_query_curves(records, root, plt)
+    curves = (plot_defense_bars(board, root, plt) + plot_eps_curves(records, root, plt)
+              + plot_query_curves(records, root, plt))
     return atomic_write_text(root / "index.html", index_html(board, curves))

@@ -204,6 +204,10 @@ def test_black_box_attacks_get_query_curves(tmp_path: Path):
     config = RESULTS_CONFIG + '[[attacks]]\nname = "nes"\neps = 0.05\nbudget = 40\n'
     out = run_toy_config(tmp_path, config)[1]
     index = write_report(out, tmp_path / "report")
-    assert "Black-box success against queries" in index.read_text(encoding="utf-8")
+    text = index.read_text(encoding="utf-8")
+    assert "Black-box success against queries" in text
+    # two defenses on one model: the worst-case bars are drawn too
+    assert "Defenses: clean and worst-case robust accuracy" in text
+    assert any("/defenses-" in src for src in _parse(index).refs)
     curves = [src for src in _parse(index).refs if "/queries-" in src]
     assert len(curves) == 2 and all((index.parent / src).is_file() for src in curves)
