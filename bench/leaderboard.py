@@ -245,19 +245,28 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                                 f"accuracy ({100 * base:.1f}% undefended)")
 
 
+def eps_series_key(record: CellRecord) -> tuple[Any, ...] | None:
+    """What cells that differ only in ε share (dataset, model, defense, attack, its other
+    parameters, the norm, how the defense was attacked): one robustness curve; None for a
+    cell that is on no such curve (failed, not norm-bounded)."""
+    tm = record.spec.threat_model
+    if record.status != "ok" or tm.kind != "norm":
+        return None
+    others = json.dumps({k: v for k, v in record.spec.attack.params.items() if k != "eps"},
+                        sort_keys=True)
+    return (*record.names[:3], record.spec.attack.name, tm.norm, others,
+            record.spec.run.adaptive_label)
+
+
 def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
     """Robust accuracy should not rise as ε grows: same attack, same parameters but ε, same
     norm, same (dataset, model, defense). A rise beyond sampling noise hints at a broken
     attack or gradient masking."""
     series: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        tm = r.spec.threat_model
-        if r.status != "ok" or tm.kind != "norm" or rows[i]["robust_accuracy"] is None:
-            continue
-        others = json.dumps({k: v for k, v in r.spec.attack.params.items() if k != "eps"},
-                            sort_keys=True)
-        series[(*r.names[:3], r.spec.attack.name, tm.norm, others,
-                r.spec.run.adaptive_label)].append(i)
+        key = eps_series_key(r)
+        if key is not None and rows[i]["robust_accuracy"] is not None:
+            series[key].append(i)
     for idxs in series.values():
         idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
         for a, b in zip(idxs, idxs[1:], strict=False):

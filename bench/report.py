@@ -37,6 +37,7 @@ from musicbench.leaderboard import (
     _num,
     _pct_ci,
     build,
+    eps_series_key,
     plan_keys,
 )
 from musicbench.store import CellRecord, SampleRecord, Store
@@ -396,19 +397,14 @@ def every_cell_tables(board: Leaderboard) -> list[str]:
 
 
 def eps_series(records: dict[str, CellRecord]) -> dict[tuple[Any, ...], list[CellRecord]]:
-    """Cells that differ only in ε (same dataset, model, defense, attack and other
-    parameters, a norm threat model, the same adaptivity): the points of one robustness
-    curve, sorted by ε; only series with at least two points."""
-    import json
-
+    """Cells that differ only in ε (:func:`musicbench.leaderboard.eps_series_key`), contrast
+    cells left out: the points of one robustness curve, sorted by ε; only series with at
+    least two points."""
     series: dict[tuple[Any, ...], list[CellRecord]] = {}
     for r in records.values():
-        tm = r.spec.threat_model
-        if r.status != "ok" or tm.kind != "norm" or r.spec.run.contrast:
-            continue
-        others = json.dumps({k: v for k, v in r.spec.attack.params.items() if k != "eps"},
-                            sort_keys=True)
-        series.setdefault((*r.names[:3], r.spec.attack.name, tm.norm, others), []).append(r)
+        key = eps_series_key(r)
+        if key is not None and not r.spec.run.contrast:
+            series.setdefault(key, []).append(r)
     return {k: sorted(v, key=lambda r: r.spec.threat_model.eps) for k, v in series.items()
             if len({r.spec.threat_model.eps for r in v}) > 1}
 

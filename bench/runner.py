@@ -164,8 +164,12 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     else:
         _same("defense", spec.defense, defense.weights_digest(), spec.defense.weights)
         preprocessor = defense
-        behaviour = measure(preprocessor, model.sample_rate, device,
-                            measurement_clips(dataset))
+        # the same measurement the planner made; once per process, not once per cell
+        behaviour = ws.memo(
+            ("defense-behaviour", spec.defense.name, json.dumps(spec.defense.params,
+                                                                sort_keys=True),
+             str(model.sample_rate), spec.dataset.fingerprint or ""),
+            lambda: measure(defense, model.sample_rate, device, measurement_clips(dataset)))
         info.defense_behaviour = dataclasses.asdict(behaviour)
         info.flags += behaviour.mismatches()
         _as_planned(spec, behaviour)

@@ -23,15 +23,13 @@ import numpy as np
 import torch
 
 from musicbench.audio import _resample, load_audio
+from musicbench.config import ComponentSpec, RunSettings
 from musicbench.defense_checks import measure
 from musicbench.errors import ConfigError
 from musicbench.metrics import lsd, snr_db
+from musicbench.planner import evaluation
 from musicbench.victim import Scorer, Victim
 from musicbench.workspace import Workspace
-
-EOT_SAMPLES = 8
-EVAL_DRAWS = 11
-"""The run defaults (``[run] eot_samples``, ``eval_draws``) used against a randomized defense."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,13 @@ def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: s
     made_attack = ws.make("attack", attack, attack_params or {})
     made_attack.prepare(ws.ctx)
     white = made_attack.threat == "white-box"
-    behaviour = measure(made, rate, ws.device, x)
-    randomized, bpda = behaviour.attack_randomized, white and behaviour.attack_with_bpda
-    draws = EVAL_DRAWS if randomized else 1
-    eot = EOT_SAMPLES if randomized and white else 1
+    # how a run with the default [run] settings would attack and judge this defense
+    how = evaluation(RunSettings(), ComponentSpec("defense", defense, {}, "defenses"),
+                     ComponentSpec("attack", attack, {}, "attacks"), made_attack.threat,
+                     measure(made, rate, ws.device, x))
+    if how is None:  # only a non-adaptive entry is ever left unplanned; this one is adaptive
+        raise RuntimeError("no evaluation planned for an adaptive attack")
+    eot, draws, bpda = how["eot_samples"], how["eval_draws"], how["bpda"]
     adaptive = "+".join(n for n, on in (("eot", eot > 1), ("bpda", bpda)) if on) or "none"
 
     def generator(stream: int) -> torch.Generator:

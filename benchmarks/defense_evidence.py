@@ -30,7 +30,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicbench.compare import Pair, paired_pair
+from musicbench.compare import Pair, _outcomes, paired_pair
 from musicbench.interfaces import DEFAULT_THREAT_MODEL
 from musicbench.leaderboard import plan_keys
 from musicbench.stats import holm
@@ -52,8 +52,9 @@ class Row:
 
 
 def _robust(record: CellRecord) -> dict[str, bool]:
-    """Per clip: right after the attack (clean-wrong clips count as wrong)."""
-    return {s.sample_id: s.clean_correct and not s.success for s in record.samples}
+    """Per clip: right after the attack (clean-wrong clips count as wrong), as
+    ``musicbench compare`` counts it when defenses vary."""
+    return _outcomes(record, "defense")
 
 
 def _worst_case(cells: dict[str, CellRecord]) -> dict[str, bool] | None:
