@@ -243,6 +243,32 @@ def report(
 
 
 @app.command()
+def merge(
+    into: Annotated[Path, typer.Argument(help="the run folder to merge into (created if needed)")],
+    sources: Annotated[list[Path], typer.Argument(
+        help="run folders (or their results.sqlite) of the same config, e.g. --only runs")],
+) -> None:
+    """Copy the finished cells (clips, metrics, kept audio) and runs of SOURCES into INTO and
+    rewrite its leaderboard: one config run as several --only runs, in several folders or on
+    several machines, becomes one run. Finished cells already in INTO are kept as they are."""
+    from musicbench.merge import merge as merge_stores
+
+    try:
+        report = merge_stores(into, list(sources))
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    for name, copied in report.copied.items():
+        stderr.print(f"{escape(name)}: {copied} cell(s) copied "
+                     f"({report.replaced_failed[name]} replacing failed ones), "
+                     f"{report.already_there[name]} already finished in {escape(str(into))}, "
+                     f"{report.failed_skipped[name]} failed ones left out, "
+                     f"{report.runs[name]} run record(s)")
+    stderr.print(f"{report.audio_files} audio file(s) copied; leaderboard: "
+                 f"{escape(str(into / 'leaderboard.md'))}")
+
+
+@app.command()
 def compare(
     out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
     labels: Annotated[list[str], typer.Argument(
