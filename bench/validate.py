@@ -172,8 +172,12 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
     victim, res = first
     report.check("deterministic for a fixed seed",
                  lambda: require(torch.equal(run(0)[1].adv, res.adv), "two runs differ"))
-    report.check("counts its queries", lambda: require(
-        bool((res.queries > 0).all()), f"queries {res.queries.tolist()}"))
+    if attack.transfer:
+        report.check("transfer: makes no query of the target", lambda: require(
+            int(res.queries.sum()) == 0, f"queries {res.queries.tolist()}"))
+    else:
+        report.check("counts its queries", lambda: require(
+            bool((res.queries > 0).all()), f"queries {res.queries.tolist()}"))
     if budget is not None:
         report.check(f"queries within budget {budget}", lambda: require(
             int(res.queries.max()) <= budget, f"max queries {int(res.queries.max())}"))

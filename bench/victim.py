@@ -65,6 +65,11 @@ class Victim:
     :param bpda: gradients pass through ``defense.surrogate`` while values come from
         ``defense.forward`` (BPDA, Athalye et al. 2018): non-differentiable defenses.
     :param generator: randomness of randomized defenses (its own stream, never the attack's).
+    :param confidence: a clip counts as fooled only once its true score is at least this far
+        below the best other (Carlini & Wagner's κ): margins are reported shifted up by it, so
+        an attack that stops on the margin goes on past the decision boundary. The harness's
+        victims decide at the boundary (0); a transfer attack sets it on its surrogate, since
+        examples just across the surrogate's boundary rarely cross the target's.
 
     Without ``bpda``, gradients go through ``defense.forward`` as they are; a forward whose
     output is detached from its input then gives a zero gradient, which is what a
@@ -82,6 +87,7 @@ class Victim:
         eot_samples: int = 1,
         bpda: bool = False,
         generator: torch.Generator | None = None,
+        confidence: float = 0.0,
     ):
         if model.task not in ("classification", "retrieval"):
             raise NotImplementedError(f"model '{model.name}' has unknown task '{model.task}'")
@@ -101,6 +107,9 @@ class Victim:
         self.used_eot = False
         self.used_bpda = False
         self._scale = 1.0 / RETRIEVAL_TEMPERATURE if model.task == "retrieval" else 1.0
+        if not (confidence >= 0 and confidence < float("inf")):
+            raise ValueError(f"confidence must be a finite number >= 0, got {confidence}")
+        self.confidence = float(confidence)
 
     @property
     def queries_per_row(self) -> int:
@@ -226,7 +235,7 @@ class Victim:
         """``[B]``: true logit minus the best other logit; > 0 while the model is still right.
         Under EOT the largest over the draws: <= 0 only when the model is wrong on every draw
         (see :func:`eot_margin`)."""
-        return eot_margin(self._logits_draws(audio, index, True), target)
+        return self._shifted(eot_margin(self._logits_draws(audio, index, True), target))
 
     def loss(
         self,
@@ -248,7 +257,8 @@ class Victim:
         """``(loss[B], margin[B])`` from one (counted) forward pass: attacks that step on the
         loss learn for free whether the current iterate already succeeded (margin <= 0)."""
         logits = self._logits_draws(audio, index, True)
-        return _cross_entropy(logits, target, self._scale), eot_margin(logits, target)
+        return (_cross_entropy(logits, target, self._scale),
+                self._shifted(eot_margin(logits, target)))
 
     def scores_and_margin(
         self,
@@ -261,7 +271,10 @@ class Victim:
         draws (what a loss of the scores, such as DLR, is taken of) and the margin by the same
         rule as :meth:`margin`, so every attack stops on the same criterion."""
         logits = self._logits_draws(audio, index, True)
-        return logits.mean(0), eot_margin(logits.detach(), target)
+        return logits.mean(0), self._shifted(eot_margin(logits.detach(), target))
+
+    def _shifted(self, margin: torch.Tensor) -> torch.Tensor:
+        return margin + self.confidence if self.confidence else margin
 
     @torch.no_grad()
     def success(

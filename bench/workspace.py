@@ -39,7 +39,8 @@ class Workspace:
         self.ctx = Context(
             cache_dir=Path(cache_dir), device=device, progress=progress or NullProgress(),
             dataset=self.dataset, inpainter=self.inpainter, allow_training=allow_training,
-            seed=seed, encoder=self.encoder, memo=self.memo,
+            seed=seed, encoder=self.encoder, memo=self.memo, model=self.model,
+            attack=self.attack,
         )
         self._datasets: dict[str, Dataset] = {}
         self._models: dict[str, TargetModel] = {}
@@ -86,6 +87,12 @@ class Workspace:
             self._models[key] = model
         return self._models[key]
 
+    def attack(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """A fresh attack, prepared (its inpainter loaded): attacks keep no state between
+        batches that matters, but a fresh one per caller keeps callers apart."""
+        attack = self.make("attack", name, params)
+        attack.prepare(self.ctx)
+        return attack
 
     def encoder(self, name: str, params: dict[str, Any] | None = None) -> Any:
         """The loaded encoder (FAD, PAMT backbones)."""

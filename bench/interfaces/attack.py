@@ -149,6 +149,10 @@ class Attack(Component, abc.ABC):
     """
 
     threat: ClassVar[Threat] = "white-box"
+    # A transfer attack crafts on a model of its own and never calls the victim: zero queries
+    # is its contract (the harness raises if it queried), where every other attack must count
+    # at least the one query that tells it whether a clip is already wrong.
+    transfer: ClassVar[bool] = False
 
     def prepare(self, ctx: Context) -> None:
         """Load what the attack needs besides the victim (an inpainter, say) before the first
@@ -223,5 +227,9 @@ class Attack(Component, abc.ABC):
                     f"{size[i].item():.6g} > {what}"
                 )
         queries = victim.queries.clone()
+        if self.transfer and bool((queries > 0).any()):
+            raise AttackContractError(
+                f"attack '{self.name}' is a transfer attack but queried the victim "
+                f"({int(queries.sum())} queries)")
         success = judge(victim).success(adv, target)
         return AttackResult(adv=adv, success=success, queries=queries, steps=result.steps)

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from musicbench.interfaces.attack import Attack
     from musicbench.interfaces.dataset import Dataset
     from musicbench.interfaces.encoder import Encoder
     from musicbench.interfaces.inpainter import Inpainter
+    from musicbench.interfaces.model import TargetModel
 
 
 class ProgressTask(Protocol):
@@ -53,7 +55,8 @@ class Context:
     so a model can train on the dataset it names; ``inpainter`` likewise resolves a loaded
     inpainter (MAIA names the one it uses), ``encoder`` a loaded encoder (FAD). ``memo(key,
     compute)`` returns ``compute()`` once per process for ``key`` (e.g. clean-clip embeddings
-    shared by every cell of a dataset); both may be None outside a run. ``allow_training=False`` makes a model or inpainter
+    shared by every cell of a dataset); ``model`` a loaded target model and ``attack`` a prepared
+    attack (a transfer attack crafts with one on the other); all may be None outside a run. ``allow_training=False`` makes a model or inpainter
     without a cached checkpoint raise :class:`musicbench.errors.NotTrainedError` instead of
     training.
     """
@@ -66,4 +69,6 @@ class Context:
     allow_training: bool = True
     seed: int = 0
     encoder: Callable[[str, dict[str, Any]], Encoder] | None = None
+    model: Callable[[str, dict[str, Any]], TargetModel] | None = None
+    attack: Callable[[str, dict[str, Any]], Attack] | None = None
     memo: Callable[[tuple[str, ...], Callable[[], Any]], Any] | None = None

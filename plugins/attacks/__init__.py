@@ -29,3 +29,6 @@ def register_attacks(register):
     register("maia-bb", "musicbench_plugins.attacks.maia_bb:MAIABB",
              summary="MAIA black-box: occlusion regions, CMA-ES over the inpainter's latent "
                      "(Liu et al. 2025)")
+    register("transfer", "musicbench_plugins.attacks.transfer:Transfer",
+             summary="transfer: a white-box attack crafted on a surrogate model, zero queries "
+                     "to the target (Papernot et al. 2016; Liu et al. 2017)")
