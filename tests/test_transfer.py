@@ -171,6 +171,11 @@ seed = 1
 name = "none"
 
 [[attacks]]
+name = "pgd"
+eps = 0.05
+steps = 10
+
+[[attacks]]
 name = "transfer"
 label = "pgd from toy-a"
 surrogate = "toy-model"
@@ -186,15 +191,39 @@ attack = "pgd"
 attack_params = { eps = 0.05, steps = 10 }
 """)
     outcome = execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
-    assert not outcome.failed and len(outcome.records) == 4
+    assert not outcome.failed and len(outcome.records) == 6
     store = Store(tmp_path / "out" / "results.sqlite", readonly=True)
     try:
         cells = {c.names[1:4:2]: c for c in store.cells()}
     finally:
         store.close()
-    for cell in cells.values():
+    for cell in (c for c in cells.values() if c.spec.attack.name == "transfer"):
         assert all(s.queries == 0 for s in cell.samples)
         assert cell.spec.threat == "black-box" and cell.spec.threat_model.eps == 0.05
     rate = {k: c.info.n_success / max(c.info.n_attacked, 1) for k, c in cells.items()}
     assert rate[("toy-a", "pgd from toy-a")] >= rate[("toy-a", "pgd from toy-b")]
     assert rate[("toy-b", "pgd from toy-b")] >= rate[("toy-b", "pgd from toy-a")]
+    # benchmarks/transfer_matrix.py on the same store: surrogates matched to the targets
+    # (the default seed filled in), the direct PGD as the reference row, every transfer
+    # compared with it on its target
+    import importlib.util
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "transfer_matrix.py"
+    spec = importlib.util.spec_from_file_location("transfer_matrix", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    store = Store(tmp_path / "out" / "results.sqlite", readonly=True)
+    try:
+        out = module.matrices(store.cells(), toy_plugins)
+    finally:
+        store.close()
+    assert list(out) == ["pgd"]
+    assert set(out["pgd"]["rows"]) == {"toy-a", "toy-b"}
+    assert all(set(cells) == {"toy-a", "toy-b"} for cells in out["pgd"]["rows"].values())
+    assert set(out["pgd"]["direct"]) == {"toy-a", "toy-b"}
+    pairs = module.paired(out)
+    assert len(pairs) == 4 and all(0 <= r["p_holm"] <= 1 for r in pairs)
+    text = module.render(out, pairs)
+    assert "| toy-a (transfer) |" in text and "4 comparisons, Holm-adjusted" in text
