@@ -182,6 +182,21 @@ def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
     return list(keys_by_label.values()), runs[first]
 
 
+def planned_records(out: Path) -> list[CellRecord]:
+    """The cells a leaderboard of ``out`` (a run folder or a ``.sqlite`` store) shows, read
+    without writing: what the benchmark scripts that check claims on a published store read.
+    Raises :class:`FileNotFoundError` when there is no store."""
+    db = out if out.suffix == ".sqlite" else out / "results.sqlite"
+    if not db.is_file():
+        raise FileNotFoundError(f"no store at {db}")
+    store = Store(db, readonly=True)
+    try:
+        keys, _ = plan_keys(store)
+        return store.cells(keys)
+    finally:
+        store.close()
+
+
 def build(store: Store) -> Leaderboard:
     """Collect the planned cells (finished ones) and derive tables and flags."""
     keys, run = plan_keys(store)

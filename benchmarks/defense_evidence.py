@@ -32,9 +32,9 @@ from pathlib import Path
 
 from musicbench.compare import Pair, _outcomes, paired_pair
 from musicbench.interfaces import DEFAULT_THREAT_MODEL
-from musicbench.leaderboard import plan_keys
+from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
-from musicbench.store import CellRecord, Store
+from musicbench.store import CellRecord
 
 ADAPTIVE = "apgd-ce"
 CONTRASTS = ("apgd-ce, non-adaptive", "apgd-ce, oblivious")
@@ -139,15 +139,11 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="a run folder or its results.sqlite")
     parser.add_argument("--baseline", default="none", help="the undefended row's defense label")
     args = parser.parse_args()
-    db = args.out if args.out.suffix == ".sqlite" else args.out / "results.sqlite"
-    if not db.is_file():
-        parser.error(f"no store at {db}")
-    store = Store(db, readonly=True)
     try:
-        keys, _ = plan_keys(store)
-        rows = evidence(store.cells(keys), args.baseline)
-    finally:
-        store.close()
+        records = planned_records(args.out)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
+    rows = evidence(records, args.baseline)
     print(render(rows))
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.compare import compare_cells
-from musicbench.leaderboard import plan_keys
+from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
-from musicbench.store import CellRecord, Store
+from musicbench.store import CellRecord
 
 CLAIMS = {"maia-wb": ("pgd", "cw"),
           "maia-bb": ("nes", "zoo", "nes, eps 0.01", "zoo, eps 0.01")}
@@ -117,15 +117,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a run folder or its results.sqlite")
     args = parser.parse_args()
-    db = args.out if args.out.suffix == ".sqlite" else args.out / "results.sqlite"
-    if not db.is_file():
-        parser.error(f"no store at {db}")
-    store = Store(db, readonly=True)
     try:
-        keys, _ = plan_keys(store)
-        rows = check(store.cells(keys))
-    finally:
-        store.close()
+        records = planned_records(args.out)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
+    rows = check(records)
     print(f"{len(rows)} ASR comparisons, Holm-adjusted together (alpha {ALPHA}).")
     print("| target | MAIA | vs | ASR (paired) | FAD | LSD | SNR dB | claim |")
     print("|---|---|---|---|---|---|---|---|")

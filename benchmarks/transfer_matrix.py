@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.compare import compare_cells
-from musicbench.leaderboard import plan_keys
+from musicbench.leaderboard import planned_records
 from musicbench.metrics import clopper_pearson
 from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
 from musicbench.stats import holm
-from musicbench.store import CellRecord, Store
+from musicbench.store import CellRecord
 
 
 def _full_params(plugins: PluginSystem, name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +123,8 @@ def render(out: dict[str, Any], pairs: list[dict[str, Any]]) -> str:
         targets = entry["targets"]
         threat = next(iter(next(iter(entry["rows"].values())).values())).spec.threat_model.label
         lines += [f"### {inner} ({threat})", "",
-                  "ASR % on the target [exact 95% CI] (fooled / attacked). Rows: where the "
-                  "clip was crafted.", "",
+                  ("ASR % on the target [exact 95% CI] (fooled / attacked). Rows: where the "
+                   "clip was crafted."), "",
                   "| crafted on \\ target | " + " | ".join(targets) + " |",
                   "|---|" + "---|" * len(targets)]
         lines.append("| *the target itself, directly* | "
@@ -134,10 +134,10 @@ def render(out: dict[str, Any], pairs: list[dict[str, Any]]) -> str:
                          + " | ".join(_asr(cells.get(t)) for t in targets) + " |")
         lines.append("")
     if pairs:
-        lines += [f"Transfer vs the direct attack on the same target, paired on the clips both "
-                  f"attacked: {len(pairs)} comparisons, Holm-adjusted together.", "",
-                  "| attack | target | transfer | n | direct | transfer ASR | diff [95% CI] | "
-                  "Holm p |", "|---|---|---|---|---|---|---|---|"]
+        lines += [(f"Transfer vs the direct attack on the same target, paired on the clips "
+                   f"both attacked: {len(pairs)} comparisons, Holm-adjusted together."), "",
+                  ("| attack | target | transfer | n | direct | transfer ASR | diff [95% CI] | "
+                   "Holm p |"), "|---|---|---|---|---|---|---|---|"]
         for row in pairs:
             p = row["pair"]
             lines.append(
@@ -151,15 +151,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a run folder or its results.sqlite")
     args = parser.parse_args()
-    db = args.out if args.out.suffix == ".sqlite" else args.out / "results.sqlite"
-    if not db.is_file():
-        parser.error(f"no store at {db}")
-    store = Store(db, readonly=True)
     try:
-        keys, _ = plan_keys(store)
-        records = store.cells(keys)
-    finally:
-        store.close()
+        records = planned_records(args.out)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     out = matrices(records, PluginSystem())
     print(render(out, paired(out)), end="")
 
