@@ -410,13 +410,18 @@ def eps_series(records: dict[str, CellRecord]) -> dict[tuple[Any, ...], list[Cel
 
 
 def _figure_img(fig: Any, plt: Any, root: Path, name: str, alt: str) -> str:
-    """Save ``fig`` as ``root/media/name`` and return the ``<img>`` tag that shows it."""
+    """Save ``fig`` as ``root/media/name`` (PNG, for the page) and as SVG beside it (vector,
+    for papers), and return the ``<img>`` tag that shows it with a link to the SVG."""
     fig.tight_layout()
     path = root / "media" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+    vector = path.with_suffix(".svg")
+    fig.savefig(vector)
     plt.close(fig)
-    return f"<img src=\"{esc(path.relative_to(root).as_posix())}\" alt=\"{esc(alt)}\">"
+    src, svg = path.relative_to(root).as_posix(), vector.relative_to(root).as_posix()
+    return (f"<figure><img src=\"{esc(src)}\" alt=\"{esc(alt)}\"><figcaption>"
+            f"<a href=\"{esc(svg)}\">SVG</a></figcaption></figure>")
 
 
 def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> list[str]:
@@ -537,6 +542,70 @@ def plot_defense_bars(board: Leaderboard, root: Path, plt: Any) -> list[str]:
     return parts
 
 
+COST_AXES = (("lsd", "LSD (successful clips)"), ("snr_db", "SNR dB (successful clips)"),
+             ("fad", "FAD (attacked clips)"))
+
+
+def cost_groups(board: Leaderboard) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Leaderboard rows by (dataset, model, defense): the finished, non-contrast cells with an
+    ASR, the points of one cost-against-success figure."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    contrasts = set(board.contrasts)
+    for row in board.rows:
+        if row["status"] == "ok" and row["asr"] is not None and row["attack"] not in contrasts:
+            groups.setdefault((row["dataset"], row["model"], row["defense"]), []).append(row)
+    return groups
+
+
+def plot_cost_vs_success(board: Leaderboard, root: Path, plt: Any) -> list[str]:
+    """Perceptual cost against success, one figure per (dataset, model, defense) with at least
+    two attacks: each attack a point at its ASR (exact 95% interval as a horizontal bar) and
+    its LSD, SNR and FAD; the marker says the threat model (points of different threat models
+    share axes, never a worst case). Contrast cells are left out."""
+    groups = cost_groups(board)
+    markers = "osD^vP*Xh"
+    threat_marker = {tm.label: markers[i % len(markers)]
+                     for i, tm in enumerate(board.threat_models)}
+    parts: list[str] = []
+    for (dataset, model, defense), rows in sorted(groups.items()):
+        if len(rows) < 2:
+            continue
+        fig, axes = plt.subplots(1, len(COST_AXES), figsize=(12, 3.6))
+        for i, row in enumerate(rows):
+            asr = 100 * row["asr"]
+            lo, hi = row["asr_ci"] or (row["asr"], row["asr"])
+            label = f"{row['attack']} ({row['threat_model']['label']})"
+            for ax, (key, _) in zip(axes, COST_AXES, strict=True):
+                value = row[key]
+                if value is None or not np.isfinite(value):
+                    continue
+                ax.errorbar([asr], [value], xerr=[[asr - 100 * lo], [100 * hi - asr]],
+                            marker=threat_marker.get(row["threat_model"]["label"], "o"),
+                            color=f"C{i % 10}", capsize=2, linestyle="none", label=label)
+        for ax, (key, title) in zip(axes, COST_AXES, strict=True):
+            ax.set_xlabel("ASR % (attacked clips)")
+            ax.set_xlim(-2, 102)
+            ax.set_title(title, fontsize=10)
+            if key == "fad":
+                ax.set_yscale("symlog")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, fontsize=7, loc="center right")
+            fig.subplots_adjust(right=0.75)
+        fig.suptitle(f"{dataset} / {model} / {defense}: perceptual cost against success",
+                     fontsize=11)
+        parts.append(_figure_img(
+            fig, plt, root, f"cost-{slug(dataset)}-{slug(model)}-{slug(defense)}.png",
+            f"cost against success, {dataset} / {model} / {defense}"))
+    if parts:
+        parts = ["<h2>Perceptual cost against success</h2>",
+                 "<p>Each attack is a point: its ASR (exact 95% interval) against the LSD and SNR "
+                 "of its successful clips and the FAD of its attacked clips (log scale). Lower "
+                 "right is better for the attacker on LSD and FAD, upper right on SNR. The marker "
+                 "is the threat model: compare points within one.</p>"] + parts
+    return parts
+
+
 def index_html(board: Leaderboard, curves: Sequence[str] = ()) -> str:
     models = sorted({(s.dataset, s.model) for s in board.summary})
     nav = ["<h2>Models: clips and spectrograms</h2>", "<ul>"] + [
@@ -644,5 +713,5 @@ def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
                           model_html(dataset, model, board, records, samples, run_dir, root,
                                      plt))
     curves = (plot_defense_bars(board, root, plt) + plot_eps_curves(records, root, plt)
-              + plot_query_curves(records, root, plt))
+              + plot_query_curves(records, root, plt) + plot_cost_vs_success(board, root, plt))
     return atomic_write_text(root / "index.html", index_html(board, curves))

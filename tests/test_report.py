@@ -209,5 +209,24 @@ def test_black_box_attacks_get_query_curves(tmp_path: Path):
     # two defenses on one model: the worst-case bars are drawn too
     assert "Defenses: clean and worst-case robust accuracy" in text
     assert any("/defenses-" in src for src in _parse(index).refs)
-    curves = [src for src in _parse(index).refs if "/queries-" in src]
+    curves = [src for src in _parse(index).refs if "/queries-" in src and src.endswith(".png")]
     assert len(curves) == 2 and all((index.parent / src).is_file() for src in curves)
+
+
+def test_cost_against_success_has_a_point_per_attack_and_svg_copies(report: Path, run_dir: Path):
+    from musicbench.report import _load, cost_groups
+
+    board, _ = _load(run_dir)
+    groups = cost_groups(board)
+    assert len(groups) == 2  # one figure per defense
+    for rows in groups.values():  # every attack but the oblivious contrast
+        assert sorted(r["attack"] for r in rows) == ["fgsm", "pgd"]
+    index = report.read_text(encoding="utf-8")
+    assert "Perceptual cost against success" in index
+    refs = _parse(report).refs
+    assert len([r for r in refs if "/cost-" in r and r.endswith(".png")]) == 2
+    svgs = [r for r in refs if r.endswith(".svg")]  # every figure of the index has one
+    assert svgs and len(svgs) == len([r for r in refs if r.endswith(".png")])
+    for svg in svgs:
+        head = (report.parent / svg).read_text(encoding="utf-8")[:200]
+        assert "<svg" in head or head.startswith("<?xml"), svg
