@@ -75,3 +75,15 @@ def run_toy_config(folder: Path, config_text: str):
     (folder / "run.toml").write_text(config_text)
     outcome = execute(RunOptions(config=folder / "run.toml", out=folder / "out"), plugins)
     return outcome, folder / "out"
+
+
+def benchmark_script(name: str):
+    """``benchmarks/<name>.py`` imported as a module, registered in ``sys.modules`` (its
+    dataclasses look their module up there)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, TESTS.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
+from conftest import benchmark_script
 from test_leaderboard_flags import record
-
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "defense_evidence.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("defense_evidence", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("defense_evidence")
 
 
 def _row(defense: str, survivors: dict[str, list[bool]], clean: list[bool] | None = None):

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+from conftest import benchmark_script
 from test_leaderboard_flags import record
 
 from musicbench.store import MetricValue
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "maia_claims.py"
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("maia_claims", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("maia_claims")
 
 
 def _cell(label: str, fooled: int, n: int, fad: float, lsd: tuple[float, float, float]):

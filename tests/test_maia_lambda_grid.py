@@ -3,24 +3,16 @@ through the harness, and the stated choice rule picks what it says."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
+from conftest import benchmark_script
 
 from musicbench.workspace import Workspace
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "maia_lambda_grid.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("maia_lambda_grid", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("maia_lambda_grid")
 
 
 def test_clips_are_drawn_from_the_valid_split_only(toy_plugins, tmp_path):

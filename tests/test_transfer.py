@@ -206,14 +206,9 @@ attack_params = { eps = 0.05, steps = 10 }
     # benchmarks/transfer_matrix.py on the same store: surrogates matched to the targets
     # (the default seed filled in), the direct PGD as the reference row, every transfer
     # compared with it on its target
-    import importlib.util
-    import sys
+    from conftest import benchmark_script
 
-    script = Path(__file__).parents[1] / "benchmarks" / "transfer_matrix.py"
-    spec = importlib.util.spec_from_file_location("transfer_matrix", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = benchmark_script("transfer_matrix")
     store = Store(tmp_path / "out" / "results.sqlite", readonly=True)
     try:
         out = module.matrices(store.cells(), toy_plugins)
