@@ -41,7 +41,10 @@ def run(
     only: Annotated[
         Optional[list[str]], typer.Option("--only", help="KIND=NAME, repeatable")
     ] = None,
-    executor: Annotated[Optional[str], typer.Option("--executor", help="local")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", help="local | ray")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT of a "
+                              "running cluster (default: start a local one)")] = None,
     rerun_dirty: Annotated[bool, typer.Option(
         "--rerun-dirty", help="recompute finished cells computed from a modified source tree "
                               "(needed before publishing them)")] = False,
@@ -50,7 +53,8 @@ def run(
     from musicbench.config import load_config, with_options
 
     try:  # the config and the options that override it, checked before torch is even imported
-        with_options(load_config(config), device=device, executor=executor)
+        with_options(load_config(config), device=device, executor=executor,
+                     ray_address=ray_address)
     except ConfigError as exc:
         _fail_config(exc)
         return
@@ -60,7 +64,8 @@ def run(
     from musicbench.ui import RichProgress
 
     options = RunOptions(config=config, quick=quick, device=device, out=out,
-                         only=list(only or []), executor=executor, rerun_dirty=rerun_dirty)
+                         only=list(only or []), executor=executor, ray_address=ray_address,
+                         rerun_dirty=rerun_dirty)
     plugins = get_plugins()
     try:
         with RichProgress() as progress:

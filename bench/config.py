@@ -51,6 +51,17 @@ class RunSettings:
     # first use) fails its cells with the `musicbench train ...` command to run, instead of
     # training inside the run (a cluster job that must not spend hours training)
     allow_training: bool = True
+    # The ray executor (``executor = "ray"``, docs/ray.md): "" starts a local cluster on this
+    # machine, "auto" joins the cluster this machine is part of, "HOST:PORT" (or
+    # "ray://HOST:PORT") one at that address. Each cell is a task that reserves
+    # ray_cpus_per_cell CPUs and ray_gpus_per_cell GPUs (-1: one GPU when the run's device is
+    # a GPU, else none); ray_workers cells run at once (0: as many as the cluster's
+    # resources allow); ray_local_cpus caps the CPUs a local cluster may use (0: all).
+    ray_address: str = ""
+    ray_cpus_per_cell: float = 1.0
+    ray_gpus_per_cell: float = -1.0
+    ray_workers: int = 0
+    ray_local_cpus: int = 0
     eot_samples: int = 8
     eval_draws: int = 11  # odd: a tie cannot happen (it would count as not fooled)
     adaptive: bool = True
@@ -73,10 +84,17 @@ class RunSettings:
             raise ValueError("keep_audio must be >= 0")
         check_draws("eot_samples", self.eot_samples)
         check_draws("eval_draws", self.eval_draws)
-        if self.executor != "local":
-            raise ValueError(
-                f"executor '{self.executor}' is not available; this version has 'local'"
-            )
+        if self.executor not in EXECUTOR_NAMES:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTOR_NAMES)}, got "
+                             f"'{self.executor}'")
+        check_ray_address(self.ray_address)
+        check_number("ray_cpus_per_cell", self.ray_cpus_per_cell, above=0, at_most=4096)
+        if self.ray_gpus_per_cell != -1:
+            check_number("ray_gpus_per_cell", self.ray_gpus_per_cell, at_least=0, at_most=64)
+        check_number("ray_workers", self.ray_workers, at_least=0, at_most=MAX_BATCH,
+                     integer=True)
+        check_number("ray_local_cpus", self.ray_local_cpus, at_least=0, at_most=65_536,
+                     integer=True)
         check_device_name(self.device)
 
 
@@ -107,6 +125,20 @@ class ComponentSpec:
 
 
 MAX_DRAWS = 1000
+EXECUTOR_NAMES = ("local", "ray")
+
+
+def check_ray_address(address: str) -> None:
+    """``""`` (start a local cluster), ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` with a
+    port in 1..65535; whether anything listens there is the ray executor's to find out."""
+    if address in ("", "auto"):
+        return
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit() \
+            or not 1 <= int(port) <= 65_535 or any(c in host for c in "/ \t"):
+        raise ValueError(f"ray_address must be '', 'auto', HOST:PORT or ray://HOST:PORT, got "
+                         f"'{address}'")
 
 
 def check_device_name(name: str) -> None:

@@ -1,7 +1,9 @@
 """Executors run planned cells and hand each finished record to a callback.
 
-``local`` runs cells one after another in this process (the default). The callback writes the
-record to the store in one transaction and notifies ``cell_finished`` observers.
+``local`` runs cells one after another in this process (the default); ``ray`` runs them as
+tasks on a Ray cluster (:mod:`musicbench.ray_executor`). The callback writes the record to the
+store in one transaction and notifies ``cell_finished`` observers. An executor is built from
+the run's ``[run]`` settings.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from musicbench.cells import CellSpec
+from musicbench.config import RunSettings
 from musicbench.interfaces import Progress
 from musicbench.runner import run_cell
 from musicbench.store import CellRecord
@@ -24,6 +27,9 @@ class LocalExecutor:
     """In-process, in plan order."""
 
     name = "local"
+
+    def __init__(self, settings: RunSettings | None = None):
+        self.settings = settings
 
     def run(
         self,
@@ -40,4 +46,10 @@ class LocalExecutor:
                 overall.advance()
 
 
-EXECUTORS = {"local": LocalExecutor}
+def _ray(settings: RunSettings) -> Any:
+    from musicbench.ray_executor import RayExecutor
+
+    return RayExecutor(settings)
+
+
+EXECUTORS: dict[str, Callable[[RunSettings], Any]] = {"local": LocalExecutor, "ray": _ray}

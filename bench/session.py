@@ -12,9 +12,9 @@ from typing import Any
 from rich.markup import escape
 
 from musicbench.cache import cache_dir
-from musicbench.config import RunConfig, load_config
-from musicbench.errors import ConfigError, OutputInUseError
+from musicbench.config import RunConfig, load_config, with_options
 from musicbench.environment import describe_environment, resolve_device
+from musicbench.errors import ConfigError, OutputInUseError
 from musicbench.executors import EXECUTORS
 from musicbench.files import LockBusy, describe_holder, file_lock
 from musicbench.interfaces import Progress
@@ -36,6 +36,7 @@ class RunOptions:
     out: Path | None = None
     only: list[str] = field(default_factory=list)
     executor: str | None = None
+    ray_address: str | None = None
     rerun_dirty: bool = False  # recompute cells computed from a modified tree (to publish)
 
 
@@ -73,15 +74,20 @@ def execute(
     """
     progress = progress or NullProgress()
     report_failed_plugins(plugins)
-    config = load_config(options.config)
+    config = with_options(load_config(options.config), device=options.device,
+                          executor=options.executor, ray_address=options.ray_address)
     resolved = apply_only(resolve(config, plugins), options.only)
-    device = resolve_device(options.device or config.run.device)
-    executor_name = options.executor or config.run.executor
+    device = resolve_device(config.run.device)
+    executor_name = config.run.executor
     if executor_name not in EXECUTORS:
         raise ConfigError(
             f"unknown executor '{executor_name}'; available: {', '.join(EXECUTORS)}",
             table="run", key="executor",
         )
+    if executor_name == "ray":  # a missing Ray or a wrong address: exit 2 before any work
+        from musicbench.ray_executor import preflight
+
+        preflight(config.run)
     out = output_dir(config, options)
     with run_lock(out):
         return _execute_locked(options, plugins, progress, argv, config, resolved, device,
@@ -122,7 +128,7 @@ def _execute_locked(options: RunOptions, plugins: PluginSystem, progress: Progre
 
                 print_note(f"cell_finished observer failed: {err}", "yellow")
 
-        EXECUTORS[executor_name]().run(todo, ws, environment, on_record, progress)
+        EXECUTORS[executor_name](settings).run(todo, ws, environment, on_record, progress)
         store.finish_run(run_id, now())
         records = store.cells([s.key for s in specs])
         board = write_leaderboard(store, out / "leaderboard.md", fmt="md")

@@ -146,6 +146,31 @@ class SlowPGD(PGD):
         return super().run(victim, audio, target, generator=generator)
 
 
+@dataclass(frozen=True)
+class DyingPGDParams(PGDParams):
+    marker: str = ""  # a file: the first run creates it and dies, later runs find it and live
+    always: bool = False  # die on every run
+
+
+class DyingPGD(PGD):
+    """PGD whose process kills itself with SIGKILL (a worker lost mid-cell), once (``marker``)
+    or always; a test of the ray executor's retry."""
+
+    Params = DyingPGDParams
+
+    def run(self, victim, audio, target, *, generator):  # noqa: ANN001
+        import os
+        import signal
+        from pathlib import Path
+
+        marker = Path(self.params.marker) if self.params.marker else None
+        if self.params.always or (marker is not None and not marker.exists()):
+            if marker is not None:
+                marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run(victim, audio, target, generator=generator)
+
+
 class OutOfRange(Attack):
     """Returns audio outside [-1, 1]: the harness must reject it."""
 
@@ -204,6 +229,7 @@ def register_models(register):
 def register_attacks(register):
     register("slow-pgd", SlowPGD, summary="PGD that sleeps first (tests)")
     register("out-of-range", OutOfRange, summary="breaks the contract (tests)")
+    register("dying-pgd", DyingPGD, summary="PGD that kills its own process (tests)")
 
 
 # -- defenses with known behaviour (adaptive evaluation tests) ------------------------------
