@@ -70,6 +70,7 @@ class CellRun:
     # (metric name, weights digest) of the metrics that have weights (pamt-distance): new
     # weights, new cells
     metric_weights: tuple[tuple[str, str], ...] = ()
+    amp: str = ""  # "bf16": forward passes under bfloat16 autocast
 
     def key_data(self) -> dict[str, Any]:
         data = asdict(self)
@@ -102,7 +103,7 @@ class CellRun:
 
 
 _EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True,
-                     "oblivious": False, "metric_weights": []}
+                     "oblivious": False, "metric_weights": [], "amp": ""}
 
 
 @dataclass(frozen=True)

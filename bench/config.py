@@ -57,6 +57,9 @@ class RunSettings:
     # ray_cpus_per_cell CPUs and ray_gpus_per_cell GPUs (-1: one GPU when the run's device is
     # a GPU, else none); ray_workers cells run at once (0: as many as the cluster's
     # resources allow); ray_local_cpus caps the CPUs a local cluster may use (0: all).
+    # "bf16": model forward passes under bfloat16 autocast (GPU speed; part of the cell key:
+    # results differ slightly from float32); "": float32
+    amp: str = ""
     ray_address: str = ""
     ray_cpus_per_cell: float = 1.0
     ray_gpus_per_cell: float = -1.0
@@ -88,6 +91,8 @@ class RunSettings:
             raise ValueError(f"executor must be one of {', '.join(EXECUTOR_NAMES)}, got "
                              f"'{self.executor}'")
         check_ray_address(self.ray_address)
+        if self.amp not in ("", "bf16"):
+            raise ValueError(f"amp must be '' (float32) or 'bf16', got '{self.amp}'")
         check_number("ray_cpus_per_cell", self.ray_cpus_per_cell, above=0, at_most=4096)
         if self.ray_gpus_per_cell != -1:
             check_number("ray_gpus_per_cell", self.ray_gpus_per_cell, at_least=0, at_most=64)

@@ -70,4 +70,9 @@ def describe_environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        # what decides whether a GPU rerun repeats the figures bit for bit (the leaderboard
+        # header prints them)
+        env["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        env["deterministic_algorithms"] = bool(torch.are_deterministic_algorithms_enabled())
     return env

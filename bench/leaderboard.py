@@ -367,6 +367,9 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
         "torch": env.get("torch"),
         "device": settings.get("device"),
         "gpu": env.get("gpu"),
+        "cudnn": {k: env[k] for k in ("cudnn_deterministic", "cudnn_benchmark",
+                                      "deterministic_algorithms") if k in env},
+        "amp_cells": sum(1 for r in records if r.spec.run.amp),
         "seed": settings.get("seed"),
         "config": run["config_source"],
         "quick": settings.get("quick"),
@@ -431,6 +434,11 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
     if str(h["device"]).startswith("cuda"):
         device += " — GPU run: results may differ from CPU in the last digits"
     lines.append(f"- device: {device}")
+    if h.get("cudnn"):
+        lines.append("- GPU determinism: " + ", ".join(f"{k} {v}" for k, v in h["cudnn"].items()))
+    if h.get("amp_cells"):
+        lines.append(f"- forward passes under bfloat16 autocast (`amp = \"bf16\"`) in "
+                     f"{h['amp_cells']} cell(s): their figures differ slightly from float32 ones")
     lines.append(f"- seed: {h['seed']}; config: `{h['config']}`" +
                  ("; quick run" if h.get("quick") else ""))
     if h.get("command"):

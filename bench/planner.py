@@ -263,7 +263,7 @@ def plan_cells(
                               fad_encoder=settings.fad_encoder,
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
                               pseudo_labels=model.spec.pseudo_labels,
-                              metric_weights=metric_weights, **how)
+                              metric_weights=metric_weights, amp=settings.amp, **how)
                 specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref,
                                       attack_ref, run, threat, threat_model, harness_version()))
     if repeats:

@@ -198,16 +198,17 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     victim = Victim(attacked_model, allow_gradients=not black_box,
                     budget=getattr(attack.params, "budget", None) if black_box else None,
                     references=attacked_refs, defense=attacked_defense,
-                    eot_samples=run.eot_samples, bpda=run.bpda,
+                    eot_samples=run.eot_samples, bpda=run.bpda, amp=run.amp,
                     generator=_generator(device, spec.stream("defense")))
-    judge = Scorer(model, references=data.references, defense=preprocessor,
+    judge = Scorer(model, references=data.references, defense=preprocessor, amp=run.amp,
                    generator=_generator(device, spec.stream("judge")))
     probes = None
     if not black_box and not run.oblivious:  # the gradient the attack gets, and without defense
         probes = (Victim(model, references=data.references, defense=preprocessor,
-                         eot_samples=run.eot_samples, bpda=run.bpda,
+                         eot_samples=run.eot_samples, bpda=run.bpda, amp=run.amp,
                          generator=_generator(device, spec.stream("probe"))),
-                  Victim(undefended, references=data.undefended_references or data.references))
+                  Victim(undefended, references=data.undefended_references or data.references,
+                         amp=run.amp))
     generator = _generator(device, spec.seed)
     metrics = [ws.metric(name) for name in run.metrics]
     weights = {m.name: m.weights_digest() for m in metrics if m.weights_digest() is not None}
@@ -354,12 +355,12 @@ def _retrieval_data(
                          for i in range(0, len(refs), run.batch_size)])
         return ReferenceSet(emb, ref_works, len(works))
 
-    defended = embed(Scorer(model, defense=defense,
+    defended = embed(Scorer(model, defense=defense, amp=run.amp,
                             generator=_generator(device, derive_seed(f"{spec.row_seed}:refs"))))
     plain = ws.memo(("undefended-references", spec.dataset.fingerprint or "", spec.model.name,
                      spec.model.weights or "", json.dumps(spec.model.params, sort_keys=True),
-                     str(run.batch_size)),
-                    lambda: embed(Scorer(undefended)))
+                     str(run.batch_size), run.amp),
+                    lambda: embed(Scorer(undefended, amp=run.amp)))
     targets = torch.tensor([work_index[e.work_id] for e in queries], dtype=torch.long)
     return _CellData(queries, targets, defended, undefended_references=plain)
 
@@ -371,8 +372,9 @@ def _judge_clean(spec: CellSpec, data: _CellData, model: TargetModel, undefended
     accuracy a defense costs) and the defended one over ``eval_draws`` draws from the row's
     own stream, so every attack on the row sees the same clean verdicts."""
     run = spec.run
-    plain = Scorer(undefended, references=data.undefended_references or data.references)
-    defended = Scorer(model, references=data.references, defense=defense,
+    plain = Scorer(undefended, references=data.undefended_references or data.references,
+                   amp=run.amp)
+    defended = Scorer(model, references=data.references, defense=defense, amp=run.amp,
                       generator=_generator(device, spec.row_seed))
     targets, preds, wrong, plain_right = [], [], [], []
     for start in range(0, len(data.examples), run.batch_size):

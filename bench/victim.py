@@ -8,6 +8,7 @@ BPDA through ``surrogate`` for non-differentiable ones).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,8 @@ class Victim:
     :param bpda: gradients pass through ``defense.surrogate`` while values come from
         ``defense.forward`` (BPDA, Athalye et al. 2018): non-differentiable defenses.
     :param generator: randomness of randomized defenses (its own stream, never the attack's).
+    :param amp: ``"bf16"``: the model's forward passes run under bfloat16 autocast (scores
+        come back as float32); ``""``: float32 throughout. The defense always runs in float32.
     :param confidence: a clip counts as fooled only once its true score is at least this far
         below the best other (Carlini & Wagner's κ): margins are reported shifted up by it, so
         an attack that stops on the margin goes on past the decision boundary. The harness's
@@ -88,6 +91,7 @@ class Victim:
         bpda: bool = False,
         generator: torch.Generator | None = None,
         confidence: float = 0.0,
+        amp: str = "",
     ):
         if model.task not in ("classification", "retrieval"):
             raise NotImplementedError(f"model '{model.name}' has unknown task '{model.task}'")
@@ -110,6 +114,9 @@ class Victim:
         if not (confidence >= 0 and confidence < float("inf")):
             raise ValueError(f"confidence must be a finite number >= 0, got {confidence}")
         self.confidence = float(confidence)
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+        self.amp = amp
 
     @property
     def queries_per_row(self) -> int:
@@ -211,12 +218,14 @@ class Victim:
         model = self._model
         window = model.input_samples
         if model.task == "classification":
-            return score_windows(model.forward, audio, window)
+            with autocast(self.amp, audio.device):
+                return score_windows(model.forward, audio, window).float()
         if self.references is None:
             raise ValueError(f"retrieval model '{model.name}': this victim has no "
                              "reference set to score against")
-        emb = F.normalize(score_windows(model.embed, audio, window), dim=-1)
-        return work_similarities(emb, self.references)
+        with autocast(self.amp, audio.device):
+            emb = score_windows(model.embed, audio, window).float()
+        return work_similarities(F.normalize(emb, dim=-1), self.references)
 
     # -- what attacks use ---------------------------------------------------------------------
 
@@ -316,9 +325,10 @@ class Scorer:
         references: ReferenceSet | None = None,
         defense: Preprocessor | None = None,
         generator: torch.Generator | None = None,
+        amp: str = "",
     ):
         self._victim = Victim(model, references=references, defense=defense,
-                              generator=generator)
+                              generator=generator, amp=amp)
 
     @torch.no_grad()
     def scores(self, audio: torch.Tensor) -> torch.Tensor:
@@ -360,8 +370,21 @@ class Scorer:
         references and mAP)."""
         victim = self._victim
         model = victim._model
-        emb = score_windows(model.embed, victim._defended(audio, False), model.input_samples)
+        defended = victim._defended(audio, False)
+        with autocast(victim.amp, audio.device):
+            emb = score_windows(model.embed, defended, model.input_samples).float()
         return F.normalize(emb, dim=-1)
+
+
+AMP_MODES = ("", "bf16")
+"""Forward-pass precisions a run may ask for (``[run] amp``)."""
+
+
+def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` for ``amp = "bf16"``, else nothing."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def begin_batch(victim: Victim, batch: int) -> None:
@@ -375,7 +398,7 @@ def judge(victim: Victim) -> Scorer:
     random stream: what the harness re-scores an attack's output with. Core use only (not in
     :mod:`musicbench.api`): an attack that scores through it breaks its contract."""
     return Scorer(victim._model, references=victim.references, defense=victim.defense,
-                  generator=victim.generator)
+                  generator=victim.generator, amp=victim.amp)
 
 
 def eot_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
