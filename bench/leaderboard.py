@@ -483,6 +483,8 @@ def render_markdown(board: Leaderboard) -> str:
     tms = board.threat_models
     head = (["dataset", "model", "defense", "n", f"clean acc {arrow('clean_accuracy')}"]
             + [f"{tm.label} {arrow('worst_case')}" for tm in tms])
+    listed = {tm: [a for a, t in board.attacks if t == tm and a not in board.contrasts]
+              for tm in tms}
     body = []
     for s in board.summary:
         by_tm = {w.threat_model: w for w in s.worst_case}
@@ -494,6 +496,8 @@ def render_markdown(board: Leaderboard) -> str:
                 cells.append("—")
                 continue
             text = _pct_ci(w.value, w.ci)
+            if set(w.attacks) != set(listed[tm]):  # a model entry that ran fewer attacks
+                text += f" ({', '.join(w.attacks)} only)"
             if not w.complete:
                 text += " (a cell failed: upper bound)"
             cells.append(text)

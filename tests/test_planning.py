@@ -209,3 +209,22 @@ def test_reading_a_published_store_does_not_change_it(tmp_path, toy_plugins):
                                     "fgsm"]).exit_code == 0
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in copy.parent.iterdir()) == ["run.sqlite"]  # no WAL beside it
+
+
+def test_a_worst_case_standing_on_fewer_attacks_says_which(tmp_path, toy_plugins):
+    """A model entry that runs only some attacks of a threat model: its worst-case cell names
+    them, so the list under the table (every attack of the threat model) does not mislead."""
+    config = tmp_path / "run.toml"
+    config.write_text(BASE.format(run="", datasets="") + """
+[[models]]
+name = "toy-model"
+label = "toy, pgd only"
+seed = 1
+attacks = ["pgd"]
+""")
+    execute(RunOptions(config=config, out=tmp_path / "out"), toy_plugins)
+    rows = [line for line in (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
+            if line.startswith("| toy-tones |")]
+    worst = [line for line in rows if "toy, pgd only" in line][0]
+    full = [line for line in rows if "| toy-model |" in line][0]
+    assert "(pgd only)" in worst and "only)" not in full
