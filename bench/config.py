@@ -133,17 +133,23 @@ MAX_DRAWS = 1000
 EXECUTOR_NAMES = ("local", "ray")
 
 
-def check_ray_address(address: str) -> None:
-    """``""`` (start a local cluster), ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT`` with a
-    port in 1..65535; whether anything listens there is the ray executor's to find out."""
+def ray_host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` or ``ray://HOST:PORT`` address; None for ``""`` and
+    ``auto`` (Ray resolves those). Raises ValueError for anything else, port in 1..65535."""
     if address in ("", "auto"):
-        return
-    rest = address.removeprefix("ray://")
-    host, sep, port = rest.rpartition(":")
+        return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isascii() or not port.isdigit() \
             or not 1 <= int(port) <= 65_535 or any(c in host for c in "/ \t"):
         raise ValueError(f"ray_address must be '', 'auto', HOST:PORT or ray://HOST:PORT, got "
                          f"'{address}'")
+    return host, int(port)
+
+
+def check_ray_address(address: str) -> None:
+    """The format check of ``[run] ray_address``; whether anything listens there is the ray
+    executor's to find out."""
+    ray_host_port(address)
 
 
 def check_device_name(name: str) -> None:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from musicbench.cells import CellSpec
-from musicbench.config import RunSettings
+from musicbench.config import RunSettings, ray_host_port
 from musicbench.errors import ConfigError
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
@@ -134,12 +134,12 @@ def _worker_env(ws: Workspace, extra: tuple[tuple[str, str, str], ...]) -> dict[
 def check_reachable(address: str) -> None:
     """A config error unless something listens at ``address``'s HOST:PORT (``""`` and
     ``auto`` are Ray's to resolve)."""
-    if address in ("", "auto"):
+    where = ray_host_port(address)
+    if where is None:
         return
-    rest = address.removeprefix("ray://")
-    host, _, port = rest.rpartition(":")
+    host, port = where
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S):
+        with socket.create_connection((host.strip("[]"), port), CONNECT_TIMEOUT_S):
             pass
     except OSError as exc:
         raise ConfigError(
