@@ -145,7 +145,7 @@ def file_lock(path: Path | str, *, blocking: bool = True, what: str = "",
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            holder = read_holder(path)
+            holder = _await_holder_note(path)
             if not blocking:
                 raise LockBusy(path, holder) from None
             if on_wait is not None:
@@ -157,6 +157,23 @@ def file_lock(path: Path | str, *, blocking: bool = True, what: str = "",
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, info, 0)
-        yield
+        try:
+            yield
+        finally:
+            if writable:  # a stale note would name a finished process to the next waiter
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _await_holder_note(path: Path, patience_s: float = 1.0) -> dict[str, str]:
+    """The holder's note in lock file ``path``, waiting up to ``patience_s`` for it: the
+    holder writes it just after taking the lock, so a waiter that arrives in between would
+    otherwise read nothing (``{}`` if it never comes, e.g. a read-only lock file)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        holder = read_holder(path)
+        if "what" in holder or time.monotonic() >= deadline:  # "what" is the note's last line
+            return holder
+        time.sleep(0.02)

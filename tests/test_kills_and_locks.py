@@ -5,6 +5,7 @@ written follows the umask."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -391,3 +392,30 @@ def test_file_lock_excludes_a_second_holder_and_names_the_first(tmp_path):
         assert busy.value.holder["what"] == "a test"
     with files.file_lock(lock, blocking=False):  # released with its holder
         pass
+
+
+def test_a_waiter_arriving_before_the_holder_note_still_names_the_holder(tmp_path):
+    """The holder writes its note just after taking the lock; a waiter that fails the lock in
+    between must wait for the note rather than report "another process" (the CI flake)."""
+    lock = tmp_path / "x.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    note = threading.Timer(0.2, lambda: os.pwrite(fd, b"pid=4242\nwhat=a slow writer\n", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held, no note yet
+        note.start()
+        with pytest.raises(files.LockBusy) as busy:
+            with files.file_lock(lock, blocking=False):
+                pass
+        assert busy.value.holder == {"pid": "4242", "what": "a slow writer"}
+    finally:
+        note.cancel()
+        if note.is_alive():
+            note.join()
+        os.close(fd)
+
+
+def test_a_released_lock_leaves_no_note_naming_a_finished_holder(tmp_path):
+    lock = tmp_path / "x.lock"
+    with files.file_lock(lock, what="gone"):
+        assert files.read_holder(lock)["what"] == "gone"
+    assert files.read_holder(lock) == {}
