@@ -32,15 +32,28 @@ def print_note(message: object, style: str = "") -> None:
 
 
 class _Task:
-    def __init__(self, bars: Progress, task_id: int):
-        self._bars, self._id = bars, task_id
+    """One bar. Without a live display (stderr is a file: a log of a long run), a new
+    description is also printed as a line, at most one per ``LOG_EVERY_S`` seconds, so a log
+    shows a training's epochs rather than only its start and end."""
+
+    LOG_EVERY_S = 5.0
+
+    def __init__(self, bars: Progress, task_id: int, *, logged: bool = False):
+        self._bars, self._id, self._logged = bars, task_id, logged
+        self._started = self._last_line = time.perf_counter()
 
     def advance(self, n: float = 1) -> None:
         self._bars.advance(self._id, n)
 
     def update(self, *, description: str | None = None) -> None:
-        if description is not None:
-            self._bars.update(self._id, description=description)
+        if description is None:
+            return
+        self._bars.update(self._id, description=description)
+        now = time.perf_counter()
+        if self._logged and now - self._last_line >= self.LOG_EVERY_S:
+            self._last_line = now
+            self._bars.console.print(f"{escape(description.strip())} "
+                                     f"({now - self._started:.0f} s)", highlight=False)
 
 
 class RichProgress:
@@ -68,7 +81,7 @@ class RichProgress:
             self.bars.console.print(f"{escape(description.strip())} ...", highlight=False)
         t0 = time.perf_counter()
         try:
-            yield _Task(self.bars, task_id)
+            yield _Task(self.bars, task_id, logged=logged)
         finally:
             self.bars.stop_task(task_id)
             if logged:
