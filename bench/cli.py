@@ -236,7 +236,7 @@ def report(
 ) -> None:
     """Write a static HTML report of a stored run: sortable leaderboard tables, and per model
     the kept clips with players (clean, adversarial, amplified difference) and spectrograms.
-    Opens from file:// or any static host; needs `pip install "musicbench[report]"`."""
+    Opens from file:// or any static host; needs `pip install "musicbench\\[report]"`."""
     from musicbench.report import write_report
 
     try:

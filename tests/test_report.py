@@ -230,3 +230,11 @@ def test_cost_against_success_has_a_point_per_attack_and_svg_copies(report: Path
     for svg in svgs:
         head = (report.parent / svg).read_text(encoding="utf-8")[:200]
         assert "<svg" in head or head.startswith("<?xml"), svg
+
+
+def test_the_help_names_the_report_extra_in_full():
+    """Rich reads ``[report]`` as markup unless escaped; the install hint must survive."""
+    for args in (("report", "--help"), ("--help",)):
+        shown = cli(*args)
+        assert shown.returncode == 0
+        assert 'musicbench[report]' in " ".join((shown.stdout + shown.stderr).split()), args
