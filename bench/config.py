@@ -127,6 +127,10 @@ class ComponentSpec:
     adaptive: bool | str | None = None  # True, False or "oblivious"
     # an entry expanded from a sweep (``eps = [0.001, 0.002]``): the label it was written with
     swept_from: str = ""
+    # models only: which [[defenses]] (by label) this model's cells use; None = every defense.
+    # For a defense whose parameters must differ by model (a training length that suits one
+    # model's training split and not another's), each model naming its own entry.
+    defenses: tuple[str, ...] | None = None
 
 
 MAX_DRAWS = 1000
@@ -250,16 +254,17 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                         key="datasets"
                     )
                 datasets = tuple(datasets)
-            samples, attacks, pseudo = None, None, False
+            samples, attacks, defenses, pseudo = None, None, None, False
             if kind == "model":
-                samples, attacks = _model_run_keys(entry, f"{table}.{label}")
+                samples, attacks, defenses = _model_run_keys(entry, f"{table}.{label}")
                 pseudo = entry.pop("pseudo_labels", False)
                 if not isinstance(pseudo, bool):
                     raise ConfigError(f"expected true or false, got {pseudo!r}",
                                       table=f"{table}.{label}", key="pseudo_labels")
             draws = _evaluation_keys(kind, entry, f"{table}.{label}")
             specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label,
-                                       samples, attacks, pseudo, **draws))
+                                       samples, attacks, pseudo, **draws,
+                                       defenses=defenses))
         labels = [s.label for s in specs]
         for lab in labels:
             if labels.count(lab) > 1:
@@ -267,25 +272,31 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                     f"'{lab}' appears {labels.count(lab)} times; give each entry its own "
                     'label = "..." so tables can tell them apart', table=table)
         components[kind] = specs
-    _check_model_attacks(components)
+    _check_model_labels(components)
     return RunConfig(run=run, components=components, source=source, text=text)
 
 
-def _model_run_keys(entry: dict[str, Any], table: str) -> tuple[int | None, tuple[str, ...] | None]:
-    """Pop a model entry's ``samples`` and ``attacks`` keys (run settings, not model parameters)."""
+def _model_run_keys(entry: dict[str, Any], table: str
+                    ) -> tuple[int | None, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """Pop a model entry's ``samples``, ``attacks`` and ``defenses`` keys (run settings, not
+    model parameters)."""
     samples = entry.pop("samples", None)
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
                                 or samples < 0):
         raise ConfigError("expected an int >= 0 (0: the whole test split)", table=table,
                           key="samples")
-    attacks = entry.pop("attacks", None)
-    if attacks is not None:
-        if not isinstance(attacks, list) or not attacks or not all(
-                isinstance(a, str) and a for a in attacks):
-            raise ConfigError("expected a non-empty list of attack labels", table=table,
-                              key="attacks")
-        attacks = tuple(attacks)
-    return samples, attacks
+    return samples, _label_list(entry, "attacks", table), _label_list(entry, "defenses", table)
+
+
+def _label_list(entry: dict[str, Any], key: str, table: str) -> tuple[str, ...] | None:
+    labels = entry.pop(key, None)
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not labels or not all(
+            isinstance(a, str) and a for a in labels):
+        raise ConfigError(f"expected a non-empty list of {key[:-1]} labels", table=table,
+                          key=key)
+    return tuple(labels)
 
 
 _EVALUATION_KEYS = {"defense": ("eot_samples", "eval_draws"),
@@ -313,16 +324,19 @@ def _evaluation_keys(kind: str, entry: dict[str, Any], table: str) -> dict[str, 
     return out
 
 
-def _check_model_attacks(components: dict[str, list[ComponentSpec]]) -> None:
-    labels = [a.label for a in components["attack"]]
-    for model in components["model"]:
-        for name in model.attacks or ():
-            if name not in labels:
-                hint = did_you_mean(name, labels)
-                raise ConfigError(
-                    f"attack '{name}' is not a label in this config's [[attacks]].{hint} "
-                    f"Labels: {', '.join(labels)}.", table=model.table, key="attacks",
-                )
+def _check_model_labels(components: dict[str, list[ComponentSpec]]) -> None:
+    """Every label a model's ``attacks`` / ``defenses`` names is an entry of this config (a
+    sweep is still one entry here: the planner expands it, and its cells keep its label)."""
+    for kind, key in (("attack", "attacks"), ("defense", "defenses")):
+        labels = [e.label for e in components[kind]]
+        for model in components["model"]:
+            for name in getattr(model, key) or ():
+                if name not in labels:
+                    hint = did_you_mean(name, labels)
+                    raise ConfigError(
+                        f"{kind} '{name}' is not a label in this config's [[{key}]].{hint} "
+                        f"Labels: {', '.join(labels)}.", table=model.table, key=key,
+                    )
 
 
 def with_options(config: RunConfig, **options: Any) -> RunConfig:

@@ -246,6 +246,10 @@ def plan_cells(
     for ds, model in pairs:
         ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
         for defense in defenses:
+            if model.spec.defenses is not None and not (
+                    defense.resolved.spec.label in model.spec.defenses
+                    or defense.resolved.spec.swept_from in model.spec.defenses):
+                continue
             behaviour = defense.behaviour.get(rates[model.spec.label])
             defense_ref = _defense_ref(defense, ws, model, datasets[ds.spec.label])
             for attack, attack_ref, threat, threat_model in attacks:

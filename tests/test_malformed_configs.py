@@ -198,6 +198,9 @@ RUN_CORPUS: dict[str, tuple[str | bytes, tuple[str, ...], str]] = {
                                (), "[models.style-cnn] key 'samples'"),
     "model-attacks-unknown": (_edit('name = "style-cnn"', 'name = "style-cnn"\n'
                                     'attacks = ["nope"]'), (), "[models.style-cnn] key 'attacks'"),
+    "model-defenses-unknown": (_edit('name = "style-cnn"', 'name = "style-cnn"\n'
+                                     'defenses = ["nope"]'), (),
+                               "[models.style-cnn] key 'defenses'"),
     "model-datasets-empty": (_edit('name = "style-cnn"', 'name = "style-cnn"\ndatasets = []'),
                              (), "[models.style-cnn] key 'datasets'"),
     "cli-device-tpu": (TOY_CONFIG, ("--device", "tpu"), "[run] key 'device'"),

@@ -228,3 +228,37 @@ attacks = ["pgd"]
     worst = [line for line in rows if "toy, pgd only" in line][0]
     full = [line for line in rows if "| toy-model |" in line][0]
     assert "(pgd only)" in worst and "only)" not in full
+
+
+def test_a_model_entry_may_name_the_defenses_its_cells_use(toy_plugins):
+    """``defenses = [...]`` on a model: a defense whose parameters suit one model and not
+    another gets one entry per model, each model naming its own (and only its cells exist)."""
+    text = BASE.format(run="", datasets="") + """
+[[models]]
+name = "toy-model"
+label = "toy-model-seed1"
+seed = 1
+defenses = ["none", "lowpass, seed-1 cutoff"]
+
+[[defenses]]
+name = "lowpass"
+label = "lowpass, seed-1 cutoff"
+cutoff_hz = 2000
+"""
+    plan = _plan(text, toy_plugins)
+    pairs = {(s.model.label, s.defense.label) for s in plan.specs}
+    assert pairs == {("toy-model", "none"), ("toy-model", "lowpass, seed-1 cutoff"),
+                     ("toy-model-seed1", "none"), ("toy-model-seed1", "lowpass, seed-1 cutoff")}
+    only_seed1 = text.replace('name = "toy-model"\n\n[[defenses]]',
+                              'name = "toy-model"\ndefenses = ["none"]\n\n[[defenses]]', 1)
+    plan = _plan(only_seed1, toy_plugins)
+    pairs = {(s.model.label, s.defense.label) for s in plan.specs}
+    assert pairs == {("toy-model", "none"), ("toy-model-seed1", "none"),
+                     ("toy-model-seed1", "lowpass, seed-1 cutoff")}
+    assert len(plan.specs) == 3 * 2  # two attacks each
+    with pytest.raises(ConfigError, match=r"\[models.toy-model-seed1\] key 'defenses'.*"
+                                          r"Did you mean 'lowpass, seed-1 cutoff'"):
+        parse_config(text.replace('"lowpass, seed-1 cutoff"]', '"lowpass seed-1 cutoff"]'))
+    with pytest.raises(ConfigError, match=r"key 'defenses'"):
+        parse_config(text.replace('defenses = ["none", "lowpass, seed-1 cutoff"]',
+                                  "defenses = []"))
