@@ -17,6 +17,17 @@ Ladders (mild -> severe), every rung applied to the same clips:
 - ``inpaint``: 1, 2, 4, 8 gaps of the inpainter's own length (GACELA: 0.37 s) re-synthesised,
   nested (each rung's gaps contain the previous rung's), in slots spread over the clip.
 
+Within a ladder the order is easy: any distance that grows with the amount of change orders
+it (LSD and SNR do, perfectly, on our clips). So a second test asks what only a perceptual
+metric should get right, **equal-energy audibility** (a two-alternative forced choice): at
+each level (-20, -10, 0 dB re threshold) the clip gets masked noise, and separately white noise
+with exactly the same energy (the same SNR). Psychoacoustics (the basis of every perceptual
+audio coder) says the noise shaped under the masking threshold is the less audible one; a
+metric "chooses right" on a clip when its distance to the masked version is the smaller. SNR
+cannot choose (a tie by construction), which is the point of the test. The table gives the
+share of clips chosen right with an exact (Clopper-Pearson) interval and the ties; FAD, a set
+figure, chooses once per level over all clips.
+
 Per metric and ladder: for every clip, Spearman's rho between the rung index and the metric's
 distance (SNR is read as -SNR, since higher SNR means closer); the table gives the mean over
 clips with a 95% bootstrap interval (clips resampled, 2000 draws, seeded) and how many clips
@@ -43,6 +54,7 @@ import numpy as np
 import torch
 
 Degrade = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+EQUAL_ENERGY_LEVELS_DB = (-20.0, -10.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,82 @@ def inpaint_rungs(inpainter: Any, length: int, sample_rate: int,
 
     return [Rung("inpaint", i, f"{k} gap(s), {k * gap / sample_rate:.2f} s", with_gaps(k))
             for i, k in enumerate(gaps)]
+
+
+def equal_energy_pair(audio: torch.Tensor, level_db: float, sample_rate: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(masked, white)`` versions of ``audio[B, T]``: masked noise at ``level_db`` re the
+    clip's threshold, and white Gaussian noise scaled per clip to the same energy as the
+    masked noise actually added (after clamping to [-1, 1]; the white version is clamped too,
+    which can only remove energy from it)."""
+    (rung,) = masked_noise_rungs(sample_rate, (level_db,))
+    masked = rung.apply(audio, generator)
+    added = (masked - audio).double()
+    white = torch.randn(audio.shape, generator=generator, dtype=torch.float64)
+    scale = added.norm(dim=1, keepdim=True) / white.norm(dim=1, keepdim=True)
+    return masked, (audio.double() + white * scale).clamp(-1, 1).float()
+
+
+@dataclass
+class Choice:
+    """Equal-energy audibility for one metric and level: ``right`` clips where the masked
+    version is the closer, ``ties`` where the two distances are equal, of ``n``."""
+
+    right: int
+    ties: int
+    n: int
+
+
+def choose(clean: torch.Tensor, sample_rate: int, levels_db: Sequence[float],
+           metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+           set_metrics: dict[str, Callable[[torch.Tensor, torch.Tensor], float]],
+           seed: int = 0, batch: int = 8, rel_tie: float = 1e-6
+           ) -> dict[str, dict[float, Choice]]:
+    """The equal-energy test of ``clean[N, T]`` at each level, per metric (distances, larger
+    = further, as in :func:`evaluate`); a set metric chooses once over all clips (n = 1)."""
+    out: dict[str, dict[float, Choice]] = {m: {} for m in [*metrics, *set_metrics]}
+    n = clean.shape[0]
+    for level in levels_db:
+        generator = torch.Generator().manual_seed(seed * 1000 + hash_rung("equal", int(level)))
+        pairs = [equal_energy_pair(clean[i:i + batch], level, sample_rate, generator)
+                 for i in range(0, n, batch)]
+        masked = torch.cat([m for m, _ in pairs])
+        white = torch.cat([w for _, w in pairs])
+        for name, fn in metrics.items():
+            dm = torch.cat([fn(clean[i:i + batch], masked[i:i + batch]).double().cpu()
+                            for i in range(0, n, batch)])
+            dw = torch.cat([fn(clean[i:i + batch], white[i:i + batch]).double().cpu()
+                            for i in range(0, n, batch)])
+            tie = (dm - dw).abs() <= rel_tie * torch.maximum(dm.abs(), dw.abs()).clamp_min(1e-12)
+            out[name][level] = Choice(int(((dm < dw) & ~tie).sum()), int(tie.sum()), n)
+        for name, fn in set_metrics.items():
+            dm, dw = fn(clean, masked), fn(clean, white)
+            tie = abs(dm - dw) <= rel_tie * max(abs(dm), abs(dw), 1e-12)
+            out[name][level] = Choice(int(dm < dw and not tie), int(tie), 1)
+    return out
+
+
+def render_choices(choices: dict[str, dict[float, Choice]]) -> str:
+    from musicbench.metrics import clopper_pearson
+
+    levels = sorted({lv for by_level in choices.values() for lv in by_level})
+    lines = ["Equal-energy audibility: % of clips whose masked-noise version the metric puts "
+             "closer than white noise of the same energy [exact 95% CI] (right/n; ties). "
+             "Right = the masked one (below or at the masking threshold) is closer.", "",
+             "| metric | " + " | ".join(f"{lv:+g} dB re threshold" for lv in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    for name, by_level in choices.items():
+        cells = []
+        for lv in levels:
+            c = by_level[lv]
+            if c.n == 1:  # a set-level metric: one choice over all clips
+                cells.append("tie" if c.ties else ("right" if c.right else "wrong"))
+                continue
+            lo, hi = clopper_pearson(c.right, c.n)
+            cells.append(f"{100 * c.right / c.n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] "
+                         f"({c.right}/{c.n}; ties {c.ties})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -293,6 +381,9 @@ def main() -> None:
         set_metrics["fad"] = fad_distance
     result = evaluate(clean, rate, rungs, metrics, set_metrics, seed=args.seed)
     print(render(result), end="")
+    print()
+    print(render_choices(choose(clean, rate, EQUAL_ENERGY_LEVELS_DB, metrics, set_metrics,
+                                seed=args.seed)), end="")
 
 
 if __name__ == "__main__":

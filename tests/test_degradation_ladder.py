@@ -76,3 +76,33 @@ def test_bootstrap_interval_contains_the_mean_and_spearman_handles_ties():
     assert math.isclose(mean, 0.4) and lo <= mean <= hi
     assert ladder.spearman([0, 1, 2], [3.0, 3.0, 3.0]) != ladder.spearman([0, 1, 2], [1, 2, 3])
     assert ladder.spearman([0, 1, 2, 3], [1.0, 1.0, 2.0, 3.0]) < 1.0
+
+
+def test_equal_energy_pairs_match_energy_and_snr_cannot_choose():
+    ladder = _script()
+    rate = 16_000
+    clean = _clips()
+    masked, white = ladder.equal_energy_pair(clean, -10.0, rate, torch.Generator().manual_seed(0))
+    e_masked = (masked - clean).square().sum(1)
+    e_white = (white - clean).square().sum(1)
+    assert torch.allclose(e_masked, e_white, rtol=1e-3)
+    assert not torch.allclose(masked, white)
+    ws = Workspace(PluginSystem(), cache_dir=cache_dir(), device=torch.device("cpu"))
+    snr = ws.metric("snr")
+
+    # a metric that weighs error by the clean clip's own spectrum (louder bins count less),
+    # as a masking model would: it must prefer the masked noise
+    def weighted(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        spec_a = torch.stft(a, 512, window=torch.hann_window(512), return_complex=True).abs()
+        spec_e = torch.stft(b - a, 512, window=torch.hann_window(512), return_complex=True).abs()
+        return (spec_e.square() / (spec_a.square() + 1e-6)).mean(dim=(1, 2))
+
+    choices = ladder.choose(clean, rate, (-10.0,),
+                            {"-snr": lambda a, b: -snr.compute(a, b, rate), "weighted": weighted},
+                            {"mse": lambda a, b: float((a - b).square().mean())})
+    assert choices["-snr"][-10.0].ties == 4  # the same energy: SNR cannot tell them apart
+    assert choices["weighted"][-10.0].right == 4
+    assert choices["mse"][-10.0].n == 1 and choices["mse"][-10.0].ties == 1
+    table = ladder.render_choices(choices)
+    assert "| -snr | 0.0 [0.0, 60.2] (0/4; ties 4) |" in table
+    assert "| mse | tie |" in table
