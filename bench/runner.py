@@ -7,6 +7,7 @@ plugins and the cache, so the local and distributed executors produce the same r
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -230,8 +231,9 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
             if probes is not None:
                 gradient_norms.append(_input_gradient_norms(batch, probes[0], device))
                 plain_norms.append(_input_gradient_norms(batch, probes[1], device))
-            _run_batch(batch, victim, judge, run.eval_draws, attack, generator, sample_metrics,
-                       dataset.sample_rate, run.keep_audio, record, out, device)
+            _run_batch_fitting_memory(
+                batch, victim, judge, run.eval_draws, attack, generator, sample_metrics,
+                dataset.sample_rate, run.keep_audio, record, out, device)
             bar.advance(len(batch.examples))
     if gradient_norms:
         _flag_vanishing_gradients(torch.cat(gradient_norms), torch.cat(plain_norms), info)
@@ -442,6 +444,47 @@ class _Batch:
     start: int
     clean_pred: torch.Tensor  # [b] the defended model's clean top-1 (most frequent draw)
     clean_wrong: torch.Tensor  # [b] fraction of eval draws the clean clip was wrong on
+
+
+OOM_FLAG = ("out of memory at a batch of {size} clips: that batch ran in halves (halved until "
+            "it fit), so its random draws differ from a run at the planned batch size")
+
+
+def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval_draws: int,
+                              attack: Attack, generator: torch.Generator,
+                              sample_metrics: list[Any], sample_rate: int, keep: int,
+                              record: CellRecord, out: _Collected, device: torch.device) -> None:
+    """:func:`_run_batch`, halving the batch on an out-of-memory error (down to one clip,
+    then the error stands) and flagging the cell: a GPU's free memory is not known when the
+    run is planned. ``_run_batch`` writes nothing before its last step (sample records, kept
+    audio), so a failed attempt leaves no trace but its attack time. The halves draw from the
+    same generator in turn, so their results differ from the whole batch's (the flag says so;
+    a deterministic attack gives the same records)."""
+    args = (victim, judge, eval_draws, attack, generator, sample_metrics, sample_rate, keep,
+            record, out, device)
+    try:
+        _run_batch(batch, *args)
+        return
+    except torch.OutOfMemoryError:
+        if len(batch.examples) == 1:
+            raise
+    _release_memory(device)  # outside the except block: the traceback no longer pins tensors
+    if not any(f.startswith("out of memory at ") for f in record.info.flags):
+        record.info.flags.append(OOM_FLAG.format(size=len(batch.examples)))
+    half = (len(batch.examples) + 1) // 2
+    for lo, hi in ((0, half), (half, len(batch.examples))):
+        _run_batch_fitting_memory(_slice_batch(batch, lo, hi), *args)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _slice_batch(batch: _Batch, lo: int, hi: int) -> _Batch:
+    return _Batch(batch.examples[lo:hi], batch.targets[lo:hi], batch.start + lo,
+                  batch.clean_pred[lo:hi], batch.clean_wrong[lo:hi])
 
 
 def _run_batch(

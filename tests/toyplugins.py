@@ -171,6 +171,22 @@ class DyingPGD(PGD):
         return super().run(victim, audio, target, generator=generator)
 
 
+@dataclass(frozen=True)
+class MemoryBoundPGDParams(PGDParams):
+    max_batch: int = 2  # more clips than this "do not fit": torch.OutOfMemoryError
+
+
+class MemoryBoundPGD(PGD):
+    """PGD on a device too small for big batches (the runner must halve them)."""
+
+    Params = MemoryBoundPGDParams
+
+    def run(self, victim, audio, target, *, generator):  # noqa: ANN001
+        if audio.shape[0] > self.params.max_batch:
+            raise torch.OutOfMemoryError(f"toy: {audio.shape[0]} clips do not fit")
+        return super().run(victim, audio, target, generator=generator)
+
+
 class OutOfRange(Attack):
     """Returns audio outside [-1, 1]: the harness must reject it."""
 
@@ -230,6 +246,7 @@ def register_attacks(register):
     register("slow-pgd", SlowPGD, summary="PGD that sleeps first (tests)")
     register("out-of-range", OutOfRange, summary="breaks the contract (tests)")
     register("dying-pgd", DyingPGD, summary="PGD that kills its own process (tests)")
+    register("memory-bound-pgd", MemoryBoundPGD, summary="PGD that runs out of memory (tests)")
 
 
 # -- defenses with known behaviour (adaptive evaluation tests) ------------------------------
