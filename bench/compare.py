@@ -273,6 +273,13 @@ def _diff(p: Pair) -> str:
     return f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}]"
 
 
+def difference_cells(p: Pair, p_holm: float, alpha: float = 0.05) -> str:
+    """``diff [CI] | McNemar p | Holm p`` as markdown table cells, the difference in bold when
+    the Holm-adjusted p is below ``alpha`` (the analysis scripts' tables)."""
+    mark = "**" if p_holm < alpha else ""
+    return f"{mark}{_diff(p)}{mark} | {p.p:.3g} | {p_holm:.3g}"
+
+
 def cells_of(p: Pair) -> list[str]:
     """The displayed cells of one pair, in :data:`COLUMNS` order (rates and differences in
     percentage points)."""

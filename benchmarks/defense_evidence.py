@@ -30,7 +30,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicbench.compare import Pair, _outcomes, paired_pair
+from musicbench.compare import Pair, _outcomes, difference_cells, paired_pair
 from musicbench.interfaces import DEFAULT_THREAT_MODEL
 from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
@@ -125,12 +125,10 @@ def render(rows: list[Row]) -> str:
         what = {"overstatement": (p.a.removeprefix("apgd-ce, "), "adaptive"),
                 "robustness gain": ("defended", "undefended"),
                 "clean cost": ("defended", "undefended")}[r.family]
-        mark = "**" if r.p_holm < ALPHA else ""
         lines.append(
             f"| {r.family} | {r.dataset} | {r.model} | {r.defense} | {p.n} | "
             f"{what[0]} {_pct(p.rate_a)} | {what[1]} {_pct(p.rate_b)} | "
-            f"{mark}{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}]{mark} | "
-            f"{p.p:.3g} | {r.p_holm:.3g} |")
+            f"{difference_cells(p, r.p_holm, ALPHA)} |")
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from musicbench.compare import Pair, _outcomes, paired_pair
+from musicbench.compare import Pair, _outcomes, difference_cells, paired_pair
 from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
 from musicbench.store import CellRecord
@@ -189,12 +189,10 @@ def render(rows: list[Row], averages: list[Average]) -> str:
               "McNemar p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.pair
-        mark = "**" if r.p_holm < ALPHA else ""
         lines.append(
             f"| {r.family} | {r.dataset} | {r.model} | {r.attack or 'clean'} | {p.a} | {p.b} | "
             f"{p.n} | {_pct(p.rate_a)} | {_pct(p.rate_b)} | "
-            f"{mark}{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}]{mark} | "
-            f"{p.p:.3g} | {r.p_holm:.3g} |")
+            f"{difference_cells(p, r.p_holm, ALPHA)} |")
     return "\n".join(lines)
 
 
