@@ -119,6 +119,26 @@ def _outcomes(record: Any, varying: str) -> dict[str, bool]:
     return {s.sample_id: bool(s.clean_correct) and not bool(s.success) for s in record.samples}
 
 
+def robust_outcomes(record: Any) -> dict[str, bool]:
+    """Per clip id: right after the attack (clean-wrong clips count as wrong), the event
+    counted when defenses vary."""
+    return _outcomes(record, "defense")
+
+
+def clean_outcomes(record: Any) -> dict[str, bool]:
+    """Per clip id: the model (with the cell's defense) is right on the clean clip."""
+    return {s.sample_id: bool(s.clean_correct) for s in record.samples}
+
+
+def pair_on_shared_clips(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool]
+                         ) -> Pair | None:
+    """:func:`paired_pair` over the clip ids both outcome maps hold (None if none)."""
+    common = sorted(xa.keys() & xb.keys())
+    if not common:
+        return None
+    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common])
+
+
 def compare_cells(cells: dict[str, Any], labels: Sequence[str], *, source: str, dataset: str,
                   model: str, varying: str, fixed: str) -> Comparison:
     """Compare ``cells[labels[0]]`` with each other labelled cell (finished cell records of
@@ -135,13 +155,13 @@ def compare_cells(cells: dict[str, Any], labels: Sequence[str], *, source: str, 
                 f"cells '{first}' and '{other}' ({dataset} / {model}) were run on different clips "
                 f"({len(ref_ids)} and {len(ids)} clips, {len(ref_ids & ids)} in common); a "
                 "paired comparison needs the cells of one run's draw")
-        xa, xb = _outcomes(ref, varying), _outcomes(cells[other], varying)
-        common = sorted(xa.keys() & xb.keys())
-        if not common:
+        pair = pair_on_shared_clips(first, other, _outcomes(ref, varying),
+                                    _outcomes(cells[other], varying))
+        if pair is None:
             raise ConfigError(
                 f"cells '{first}' and '{other}' ({dataset} / {model}) share no clip to compare "
                 "on (no clip was attacked by both: the model is wrong on every clip)")
-        raw.append(paired_pair(first, other, [xa[i] for i in common], [xb[i] for i in common]))
+        raw.append(pair)
     adjusted = holm([p.p for p in raw])
     pairs = [Pair(**{**asdict(p), "p_holm": q}) for p, q in zip(raw, adjusted, strict=True)]
     return Comparison(source, dataset, model, varying, fixed, pairs)

@@ -30,7 +30,13 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicbench.compare import Pair, _outcomes, difference_cells, paired_pair
+from musicbench.compare import (
+    Pair,
+    clean_outcomes,
+    difference_cells,
+    pair_on_shared_clips,
+    robust_outcomes,
+)
 from musicbench.interfaces import DEFAULT_THREAT_MODEL
 from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
@@ -51,12 +57,6 @@ class Row:
     p_holm: float = 1.0
 
 
-def _robust(record: CellRecord) -> dict[str, bool]:
-    """Per clip: right after the attack (clean-wrong clips count as wrong), as
-    ``musicbench compare`` counts it when defenses vary."""
-    return _outcomes(record, "defense")
-
-
 def _worst_case(cells: dict[str, CellRecord]) -> dict[str, bool] | None:
     """Per clip: survives every adaptive attack of the default threat model (the headline);
     None when there is none."""
@@ -64,20 +64,12 @@ def _worst_case(cells: dict[str, CellRecord]) -> dict[str, bool] | None:
                and r.spec.threat_model == DEFAULT_THREAT_MODEL]
     if not attacks:
         return None
-    per_attack = [_robust(r) for r in attacks]
+    per_attack = [robust_outcomes(r) for r in attacks]
     return {i: all(p[i] for p in per_attack) for i in per_attack[0]}
 
 
 def _clean(cells: dict[str, CellRecord]) -> dict[str, bool]:
-    any_cell = next(iter(cells.values()))
-    return {s.sample_id: s.clean_correct for s in any_cell.samples}
-
-
-def _pair(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool]) -> Pair | None:
-    common = sorted(xa.keys() & xb.keys())
-    if not common:
-        return None
-    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common])
+    return clean_outcomes(next(iter(cells.values())))
 
 
 def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
@@ -91,8 +83,9 @@ def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
     for (dataset, model, defense), cells in rows_by.items():
         for contrast in CONTRASTS:
             if ADAPTIVE in cells and contrast in cells:
-                pair = _pair(contrast, ADAPTIVE, _robust(cells[contrast]),
-                             _robust(cells[ADAPTIVE]))
+                pair = pair_on_shared_clips(contrast, ADAPTIVE,
+                                            robust_outcomes(cells[contrast]),
+                                            robust_outcomes(cells[ADAPTIVE]))
                 if pair is not None:
                     out.append(Row("overstatement", dataset, model, defense, pair))
         base = rows_by.get((dataset, model, baseline))
@@ -100,10 +93,10 @@ def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
             continue
         worst, base_worst = _worst_case(cells), _worst_case(base)
         if worst is not None and base_worst is not None:
-            pair = _pair(defense, baseline, worst, base_worst)
+            pair = pair_on_shared_clips(defense, baseline, worst, base_worst)
             if pair is not None:
                 out.append(Row("robustness gain", dataset, model, defense, pair))
-        pair = _pair(defense, baseline, _clean(cells), _clean(base))
+        pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base))
         if pair is not None:
             out.append(Row("clean cost", dataset, model, defense, pair))
     for row, p in zip(out, holm([r.pair.p for r in out]), strict=True):

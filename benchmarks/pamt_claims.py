@@ -39,7 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from musicbench.compare import Pair, _outcomes, difference_cells, paired_pair
+from musicbench.compare import (
+    Pair,
+    clean_outcomes,
+    difference_cells,
+    pair_on_shared_clips,
+    robust_outcomes,
+)
 from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
 from musicbench.store import CellRecord
@@ -95,20 +101,8 @@ def _advtrain_label(defenses: dict[str, dict[str, CellRecord]], wanted: str) -> 
     return close[0] if close else None
 
 
-def _pair(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool]) -> Pair | None:
-    common = sorted(xa.keys() & xb.keys())
-    if not common:
-        return None
-    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common])
-
-
-def _robust(cell: CellRecord) -> dict[str, bool]:
-    return _outcomes(cell, "defense")
-
-
 def _clean(cells: dict[str, CellRecord]) -> dict[str, bool]:
-    any_cell = next(iter(cells.values()))
-    return {s.sample_id: bool(s.clean_correct) for s in any_cell.samples}
+    return clean_outcomes(next(iter(cells.values())))
 
 
 def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "pamt-control",
@@ -122,10 +116,11 @@ def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "p
         adv = _advtrain_label(defenses, advtrain)
         if pamt in defenses and control in defenses:
             shared = sorted(defenses[pamt].keys() & defenses[control].keys())
-            outcomes = {attack: (_robust(defenses[pamt][attack]),
-                                 _robust(defenses[control][attack])) for attack in shared}
+            outcomes = {attack: (robust_outcomes(defenses[pamt][attack]),
+                                 robust_outcomes(defenses[control][attack]))
+                        for attack in shared}
             for attack, (a, b) in outcomes.items():
-                pair = _pair(pamt, control, a, b)
+                pair = pair_on_shared_clips(pamt, control, a, b)
                 if pair is not None:
                     out.append(Row("pamt claim", dataset, model, attack, pair))
             ids = sorted(set.intersection(*(set(a) & set(b) for a, b in outcomes.values()))
@@ -140,16 +135,18 @@ def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "p
                 if defense == baseline:
                     continue
                 for attack in sorted(cells.keys() & base.keys()):
-                    pair = _pair(defense, baseline, _robust(cells[attack]), _robust(base[attack]))
+                    pair = pair_on_shared_clips(defense, baseline,
+                                                robust_outcomes(cells[attack]),
+                                                robust_outcomes(base[attack]))
                     if pair is not None:
                         out.append(Row("robustness gain", dataset, model, attack, pair))
-                pair = _pair(defense, baseline, _clean(cells), _clean(base))
+                pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base))
                 if pair is not None:
                     out.append(Row("clean cost", dataset, model, "", pair))
         if pamt in defenses and adv is not None:
             for attack in sorted(defenses[pamt].keys() & defenses[adv].keys()):
-                pair = _pair(pamt, adv, _robust(defenses[pamt][attack]),
-                             _robust(defenses[adv][attack]))
+                pair = pair_on_shared_clips(pamt, adv, robust_outcomes(defenses[pamt][attack]),
+                                            robust_outcomes(defenses[adv][attack]))
                 if pair is not None:
                     out.append(Row("pamt vs advtrain", dataset, model, attack, pair))
     for row, p in zip(out, holm([r.pair.p for r in out]), strict=True):
