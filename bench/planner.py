@@ -246,16 +246,12 @@ def plan_cells(
     for ds, model in pairs:
         ds_ref = ds.ref(fingerprint=meta[ds.spec.label]["fingerprint"])
         for defense in defenses:
-            if model.spec.defenses is not None and not (
-                    defense.resolved.spec.label in model.spec.defenses
-                    or defense.resolved.spec.swept_from in model.spec.defenses):
+            if not _selected(defense.resolved.spec, model.spec.defenses):
                 continue
             behaviour = defense.behaviour.get(rates[model.spec.label])
             defense_ref = _defense_ref(defense, ws, model, datasets[ds.spec.label])
             for attack, attack_ref, threat, threat_model in attacks:
-                if model.spec.attacks is not None and not (
-                        attack.spec.label in model.spec.attacks
-                        or attack.spec.swept_from in model.spec.attacks):
+                if not _selected(attack.spec, model.spec.attacks):
                     continue
                 how = evaluation(settings, defense.resolved.spec, attack.spec, threat, behaviour)
                 if how is None:
@@ -278,6 +274,12 @@ def plan_cells(
                    "to adapt to (deterministic and differentiable: identical to their adaptive "
                    f"twins): {', '.join(unique[:6])}{' ...' if len(unique) > 6 else ''}")
     return Plan(specs, meta)
+
+
+def _selected(spec: ComponentSpec, labels: tuple[str, ...] | None) -> bool:
+    """Whether a model entry's ``attacks`` / ``defenses`` list (None: all) takes ``spec``,
+    by its label or, for an entry expanded from a sweep, the sweep's label."""
+    return labels is None or spec.label in labels or spec.swept_from in labels
 
 
 def _warn_short_splits(pairs: list[tuple[Resolved, Resolved]], datasets: dict[str, Any],

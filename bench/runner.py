@@ -446,8 +446,9 @@ class _Batch:
     clean_wrong: torch.Tensor  # [b] fraction of eval draws the clean clip was wrong on
 
 
-OOM_FLAG = ("out of memory at a batch of {size} clips: that batch ran in halves (halved until "
-            "it fit), so its random draws differ from a run at the planned batch size")
+OOM_FLAG_START = "out of memory at a batch of "
+OOM_FLAG = (OOM_FLAG_START + "{size} clips: that batch ran in halves (halved until it fit), so "
+            "its random draws differ from a run at the planned batch size")
 
 
 def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval_draws: int,
@@ -469,7 +470,7 @@ def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval
         if len(batch.examples) == 1:
             raise
     _release_memory(device)  # outside the except block: the traceback no longer pins tensors
-    if not any(f.startswith("out of memory at ") for f in record.info.flags):
+    if not any(f.startswith(OOM_FLAG_START) for f in record.info.flags):  # once per cell
         record.info.flags.append(OOM_FLAG.format(size=len(batch.examples)))
     half = (len(batch.examples) + 1) // 2
     for lo, hi in ((0, half), (half, len(batch.examples))):

@@ -45,6 +45,10 @@ class _Task:
     def advance(self, n: float = 1) -> None:
         self._bars.advance(self._id, n)
 
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
     def update(self, *, description: str | None = None) -> None:
         if description is None:
             return
@@ -52,8 +56,8 @@ class _Task:
         now = time.perf_counter()
         if self._logged and now - self._last_line >= self.LOG_EVERY_S:
             self._last_line = now
-            self._bars.console.print(f"{escape(description.strip())} "
-                                     f"({now - self._started:.0f} s)", highlight=False)
+            self._bars.console.print(f"{escape(description.strip())} ({self.elapsed:.0f} s)",
+                                     highlight=False)
 
 
 class RichProgress:
@@ -79,13 +83,12 @@ class RichProgress:
         logged = not self.bars.console.is_terminal  # no live display: log lines instead
         if logged:
             self.bars.console.print(f"{escape(description.strip())} ...", highlight=False)
-        t0 = time.perf_counter()
+        task = _Task(self.bars, task_id, logged=logged)
         try:
-            yield _Task(self.bars, task_id, logged=logged)
+            yield task
         finally:
             self.bars.stop_task(task_id)
             if logged:
                 final = self.bars.tasks[task_id].description.strip()
-                elapsed = time.perf_counter() - t0
-                self.bars.console.print(f"{escape(final)}: done in {elapsed:.1f} s",
+                self.bars.console.print(f"{escape(final)}: done in {task.elapsed:.1f} s",
                                         highlight=False)
