@@ -171,10 +171,7 @@ def choose(clean: torch.Tensor, sample_rate: int, levels_db: Sequence[float],
         masked = torch.cat([m for m, _ in pairs])
         white = torch.cat([w for _, w in pairs])
         for name, fn in metrics.items():
-            dm = torch.cat([fn(clean[i:i + batch], masked[i:i + batch]).double().cpu()
-                            for i in range(0, n, batch)])
-            dw = torch.cat([fn(clean[i:i + batch], white[i:i + batch]).double().cpu()
-                            for i in range(0, n, batch)])
+            dm, dw = _batched(fn, clean, masked, batch), _batched(fn, clean, white, batch)
             tie = (dm - dw).abs() <= rel_tie * torch.maximum(dm.abs(), dw.abs()).clamp_min(1e-12)
             out[name][level] = Choice(int(((dm < dw) & ~tie).sum()), int(tie.sum()), n)
         for name, fn in set_metrics.items():
@@ -205,6 +202,13 @@ def render_choices(choices: dict[str, dict[float, Choice]]) -> str:
                          f"({c.right}/{c.n}; ties {c.ties})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], clean: torch.Tensor,
+             degraded: torch.Tensor, batch: int) -> torch.Tensor:
+    """``fn(clean, degraded)`` over ``batch`` clips at a time: ``[N]`` float64 on the CPU."""
+    return torch.cat([fn(clean[i:i + batch], degraded[i:i + batch]).double().cpu()
+                      for i in range(0, clean.shape[0], batch)])
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -265,9 +269,7 @@ def evaluate(clean: torch.Tensor, sample_rate: int, rungs: Sequence[Rung],
             degraded = torch.cat([rung.apply(clean[i:i + batch], generator)
                                   for i in range(0, n, batch)])
             for name, fn in metrics.items():
-                dist[name][:, j] = torch.cat([
-                    fn(clean[i:i + batch], degraded[i:i + batch]).double().cpu()
-                    for i in range(0, n, batch)]).numpy()
+                dist[name][:, j] = _batched(fn, clean, degraded, batch).numpy()
             for name, fn in set_metrics.items():
                 set_values[name].append(float(fn(clean, degraded)))
         ranks = list(range(len(ladder)))
