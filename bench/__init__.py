@@ -11,14 +11,17 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-RESULTS_VERSION = "4"
+RESULTS_VERSION = "5"
 """Version of the harness's result-bearing code (scoring, re-scoring, metrics, FAD; the modules
 in :data:`musicbench.sources.CORE_MODULES`). It is part of every cell key: bump it when a
 change to that code changes results. 2: FAD over every attacked clip, exact intervals.
 3: clean clips judged once per (dataset, model, defense) over eval_draws; pseudo-label clean
 accuracy = agreement with the undefended top-1; success judged over eval_draws.
 4: under EOT an attack's early-stop margin is the largest over draws; black-box attacks get
-EOT only from their own entry; defense flags measured on real clips too."""
+EOT only from their own entry; defense flags measured on real clips too.
+5: every batch of clips draws from its own streams (seeded by the cell's and the batch's first
+position) instead of streams continued across batches, so a cell split into clip shards gives
+the unsharded records; set metrics under a randomized defense draw from their own stream."""
 
 __all__ = ["__version__", "RESULTS_VERSION"]
 

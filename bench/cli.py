@@ -45,6 +45,9 @@ def run(
     ray_address: Annotated[Optional[str], typer.Option(
         "--ray-address", help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT of a "
                               "running cluster (default: start a local one)")] = None,
+    shard_clips: Annotated[Optional[int], typer.Option(
+        "--shard-clips", help="split each cell into shards of this many clips (whole "
+                              "batches), run and kept separately; 0: whole cells")] = None,
     rerun_dirty: Annotated[bool, typer.Option(
         "--rerun-dirty", help="recompute finished cells computed from a modified source tree "
                               "(needed before publishing them)")] = False,
@@ -54,7 +57,7 @@ def run(
 
     try:  # the config and the options that override it, checked before torch is even imported
         with_options(load_config(config), device=device, executor=executor,
-                     ray_address=ray_address)
+                     ray_address=ray_address, shard_clips=shard_clips)
     except ConfigError as exc:
         _fail_config(exc)
         return
@@ -65,7 +68,7 @@ def run(
 
     options = RunOptions(config=config, quick=quick, device=device, out=out,
                          only=list(only or []), executor=executor, ray_address=ray_address,
-                         rerun_dirty=rerun_dirty)
+                         shard_clips=shard_clips, rerun_dirty=rerun_dirty)
     plugins = get_plugins()
     try:
         with RichProgress() as progress:

@@ -65,6 +65,11 @@ class RunSettings:
     ray_gpus_per_cell: float = -1.0
     ray_workers: int = 0
     ray_local_cpus: int = 0
+    # Clip shards (DESIGN.md section 7): a cell's clips split into shards of this many
+    # (rounded up to whole batches) that run as separate tasks and are kept as they finish;
+    # the cell's record is the unsharded one's. 0: whole cells; -1: whole cells with the
+    # local executor, 32 clips with ray.
+    shard_clips: int = -1
     eot_samples: int = 8
     eval_draws: int = 11  # odd: a tie cannot happen (it would count as not fooled)
     adaptive: bool = True
@@ -99,6 +104,8 @@ class RunSettings:
         check_number("ray_workers", self.ray_workers, at_least=0, at_most=MAX_BATCH,
                      integer=True)
         check_number("ray_local_cpus", self.ray_local_cpus, at_least=0, at_most=65_536,
+                     integer=True)
+        check_number("shard_clips", self.shard_clips, at_least=-1, at_most=MAX_SAMPLES,
                      integer=True)
         check_device_name(self.device)
 

@@ -35,7 +35,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -46,10 +45,12 @@ import torch
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings, ray_host_port
 from musicbench.errors import ConfigError
+from musicbench.executors import ResultSink, failed_record, plan_shards
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
 from musicbench.plugins import PluginSystem
-from musicbench.runner import now
+from musicbench.runner import failed_shards_record, now
+from musicbench.shards import ShardResult, effective_shard_clips
 from musicbench.store import CellRecord
 from musicbench.workspace import Workspace
 
@@ -83,6 +84,17 @@ class CellWorker:
         from musicbench.runner import run_cell
 
         return run_cell(CellSpec.from_dict(spec), self.ws, environment)
+
+    def run_shard(self, spec: dict[str, Any], lo: int, hi: int) -> ShardResult:
+        from musicbench.runner import run_shard
+
+        return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
+
+    def finish(self, spec: dict[str, Any], environment: dict[str, Any],
+               shards: list[ShardResult]) -> CellRecord:
+        from musicbench.runner import finish_cell
+
+        return finish_cell(CellSpec.from_dict(spec), self.ws, environment, shards)
 
     def pid(self) -> int:
         return os.getpid()
@@ -205,7 +217,7 @@ class RayExecutor:
         specs: list[CellSpec],
         ws: Workspace,
         environment: dict[str, Any],
-        on_record: Callable[[CellRecord], None],
+        sink: ResultSink,
         progress: Progress,
     ) -> None:
         if not specs:
@@ -224,44 +236,138 @@ class RayExecutor:
             remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=1,
                                 max_task_retries=1,
                                 runtime_env={"env_vars": _worker_env(ws, extra)})(CellWorker)
-            count = self._actors_wanted(cpus, gpus, len(specs))
-            self._drive(specs, remote, setup, count, environment, on_record, progress)
+            tasks, cells = self._tasks(specs, ws, environment, sink)
+            count = self._actors_wanted(cpus, gpus, max(1, len(tasks)))
+            _Driver(remote, setup, environment, sink, cells).drive(tasks, count, progress)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _drive(self, specs: list[CellSpec], remote: Any, setup: WorkerSetup, count: int,
-               environment: dict[str, Any], on_record: Callable[[CellRecord], None],
-               progress: Progress) -> None:
+    def _tasks(self, specs: list[CellSpec], ws: Workspace, environment: dict[str, Any],
+               sink: ResultSink) -> tuple[list[_Task], dict[str, _CellState]]:
+        """Whole cells, or the shards of each cell not yet kept in the store."""
+        shard_clips = effective_shard_clips(self.settings.shard_clips, self.name)
+        tasks: list[_Task] = []
+        cells: dict[str, _CellState] = {}
+        for spec in specs:
+            if not shard_clips:
+                tasks.append(_Task(spec))
+                continue
+            started, t0 = now(), time.perf_counter()
+            try:
+                ranges, kept = plan_shards(spec, ws, shard_clips, sink)
+            except Exception as exc:  # the cell fails, the run goes on
+                sink.cell(failed_record(spec, environment, exc, started, t0))
+                continue
+            cells[spec.key] = _CellState(spec, len(ranges), list(kept.values()))
+            tasks += [_Task(spec, r) for r in ranges if r not in kept]
+            if len(kept) == len(ranges):
+                tasks.append(_Task(spec, finish=True))
+        return tasks, cells
+
+
+@dataclass
+class _Task:
+    """A whole cell (``shard`` None), one shard of it, or its finishing step."""
+
+    spec: CellSpec
+    shard: tuple[int, int] | None = None
+    finish: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "finished" if self.finish else "shard" if self.shard is not None else "cell"
+
+    def submit(self, actor: Any, environment: dict[str, Any], state: _CellState | None) -> Any:
+        spec = self.spec.to_dict()
+        if self.finish:
+            assert state is not None
+            return actor.finish.remote(spec, environment, state.shards)
+        if self.shard is not None:
+            return actor.run_shard.remote(spec, *self.shard)
+        return actor.run.remote(spec, environment)
+
+
+@dataclass
+class _CellState:
+    """A sharded cell while its shards come in."""
+
+    spec: CellSpec
+    expected: int
+    shards: list[ShardResult]
+    failed: bool = False
+
+
+class _Driver:
+    """Keeps one task per actor in flight; shards go to the store as they arrive, a cell's
+    finishing step is queued once all its shards are in, records go to the sink."""
+
+    def __init__(self, remote: Any, setup: WorkerSetup, environment: dict[str, Any],
+                 sink: ResultSink, cells: dict[str, _CellState]):
+        self.remote, self.setup, self.environment = remote, setup, environment
+        self.sink, self.cells = sink, cells
+
+    def drive(self, tasks: list[_Task], count: int, progress: Progress) -> None:
         import ray
         from ray.exceptions import RayActorError, RayError
 
-        queue = list(reversed(specs))  # pop() takes them in plan order
-        pending: dict[Any, tuple[Any, CellSpec, str, float]] = {}
+        queue = list(reversed(tasks))  # pop() takes them in plan order
+        pending: dict[Any, tuple[Any, _Task, str, float]] = {}
 
         def submit(actor: Any) -> None:
-            spec = queue.pop()
-            ref = actor.run.remote(spec.to_dict(), environment)
-            pending[ref] = (actor, spec, now(), time.perf_counter())
+            task = queue.pop()
+            ref = task.submit(actor, self.environment, self.cells.get(task.spec.key))
+            pending[ref] = (actor, task, now(), time.perf_counter())
 
-        with progress("cells (ray)", total=len(specs)) as overall:
+        total = len(tasks) + sum(1 for c in self.cells.values() if len(c.shards) < c.expected)
+        with progress("tasks (ray)", total=total) as overall:
             for _ in range(count):
                 if queue:
-                    submit(remote.remote(setup))
+                    submit(self.remote.remote(self.setup))
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                actor, spec, started, t0 = pending.pop(ready[0])
+                actor, task, started, t0 = pending.pop(ready[0])
                 try:
-                    record = ray.get(ready[0])
+                    result = ray.get(ready[0])
                 except RayError as exc:  # the worker died twice, or Ray could not run it
-                    record = _failed(spec, environment, started, t0, exc)
+                    result = _ray_failure(task, self.environment, started, t0, exc)
                     if isinstance(exc, RayActorError):
-                        actor = remote.remote(setup)  # the dead one takes no more cells
-                on_record(record)
-                overall.update(description=f"cell {' / '.join(spec.labels)}")
+                        actor = self.remote.remote(self.setup)  # the dead one takes no more
+                queue += self._arrived(task, result)[::-1]
+                overall.update(description=f"{task.kind} {' / '.join(task.spec.labels)}")
                 overall.advance()
                 if queue:
                     submit(actor)
+
+    def _arrived(self, task: _Task, result: CellRecord | ShardResult) -> list[_Task]:
+        """Hand ``result`` on; the tasks it makes ready (a cell's finishing step)."""
+        if isinstance(result, CellRecord):
+            self.sink.cell(result)
+            return []
+        state = self.cells[task.spec.key]
+        state.shards.append(result)
+        if result.error is None:
+            self.sink.shard(task.spec.key, result)
+        if len(state.shards) < state.expected:
+            return []
+        if any(s.error is not None for s in state.shards):
+            # nothing to compute: the record says which shard failed; good shards stay kept
+            self.sink.cell(failed_shards_record(task.spec, self.environment, state.shards))
+            return []
+        return [_Task(task.spec, finish=True)]
+
+
+def _ray_failure(task: _Task, environment: dict[str, Any], started: str, t0: float,
+                 exc: BaseException) -> CellRecord | ShardResult:
+    if task.shard is not None and not task.finish:
+        return ShardResult(*task.shard, error=_ray_error(exc), traceback=str(exc),
+                           started=started, finished=now(),
+                           seconds=round(time.perf_counter() - t0, 3))
+    return _failed(task.spec, environment, started, t0, exc)
+
+
+def _ray_error(exc: BaseException) -> str:
+    return f"ray: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
 
 
 def _failed(spec: CellSpec, environment: dict[str, Any], started: str, t0: float,
@@ -270,5 +376,5 @@ def _failed(spec: CellSpec, environment: dict[str, Any], started: str, t0: float
     come back as failed records from ``run_cell``, never as this)."""
     return CellRecord(spec=spec, status="failed", started=started, finished=now(),
                       seconds=round(time.perf_counter() - t0, 3), environment=environment,
-                      error=f"ray: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                      error=_ray_error(exc),
                       traceback=str(exc))

@@ -1,7 +1,9 @@
 """Run one cell: clean scoring, the attack on clean-correct clips, per-clip and cell metrics.
 
 ``run_cell(spec, workspace) -> CellRecord`` depends only on the typed :class:`CellSpec`, the
-plugins and the cache, so the local and distributed executors produce the same records.
+plugins and the cache, so the local and distributed executors produce the same records. A cell
+split into clip shards runs as ``run_shard`` per range of clips and one ``finish_cell``; the
+whole cell takes the same steps, so both give the same record (:mod:`musicbench.shards`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from musicbench.interfaces import Attack, CellAudio, Example, Preprocessor, Targ
 from musicbench.memory import PeakMemory
 from musicbench.metrics import bootstrap_ci, classification_summary
 from musicbench.planner import measurement_clips
+from musicbench.shards import ShardResult, batch_seed, kept_audio, merged_flags
 from musicbench.store import CellRecord, MetricValue, SampleRecord
 from musicbench.training import defended_key
 from musicbench.victim import ReferenceSet, Scorer, Victim, begin_batch, margin_from_logits
@@ -50,7 +53,7 @@ NON_ADAPTIVE_FLAG = ("🔴 non-adaptive: robustness overstated (adaptive = false
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def select_examples(examples: list[Example] | Any, samples: int, seed: int) -> list[Example]:
@@ -65,27 +68,94 @@ def select_examples(examples: list[Example] | Any, samples: int, seed: int) -> l
 
 
 def run_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any]) -> CellRecord:
-    """Evaluate one cell; any exception becomes a ``failed`` record with its traceback."""
+    """Evaluate one cell in this process; any exception becomes a ``failed`` record with its
+    traceback. The same steps as a sharded cell (:func:`run_shard` for every range, then
+    :func:`finish_cell`), so both give the same records."""
     started, t0 = now(), time.perf_counter()
     record = CellRecord(spec=spec, status="ok", started=started, finished=started, seconds=0.0,
                         environment=environment)
     load_start = load_average()
     try:
         with PeakMemory(ws.device) as mem:
-            _evaluate(spec, ws, record)
+            cell = _prepare(spec, ws, record.info, attack=True)
+            shard = _run_clips(cell, 0, len(cell.data.examples))
+            _finish(cell, [shard], record)
         record.peak_memory_mb = round(mem.peak_mb, 1)
     except Exception as exc:  # a failing plugin costs its own cell, nothing else
-        record.status = "failed"
-        record.error = f"{type(exc).__name__}: {exc}"
-        record.traceback = traceback.format_exc()
-        record.samples, record.metrics, record.audio_data = [], {}, {}
+        _fail(record, exc)
     record.finished = now()
     record.seconds = round(time.perf_counter() - t0, 3)
+    _note_load(record, load_start)
+    return record
+
+
+def run_shard(spec: CellSpec, ws: Workspace, lo: int, hi: int) -> ShardResult:
+    """Attack the clips at positions ``[lo, hi)`` of a cell (whole batches: see
+    :mod:`musicbench.shards`); an exception becomes a shard with ``error`` set."""
+    started, t0 = now(), time.perf_counter()
+    load_start = load_average()
+    try:
+        with PeakMemory(ws.device) as mem:
+            shard = _run_clips(_prepare(spec, ws, CellInfo(), attack=True), lo, hi)
+        shard.peak_memory_mb = round(mem.peak_mb, 1)
+    except Exception as exc:  # the shard's cell fails, nothing else
+        shard = ShardResult(lo, hi, error=f"{type(exc).__name__}: {exc}",
+                            traceback=traceback.format_exc())
+    shard.started, shard.finished = started, now()
+    shard.seconds = round(time.perf_counter() - t0, 3)
+    if load_start is not None:
+        shard.load_average = [load_start, load_average() or 0.0]
+    return shard
+
+
+def finish_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any],
+                shards: list[ShardResult]) -> CellRecord:
+    """The cell record from all its shards: rates and intervals, set-level metrics (FAD, mAP)
+    over every clip, flags. A failed shard fails the cell (:func:`failed_shards_record`)."""
+    shards = sorted(shards, key=lambda s: s.lo)
+    if any(s.error is not None for s in shards):
+        return failed_shards_record(spec, environment, shards)
+    t0 = time.perf_counter()
+    record = CellRecord(spec=spec, status="ok", started=shards[0].started if shards else now(),
+                        finished=now(), seconds=0.0, environment=environment)
+    try:
+        with PeakMemory(ws.device) as mem:
+            _finish(_prepare(spec, ws, record.info, attack=False), shards, record)
+        peaks = [s.peak_memory_mb for s in shards if s.peak_memory_mb is not None]
+        record.peak_memory_mb = round(max(peaks + [mem.peak_mb]), 1)
+    except Exception as exc:  # a failing plugin costs its own cell, nothing else
+        _fail(record, exc)
+    record.finished = now()
+    record.seconds = round(sum(s.seconds for s in shards) + time.perf_counter() - t0, 3)
+    loads = [s.load_average for s in shards if s.load_average]
+    _note_load(record, loads[0][0] if loads else None)
+    return record
+
+
+def failed_shards_record(spec: CellSpec, environment: dict[str, Any],
+                         shards: list[ShardResult]) -> CellRecord:
+    """The record of a cell one of whose shards failed: that shard's error and traceback.
+    The good shards stay kept in the store, so a rerun runs only what failed."""
+    failed = next(s for s in sorted(shards, key=lambda s: s.lo) if s.error is not None)
+    return CellRecord(spec=spec, status="failed", started=failed.started or now(),
+                      finished=now(), seconds=round(sum(s.seconds for s in shards), 3),
+                      environment=environment,
+                      error=f"clips {failed.lo}-{failed.hi - 1}: {failed.error}",
+                      traceback=failed.traceback)
+
+
+def _fail(record: CellRecord, exc: BaseException) -> None:
+    record.status = "failed"
+    record.error = f"{type(exc).__name__}: {exc}"
+    record.traceback = traceback.format_exc()
+    record.samples, record.metrics, record.audio_data = [], {}, {}
+
+
+def _note_load(record: CellRecord, load_start: float | None) -> None:
     if load_start is not None:
         # Wall-time columns mean little without the machine's load beside them.
         record.info.load_average = [load_start, load_average()]
         record.info.cpus = os.cpu_count()
-    return record
 
 
 def load_average() -> float | None:
@@ -122,30 +192,87 @@ class _CellData:
 
 
 @dataclass
-class _CleanVerdict:
-    """The harness's judgement of a cell's clean clips, identical in every cell of the row:
-    ``targets[N]`` (pseudo-labels resolved), the defended model's most frequent top-1
-    ``prediction[N]`` and the fraction of eval draws it was wrong, ``wrong_fraction[N]``."""
-
-    targets: torch.Tensor
-    prediction: torch.Tensor
-    wrong_fraction: torch.Tensor
-
-
-@dataclass
 class _Collected:
-    """What the batches of a cell add up to."""
+    """What the batches of a shard add up to."""
 
     samples: list[SampleRecord] = field(default_factory=list)
-    clean: list[torch.Tensor] = field(default_factory=list)  # [b, T] per batch, CPU
-    adv: list[torch.Tensor] = field(default_factory=list)
+    adv: list[torch.Tensor] = field(default_factory=list)  # [b, T] per batch, CPU
     attacked: list[torch.Tensor] = field(default_factory=list)
     success: list[torch.Tensor] = field(default_factory=list)
     targets: list[torch.Tensor] = field(default_factory=list)
+    audio_data: dict[tuple[str, str], Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
     attack_seconds: float = 0.0
 
 
-def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
+@dataclass
+class _Cell:
+    """A cell ready to run: its components loaded and checked against the plan, its clips
+    and what is right for each. ``attack`` is None when only finishing (set metrics).
+
+    Every batch of clips draws from its own streams, seeded by the cell's streams and the
+    batch's first position (:func:`musicbench.shards.batch_seed`), so a clip's randomness does
+    not depend on which process or shard runs its batch: the attack's own stream, the
+    defense's draws while attacked (never the attack's stream), those when the harness judges
+    the result, those of the gradient probe, and those of the clean verdicts (the row's,
+    shared by every attack on the row, so clean accuracy is the same in each of its cells).
+    """
+
+    spec: CellSpec
+    ws: Workspace
+    dataset: Any
+    model: TargetModel
+    undefended: TargetModel
+    preprocessor: Preprocessor | None
+    data: _CellData
+    attack: Attack | None
+    sample_metrics: list[Any]
+    set_metrics: list[Any]
+
+    @property
+    def device(self) -> torch.device:
+        return self.ws.device
+
+    def stream(self, name: str, start: int) -> torch.Generator:
+        """``name``: ``attack``, ``clean``, or one of :meth:`CellSpec.stream`'s names."""
+        spec = self.spec
+        seed = {"attack": spec.seed, "clean": spec.row_seed}.get(name)
+        return _generator(self.device, batch_seed(
+            seed if seed is not None else spec.stream(name), start))
+
+    def victim(self, start: int) -> Victim:
+        """What the attack gets. A defense-oblivious attacker (adaptive = "oblivious") crafts
+        on the undefended model; the harness still judges through the defense."""
+        run, data, attack = self.spec.run, self.data, self.attack
+        black_box = self.spec.threat == "black-box"
+        model, defense, refs = (
+            (self.undefended, None, data.undefended_references or data.references)
+            if run.oblivious else (self.model, self.preprocessor, data.references))
+        return Victim(model, allow_gradients=not black_box,
+                      budget=getattr(attack.params, "budget", None) if black_box else None,
+                      references=refs, defense=defense, eot_samples=run.eot_samples,
+                      bpda=run.bpda, amp=run.amp, generator=self.stream("defense", start))
+
+    def judge(self, start: int) -> Scorer:
+        return Scorer(self.model, references=self.data.references, defense=self.preprocessor,
+                      amp=self.spec.run.amp, generator=self.stream("judge", start))
+
+    def probes(self, start: int) -> tuple[Victim, Victim] | None:
+        """The gradient a white-box attack gets, and the undefended model's (for the
+        vanishing-gradient flag); None for black-box and oblivious cells."""
+        run, data = self.spec.run, self.data
+        if self.spec.threat == "black-box" or run.oblivious:
+            return None
+        return (Victim(self.model, references=data.references, defense=self.preprocessor,
+                       eot_samples=run.eot_samples, bpda=run.bpda, amp=run.amp,
+                       generator=self.stream("probe", start)),
+                Victim(self.undefended,
+                       references=data.undefended_references or data.references, amp=run.amp))
+
+
+def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool) -> _Cell:
+    """Load the cell's components, check each against what was planned (data, weights, the
+    defense's measured behaviour) and select its clips; the attack only when ``attack``."""
     device = ws.device
     dataset = ws.dataset(spec.dataset.name, spec.dataset.params)
     _same("dataset", spec.dataset, dataset.fingerprint(), spec.dataset.fingerprint)
@@ -154,7 +281,6 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     undefended = model
     defense = ws.defense(spec.defense.name, spec.defense.params, model.sample_rate)
     preprocessor: Preprocessor | None = None
-    info = record.info
     if defense.kind == "training":
         # The defended model is attacked like any model; `undefended` (the base) keeps giving
         # pseudo-labels, the clean accuracy without the defense and the oblivious attacker.
@@ -179,80 +305,103 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
             f"dataset '{dataset.name}' is at {dataset.sample_rate} Hz but model "
             f"'{model.name}' expects {model.sample_rate} Hz"
         )
-    attack: Attack = ws.make("attack", spec.attack.name, spec.attack.params)
-    attack.prepare(ws.ctx)
-    _same("attack", spec.attack, attack.weights_digest(), spec.attack.weights)
-    black_box = attack.threat == "black-box"
+    the_attack: Attack | None = None
+    if attack:
+        the_attack = ws.make("attack", spec.attack.name, spec.attack.params)
+        the_attack.prepare(ws.ctx)
+        _same("attack", spec.attack, the_attack.weights_digest(), spec.attack.weights)
     run = spec.run
     if model.task == "retrieval":
         data = _retrieval_data(dataset, model, undefended, preprocessor, ws, spec)
     else:
         data = _classification_data(dataset, model, run.samples, run.seed, run.pseudo_labels)
-    clean = _judge_clean(spec, data, model, undefended, preprocessor, device, info)
-    # Three independent streams: the attack's, the defense's draws while attacked, and the
-    # defense's draws when the harness judges the result. A defense-oblivious attacker
-    # (adaptive = "oblivious") crafts on the undefended model; the harness still judges
-    # through the defense.
-    attacked_model, attacked_defense, attacked_refs = (
-        (undefended, None, data.undefended_references or data.references) if run.oblivious
-        else (model, preprocessor, data.references))
-    victim = Victim(attacked_model, allow_gradients=not black_box,
-                    budget=getattr(attack.params, "budget", None) if black_box else None,
-                    references=attacked_refs, defense=attacked_defense,
-                    eot_samples=run.eot_samples, bpda=run.bpda, amp=run.amp,
-                    generator=_generator(device, spec.stream("defense")))
-    judge = Scorer(model, references=data.references, defense=preprocessor, amp=run.amp,
-                   generator=_generator(device, spec.stream("judge")))
-    probes = None
-    if not black_box and not run.oblivious:  # the gradient the attack gets, and without defense
-        probes = (Victim(model, references=data.references, defense=preprocessor,
-                         eot_samples=run.eot_samples, bpda=run.bpda, amp=run.amp,
-                         generator=_generator(device, spec.stream("probe"))),
-                  Victim(undefended, references=data.undefended_references or data.references,
-                         amp=run.amp))
-    generator = _generator(device, spec.seed)
     metrics = [ws.metric(name) for name in run.metrics]
     weights = {m.name: m.weights_digest() for m in metrics if m.weights_digest() is not None}
     if weights != dict(run.metric_weights):  # the key rests on the planned weights
         raise MusicbenchError(f"metric weights changed since the run was planned ({weights} != "
                               f"{dict(run.metric_weights)}); rerun to plan again")
-    sample_metrics = [m for m in metrics if m.level == "sample"]
-    set_metrics = [m for m in metrics if m.level == "set"]
+    return _Cell(spec, ws, dataset, model, undefended, preprocessor, data, the_attack,
+                 [m for m in metrics if m.level == "sample"],
+                 [m for m in metrics if m.level == "set"])
+
+
+def cell_clip_count(spec: CellSpec, ws: Workspace) -> int:
+    """How many clips (queries, for retrieval) a cell attacks: what its shards cover."""
+    dataset = ws.dataset(spec.dataset.name, spec.dataset.params)
+    split = (dataset.queries("test") if dataset.task == "retrieval"
+             else dataset.examples("test"))
+    return len(select_examples(split, spec.run.samples, spec.run.seed))
+
+
+def _run_clips(cell: _Cell, lo: int, hi: int) -> ShardResult:
+    """Judge the clean clips at positions ``[lo, hi)`` and attack the clean-correct ones,
+    batch by batch (``lo`` on a batch boundary)."""
+    spec, run, device = cell.spec, cell.spec.run, cell.device
+    if lo % run.batch_size:
+        raise MusicbenchError(f"a shard must start on a batch boundary: clip {lo} with "
+                              f"batch_size {run.batch_size}")
+    assert cell.attack is not None, "prepared without the attack"
     out = _Collected()
-    label = " / ".join((spec.model.label, spec.attack.label))
-    examples = data.examples
     gradient_norms: list[torch.Tensor] = []
     plain_norms: list[torch.Tensor] = []
-    with ws.ctx.progress(f"  clips: {label}", total=len(examples)) as bar:
-        for start in range(0, len(examples), run.batch_size):
-            rows = slice(start, start + run.batch_size)
-            batch = _Batch(examples[rows], clean.targets[rows], start, clean.prediction[rows],
-                           clean.wrong_fraction[rows])
+    undefended_right = 0
+    examples = cell.data.examples
+    hi = min(hi, len(examples))
+    label = " / ".join((spec.model.label, spec.attack.label))
+    with cell.ws.ctx.progress(f"  clips: {label}", total=hi - lo) as bar:
+        for start in range(lo, hi, run.batch_size):
+            rows = slice(start, min(start + run.batch_size, hi))
+            batch, right = _judge_clean(cell, examples[rows], cell.data.targets[rows], start)
+            undefended_right += right
+            probes = cell.probes(start)
             if probes is not None:
                 gradient_norms.append(_input_gradient_norms(batch, probes[0], device))
                 plain_norms.append(_input_gradient_norms(batch, probes[1], device))
             _run_batch_fitting_memory(
-                batch, victim, judge, run.eval_draws, attack, generator, sample_metrics,
-                dataset.sample_rate, run.keep_audio, record, out, device)
+                batch, cell.victim(start), cell.judge(start), run.eval_draws, cell.attack,
+                cell.stream("attack", start), cell.sample_metrics, cell.dataset.sample_rate,
+                run.keep_audio, out, device)
             bar.advance(len(batch.examples))
-    if gradient_norms:
-        _flag_vanishing_gradients(torch.cat(gradient_norms), torch.cat(plain_norms), info)
-    record.samples = out.samples
-    record.attack_seconds = round(out.attack_seconds, 4)
-    record.metrics = _cell_metrics(out.samples, [m.name for m in sample_metrics],
-                                   record.attack_seconds, data.pseudo_labels, info)
+    return ShardResult(
+        lo, hi, samples=out.samples, adv=_cat(out.adv),
+        attacked=_cat(out.attacked).bool(), success=_cat(out.success).bool(),
+        targets=_cat(out.targets).long(), gradient_norms=_cat(gradient_norms),
+        plain_norms=_cat(plain_norms), audio_data=out.audio_data, flags=out.flags,
+        attack_seconds=out.attack_seconds, undefended_right=undefended_right)
+
+
+def _finish(cell: _Cell, shards: list[ShardResult], record: CellRecord) -> None:
+    """The cell's figures and flags from its shards (in clip order)."""
+    run, info = cell.spec.run, record.info
+    info.flags += merged_flags([s.flags for s in shards])
+    if any(s.gradient_norms.numel() for s in shards):
+        _flag_vanishing_gradients(torch.cat([s.gradient_norms for s in shards]),
+                                  torch.cat([s.plain_norms for s in shards]), info)
+    samples = [x for s in shards for x in s.samples]
+    if samples:
+        info.clean_accuracy_undefended = sum(s.undefended_right for s in shards) / len(samples)
+    record.samples = samples
+    record.audio_data = kept_audio(shards, run.keep_audio)
+    record.attack_seconds = round(sum(s.attack_seconds for s in shards), 4)
+    record.metrics = _cell_metrics(samples, [m.name for m in cell.sample_metrics],
+                                   record.attack_seconds, cell.data.pseudo_labels, info)
+    model, data, dataset = cell.model, cell.data, cell.dataset
+    judge = Scorer(model, references=data.references, defense=cell.preprocessor, amp=run.amp,
+                   generator=_generator(cell.device, cell.spec.stream("set-metrics")))
     cell_audio = CellAudio(
         dataset=dataset.name, dataset_fingerprint=dataset.fingerprint(), model=model.name,
-        task=model.task, sample_rate=dataset.sample_rate, ids=[e.id for e in examples],
-        clean=_cat(out.clean), adv=_cat(out.adv), attacked=_cat(out.attacked),
-        success=_cat(out.success), targets=_cat(out.targets), fad_encoder=run.fad_encoder,
+        task=model.task, sample_rate=dataset.sample_rate, ids=[s.sample_id for s in samples],
+        clean=_stack(data.examples) if data.examples else torch.zeros(0),
+        adv=_cat([s.adv for s in shards]),
+        attacked=_cat([s.attacked for s in shards]), success=_cat([s.success for s in shards]),
+        targets=_cat([s.targets for s in shards]), fad_encoder=run.fad_encoder,
         model_network=model.network, references=data.references,
-        embed=(lambda audio: judge.embed(audio.to(device))) if data.references else None,
+        embed=(lambda audio: judge.embed(audio.to(cell.device))) if data.references else None,
     )
-    for metric in set_metrics:
+    for metric in cell.set_metrics:
         if not metric.applies(cell_audio):
             continue
-        result = metric.compute(cell_audio, ws.ctx)
+        result = metric.compute(cell_audio, cell.ws.ctx)
         for column, value in result.values.items():
             record.metrics[column] = MetricValue(value)
         info.set_metrics[metric.name] = {"n": result.n, "note": result.note,
@@ -270,9 +419,9 @@ def _evaluate(spec: CellSpec, ws: Workspace, record: CellRecord) -> None:
     info.pseudo_labels = data.pseudo_labels
     info.labels = list(model.labels) if model.task == "classification" else []
     info.sample_rate = dataset.sample_rate
-    info.device = str(device)
-    info.higher_is_better = {m.name: bool(m.higher_is_better) for m in sample_metrics}
-    for metric in set_metrics:
+    info.device = str(cell.device)
+    info.higher_is_better = {m.name: bool(m.higher_is_better) for m in cell.sample_metrics}
+    for metric in cell.set_metrics:
         info.higher_is_better.update(metric.columns)
 
 
@@ -301,6 +450,9 @@ def _same(kind: str, ref: ComponentRef, now_value: str | None, planned: str | No
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The parts in one tensor; a single part as it is (a cell's audio is hundreds of MB)."""
+    if len(parts) == 1:
+        return parts[0]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -367,32 +519,25 @@ def _retrieval_data(
     return _CellData(queries, targets, defended, undefended_references=plain)
 
 
-def _judge_clean(spec: CellSpec, data: _CellData, model: TargetModel, undefended: TargetModel,
-                 defense: Preprocessor | None, device: torch.device,
-                 info: CellInfo) -> _CleanVerdict:
-    """Score the clean clips once per row: the undefended model (pseudo-labels, and the clean
+def _judge_clean(cell: _Cell, examples: list[Example], labels: torch.Tensor,
+                 start: int) -> tuple[_Batch, int]:
+    """Score one batch of clean clips: the undefended model (pseudo-labels, and the clean
     accuracy a defense costs) and the defended one over ``eval_draws`` draws from the row's
-    own stream, so every attack on the row sees the same clean verdicts."""
-    run = spec.run
-    plain = Scorer(undefended, references=data.undefended_references or data.references,
+    stream for this batch, so every attack on the row sees the same clean verdicts. Returns
+    the batch (targets resolved) and how many clips the undefended model gets right."""
+    run, data = cell.spec.run, cell.data
+    plain = Scorer(cell.undefended, references=data.undefended_references or data.references,
                    amp=run.amp)
-    defended = Scorer(model, references=data.references, defense=defense, amp=run.amp,
-                      generator=_generator(device, spec.row_seed))
-    targets, preds, wrong, plain_right = [], [], [], []
-    for start in range(0, len(data.examples), run.batch_size):
-        x = _stack(data.examples[start : start + run.batch_size]).to(device, torch.float32)
-        plain_scores = plain.scores(x)
-        y = (plain_scores.argmax(-1) if data.pseudo_labels
-             else data.targets[start : start + run.batch_size].to(device))
-        plain_right.append(margin_from_logits(plain_scores, y) > 0)
-        verdict = defended.judge(x, y, run.eval_draws)
-        targets.append(y)
-        preds.append(verdict.prediction)
-        wrong.append(verdict.wrong_fraction)
-    if targets:
-        info.clean_accuracy_undefended = float(torch.cat(plain_right).float().mean())
-    return _CleanVerdict(_cat(targets).long(), _cat(preds).long(),
-                         _cat(wrong).to(torch.float64))
+    defended = Scorer(cell.model, references=data.references, defense=cell.preprocessor,
+                      amp=run.amp, generator=cell.stream("clean", start))
+    x = _stack(examples).to(cell.device, torch.float32)
+    plain_scores = plain.scores(x)
+    y = plain_scores.argmax(-1) if data.pseudo_labels else labels.to(cell.device)
+    plain_right = int((margin_from_logits(plain_scores, y) > 0).sum())
+    verdict = defended.judge(x, y, run.eval_draws)
+    batch = _Batch(examples, y.long().cpu(), start, verdict.prediction.long().cpu(),
+                   verdict.wrong_fraction.to(torch.float64).cpu())
+    return batch, plain_right
 
 
 def _flag_vanishing_gradients(norms: torch.Tensor, plain: torch.Tensor, info: CellInfo) -> None:
@@ -454,7 +599,7 @@ OOM_FLAG = (OOM_FLAG_START + "{size} clips: that batch ran in halves (halved unt
 def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval_draws: int,
                               attack: Attack, generator: torch.Generator,
                               sample_metrics: list[Any], sample_rate: int, keep: int,
-                              record: CellRecord, out: _Collected, device: torch.device) -> None:
+                              out: _Collected, device: torch.device) -> None:
     """:func:`_run_batch`, halving the batch on an out-of-memory error (down to one clip,
     then the error stands) and flagging the cell: a GPU's free memory is not known when the
     run is planned. ``_run_batch`` writes nothing before its last step (sample records, kept
@@ -462,7 +607,7 @@ def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval
     same generator in turn, so their results differ from the whole batch's (the flag says so;
     a deterministic attack gives the same records)."""
     args = (victim, judge, eval_draws, attack, generator, sample_metrics, sample_rate, keep,
-            record, out, device)
+            out, device)
     try:
         _run_batch(batch, *args)
         return
@@ -470,8 +615,8 @@ def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval
         if len(batch.examples) == 1:
             raise
     _release_memory(device)  # outside the except block: the traceback no longer pins tensors
-    if not any(f.startswith(OOM_FLAG_START) for f in record.info.flags):  # once per cell
-        record.info.flags.append(OOM_FLAG.format(size=len(batch.examples)))
+    if not any(f.startswith(OOM_FLAG_START) for f in out.flags):  # once per shard
+        out.flags.append(OOM_FLAG.format(size=len(batch.examples)))
     half = (len(batch.examples) + 1) // 2
     for lo, hi in ((0, half), (half, len(batch.examples))):
         _run_batch_fitting_memory(_slice_batch(batch, lo, hi), *args)
@@ -498,7 +643,6 @@ def _run_batch(
     sample_metrics: list[Any],
     sample_rate: int,
     keep: int,
-    record: CellRecord,
     out: _Collected,
     device: torch.device,
 ) -> None:
@@ -537,11 +681,10 @@ def _run_batch(
                 device=device, dtype=torch.float64)
             per_sample[metric.name] = values
         for row in idx[verdict.fooled].tolist():
-            if len(record.audio_data) < 2 * keep:
+            if len(out.audio_data) < 2 * keep:
                 sid = batch.examples[row].id
-                record.audio_data[(sid, "clean")] = x[row].cpu().numpy()
-                record.audio_data[(sid, "adv")] = adv_all[row].cpu().numpy()
-    out.clean.append(x.cpu())
+                out.audio_data[(sid, "clean")] = x[row].cpu().numpy()
+                out.audio_data[(sid, "adv")] = adv_all[row].cpu().numpy()
     out.adv.append(adv_all.cpu())
     out.attacked.append(correct.cpu())
     out.success.append(success.cpu())

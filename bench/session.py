@@ -22,6 +22,7 @@ from musicbench.interfaces.context import NullProgress
 from musicbench.planner import apply_only, plan_cells, resolve
 from musicbench.plugins import PluginSystem
 from musicbench.runner import now
+from musicbench.shards import ShardResult
 from musicbench.store import CellRecord, Store
 from musicbench.workspace import Workspace
 
@@ -37,6 +38,7 @@ class RunOptions:
     only: list[str] = field(default_factory=list)
     executor: str | None = None
     ray_address: str | None = None
+    shard_clips: int | None = None
     rerun_dirty: bool = False  # recompute cells computed from a modified tree (to publish)
 
 
@@ -75,7 +77,8 @@ def execute(
     progress = progress or NullProgress()
     report_failed_plugins(plugins)
     config = with_options(load_config(options.config), device=options.device,
-                          executor=options.executor, ray_address=options.ray_address)
+                          executor=options.executor, ray_address=options.ray_address,
+                          shard_clips=options.shard_clips)
     resolved = apply_only(resolve(config, plugins), options.only)
     device = resolve_device(config.run.device)
     executor_name = config.run.executor
@@ -121,20 +124,35 @@ def _execute_locked(options: RunOptions, plugins: PluginSystem, progress: Progre
             plan=[s.key for s in specs],
         )
 
-        def on_record(record: CellRecord) -> None:
-            store.write_cell(record, run_id)
-            for err in plugins.notify_cell_finished(record):
-                from musicbench.ui import print_note
-
-                print_note(f"cell_finished observer failed: {err}", "yellow")
-
-        EXECUTORS[executor_name](settings).run(todo, ws, environment, on_record, progress)
+        sink = _StoreSink(store, run_id, plugins)
+        EXECUTORS[executor_name](settings).run(todo, ws, environment, sink, progress)
         store.finish_run(run_id, now())
         records = store.cells([s.key for s in specs])
         board = write_leaderboard(store, out / "leaderboard.md", fmt="md")
     finally:
         store.close()
     return RunOutcome(out, len(specs), len(specs) - len(todo), records, board)
+
+
+class _StoreSink:
+    """The driver's end of an executor: records and kept shards into the store (one
+    transaction each), observers told of every finished cell."""
+
+    def __init__(self, store: Store, run_id: int, plugins: PluginSystem):
+        self.store, self.run_id, self.plugins = store, run_id, plugins
+
+    def cell(self, record: CellRecord) -> None:
+        self.store.write_cell(record, self.run_id)
+        for err in self.plugins.notify_cell_finished(record):
+            from musicbench.ui import print_note
+
+            print_note(f"cell_finished observer failed: {err}", "yellow")
+
+    def shard(self, cell_key: str, shard: ShardResult) -> None:
+        self.store.write_shard(cell_key, shard)
+
+    def kept_shards(self, cell_key: str) -> list[ShardResult]:
+        return self.store.shards(cell_key)
 
 
 RUN_LOCK = ".musicbench-run.lock"

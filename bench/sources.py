@@ -33,7 +33,7 @@ PLUGIN_PACKAGE = "musicbench_plugins"
 CORE_MODULES = (
     "musicbench.victim", "musicbench.runner", "musicbench.metrics", "musicbench.fad",
     "musicbench.windows", "musicbench.audio", "musicbench.interfaces.attack",
-    "musicbench.queries", "musicbench.budgets",
+    "musicbench.queries", "musicbench.budgets", "musicbench.shards",
 )
 """Core modules whose code changes results (scoring, re-scoring, metrics, windows, audio
 loading, the query scoring and budgets attacks share; trained weights and dataset content are

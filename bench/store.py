@@ -1,7 +1,8 @@
 """The SQLite result store (DESIGN.md section 7): runs, cells, per-clip samples, cell metrics.
 
 A cell is written in one transaction when it finishes, so a killed run loses at most the cell
-in flight. WAL mode lets a leaderboard be read while a run writes.
+in flight; a sharded cell's finished shards are kept (``shards``) until the cell is written, so
+it loses at most the shards in flight. WAL mode lets a leaderboard be read while a run writes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from musicbench.cells import CellInfo, CellSpec
+
+if TYPE_CHECKING:
+    from musicbench.shards import ShardResult
 
 SCHEMA_VERSION = 3
 """2: cells keep a typed spec (threat model, weights, metrics) and a typed info record.
@@ -76,6 +80,14 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     ci_low REAL, ci_high REAL,
     PRIMARY KEY (cell_key, name)
+);
+CREATE TABLE IF NOT EXISTS shards (
+    cell_key TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    arrays BLOB NOT NULL,
+    PRIMARY KEY (cell_key, lo, hi)
 );
 CREATE TABLE IF NOT EXISTS audio (
     cell_key TEXT NOT NULL REFERENCES cells(key) ON DELETE CASCADE,
@@ -297,6 +309,8 @@ class Store:
         d, m, df, a = record.names
         with self._tx() as c:
             c.execute("DELETE FROM cells WHERE key=?", (record.key,))
+            if record.status == "ok":  # a failed cell keeps its good shards for the rerun
+                c.execute("DELETE FROM shards WHERE cell_key=?", (record.key,))
             c.execute(
                 "INSERT INTO cells (key, dataset, model, defense, attack, spec, status, started,"
                 " finished, seconds, attack_seconds, peak_memory_mb, info, error, traceback,"
@@ -326,6 +340,23 @@ class Store:
                 "INSERT INTO audio VALUES (?,?,?,?)",
                 [(record.key, sid, kind, path) for sid, kind, path in record.audio],
             )
+
+    # -- shards of unfinished cells ----------------------------------------------------------
+
+    def write_shard(self, cell_key: str, shard: ShardResult) -> None:
+        """Keep one finished shard of a cell that is still running (replacing an earlier try)."""
+        meta, arrays = shard.to_payload()
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO shards VALUES (?,?,?,?,?)",
+                      (cell_key, shard.lo, shard.hi, meta, arrays))
+
+    def shards(self, cell_key: str) -> list[ShardResult]:
+        """The kept shards of a cell, by first clip."""
+        from musicbench.shards import ShardResult
+
+        rows = self.conn.execute("SELECT meta, arrays FROM shards WHERE cell_key=? ORDER BY lo",
+                                 (cell_key,)).fetchall()
+        return [ShardResult.from_payload(meta, bytes(blob)) for meta, blob in rows]
 
     def labels(self) -> dict[str, tuple[str, str, str, str]]:
         """Every stored cell's (dataset, model, defense, attack) labels by key, without

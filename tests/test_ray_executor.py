@@ -1,6 +1,7 @@
 """The ray executor: a local Ray cluster gives exactly the records the local executor gives
-(wall times aside), a worker killed mid-cell is retried once and a second death costs only
-its cell, and a wrong address is a config error (exit 2) before any work."""
+(wall times aside), whole cells or in clip shards, a worker killed mid-task is retried once and
+a second death costs only its cell, and a wrong address is a config error (exit 2) before any
+work."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ ray = pytest.importorskip("ray")
 
 from conftest import cli
 from test_planning import BASE
+from test_shards import records as _records
 
 from musicbench.errors import ConfigError
 from musicbench.session import RunOptions, execute
@@ -30,25 +32,6 @@ name = "toy-noise"
 {attacks}
 """
 
-def _records(out: Path) -> dict[str, dict]:
-    """Every cell's record as plain data, timings and machine load left out."""
-    store = Store(out / "results.sqlite", readonly=True)
-    try:
-        records = store.cells()
-    finally:
-        store.close()
-    rows = {}
-    for r in records:
-        info = r.info.to_dict()
-        info.pop("load_average", None)
-        rows[r.key] = {"status": r.status, "error": r.error, "info": info,
-                       "samples": [vars(s) for s in r.samples],
-                       "metrics": {k: (v.value, v.ci) for k, v in r.metrics.items()
-                                   if k not in ("seconds_per_clip",)},
-                       "audio": sorted(r.audio)}
-    return rows
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """One local cluster (2 CPUs) for the module: starting Ray costs tens of seconds."""
@@ -57,12 +40,13 @@ def cluster():
     ray.shutdown()
 
 
-def test_ray_gives_the_records_local_gives(tmp_path, toy_plugins, cluster):
+@pytest.mark.parametrize("shard_clips", [0, 3])  # whole cells; shards of one batch
+def test_ray_gives_the_records_local_gives(tmp_path, toy_plugins, cluster, shard_clips):
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.format(run="", attacks=""))
     local = execute(RunOptions(config=config, out=tmp_path / "local"), toy_plugins)
-    distributed = execute(RunOptions(config=config, out=tmp_path / "ray", executor="ray"),
-                          toy_plugins)
+    distributed = execute(RunOptions(config=config, out=tmp_path / "ray", executor="ray",
+                                     shard_clips=shard_clips), toy_plugins)
     assert not local.failed and not distributed.failed
     assert len(distributed.records) == 8  # 2 models x 2 defenses x 2 attacks
     a, b = _records(tmp_path / "local"), _records(tmp_path / "ray")
@@ -105,7 +89,8 @@ always = true
     assert marker.exists()  # the first try died ...
     assert by_attack[("toy-model", "dies once")].status == "ok"  # ... and the retry finished
     dead = by_attack[("toy-model", "dies always")]
-    assert dead.status == "failed" and dead.error.startswith("ray: ")
+    # ray's default shards: the cell's one shard died twice
+    assert dead.status == "failed" and dead.error.startswith("clips 0-5: ray: ")
     # the other cells went on, on the dead worker's replacement too
     assert all(r.status == "ok" for k, r in by_attack.items() if k[1] != "dies always")
     assert len(outcome.records) == 5
