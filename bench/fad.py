@@ -37,10 +37,55 @@ class FadResult:
     reason: str | None = None  # why value is NaN, or a warning about its reliability
 
 
+class FrameGaussian:
+    """Mean and unbiased covariance of frames added a chunk (a clip) at a time, in float64,
+    holding ``O(D^2)`` numbers instead of the frames: a cell's FAD over 560 musicnn clips
+    would otherwise hold 140 000 x 753 frames twice in float64 (1.7 GB). Sums are taken
+    about the first chunk's mean (the shifted-data algorithm), so the one-pass covariance
+    does not lose the precision the plain ``E[xx^T] - mu mu^T`` loses when the mean is large
+    against the spread."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self._shift: np.ndarray | None = None
+        self._sum: np.ndarray | None = None
+        self._outer: np.ndarray | None = None
+
+    def add(self, frames: np.ndarray) -> None:
+        """Add ``frames[F, D]``."""
+        x = np.asarray(frames, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"frames must be [F, D]; got {x.shape}")
+        if self._shift is None:
+            self._shift = x.mean(axis=0)
+            self._sum = np.zeros_like(self._shift)
+            self._outer = np.zeros((x.shape[1], x.shape[1]))
+        elif x.shape[1] != self._shift.shape[0]:
+            raise ValueError(f"frames of dimension {x.shape[1]} added to a Gaussian of "
+                             f"dimension {self._shift.shape[0]}")
+        d = x - self._shift
+        self._sum += d.sum(axis=0)
+        self._outer += d.T @ d
+        self.frames += x.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return 0 if self._shift is None else int(self._shift.shape[0])
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean ``[D]`` and unbiased covariance ``[D, D]`` (needs two frames or more)."""
+        if self._shift is None or self.frames < 2:
+            raise ValueError(f"a covariance needs 2 frames or more; got {self.frames}")
+        m = self._sum / self.frames
+        cov = (self._outer - self.frames * np.outer(m, m)) / (self.frames - 1)
+        return self._shift + m, cov
+
+
 def gaussian(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``[D]`` and covariance ``[D, D]`` (unbiased) of ``frames[N, D]``, in float64."""
-    x = np.asarray(frames, dtype=np.float64)
-    return x.mean(axis=0), np.cov(x, rowvar=False)
+    g = FrameGaussian()
+    g.add(frames)
+    return g.mean_cov()
 
 
 def frechet_distance(
@@ -83,15 +128,25 @@ def fad(clean: np.ndarray, adv: np.ndarray, *, clips: int | None = None) -> FadR
     NaN with a reason when there are fewer than :data:`FAD_MIN_CLIPS` clips, or when either
     set has fewer than ``2 * D`` frames. ``clips=None``: frames are independent items.
     """
-    clean = np.asarray(clean, dtype=np.float64)
-    adv = np.asarray(adv, dtype=np.float64)
+    clean = np.asarray(clean)
+    adv = np.asarray(adv)
     if clean.ndim != 2 or adv.ndim != 2 or clean.shape[1] != adv.shape[1]:
         raise ValueError(f"fad needs [N, D] and [M, D]; got {clean.shape} and {adv.shape}")
-    dim = clean.shape[1]
+    a, b = FrameGaussian(), FrameGaussian()
+    a.add(clean)
+    b.add(adv)
+    return fad_of(a, b, clips=clips)
+
+
+def fad_of(clean: FrameGaussian, adv: FrameGaussian, *, clips: int | None = None) -> FadResult:
+    """:func:`fad` of two accumulated frame sets (the same rules)."""
+    if clean.dim != adv.dim:
+        raise ValueError(f"fad needs frames of one dimension; got {clean.dim} and {adv.dim}")
+    dim = clean.dim
     if clips is not None and clips < FAD_MIN_CLIPS:
         return FadResult(math.nan, f"{clips} clips < {FAD_MIN_CLIPS}: too few for FAD")
-    fewest = min(clean.shape[0], adv.shape[0])
-    if fewest < 2 * dim:
+    fewest = min(clean.frames, adv.frames)
+    if fewest < 2 * dim or fewest < 2:
         return FadResult(math.nan, f"{fewest} frames < 2 x {dim} dimensions: too few for a "
                                    "covariance estimate")
-    return frechet_distance(*gaussian(clean), *gaussian(adv))
+    return frechet_distance(*clean.mean_cov(), *adv.mean_cov())

@@ -152,3 +152,21 @@ def test_an_fad_encoder_of_the_targets_own_network_is_flagged(tmp_path):
     other = FAD().compute(_cell_audio(clean, clean * 0.5, ids, attacked,
                                       fad_encoder="counting", model_network="other"), ws.ctx)
     assert any("target's own network" in f for f in same.flags) and not other.flags
+
+
+def test_gaussians_accumulated_clip_by_clip_equal_the_whole_set_even_far_from_zero():
+    """FAD's statistics are summed clip by clip (no frame set held); a large common offset
+    (1e4 against unit spread) must not cost the covariance its precision."""
+    from musicbench.fad import FrameGaussian
+
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(3000, 6)) @ rng.normal(size=(6, 6)) + 1e4
+    g = FrameGaussian()
+    for chunk in np.array_split(frames, 17):
+        g.add(chunk)
+    mean, cov = g.mean_cov()
+    assert g.frames == 3000 and g.dim == 6
+    assert np.allclose(mean, frames.mean(0), rtol=0, atol=1e-9)
+    assert np.allclose(cov, np.cov(frames, rowvar=False), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="dimension"):
+        g.add(np.zeros((2, 5)))

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from musicbench.fad import fad
+from musicbench.fad import FrameGaussian, fad_of
 from musicbench.interfaces import CellAudio, Context, SetMetric, SetMetricResult
 
 
@@ -22,6 +22,9 @@ class FAD(SetMetric):
     frames are computed once per process and shared by every cell of the dataset.
     """
 
+    # 2: Gaussians summed clip by clip instead of over the held frames (equal to float64
+    # rounding; a 560-clip cell's FAD no longer needs 1.7 GB)
+    version = "2"
     higher_is_better = False
     columns = {"fad": False}
 
@@ -61,13 +64,15 @@ class FAD(SetMetric):
             compute = lambda: frames(cell.clean[i])  # noqa: E731 (bound per clip)
             return ctx.memo(key, compute) if ctx.memo is not None else compute()
 
+        clean, adv = FrameGaussian(), FrameGaussian()  # clip by clip: no frame set is held
         try:
-            clean = torch.cat([clean_frames(i) for i in idx]).double().numpy()
-            adv = torch.cat([frames(cell.adv[i]) for i in idx]).double().numpy()
+            for i in idx:
+                clean.add(clean_frames(i).numpy())
+                adv.add(frames(cell.adv[i]).numpy())
         except Exception as exc:  # the encoder's failure costs the FAD column, not the cell
             result.note = f"encoder '{name}' failed: {type(exc).__name__}: {exc}"
             return result
-        value = fad(clean, adv, clips=len(idx))
+        value = fad_of(clean, adv, clips=len(idx))
         result.values["fad"] = value.value
         result.note = value.reason
         return result
