@@ -140,7 +140,8 @@ def _runs(db: Path) -> int:
 
 def test_a_second_run_on_the_same_out_refuses_while_the_first_runs(tmp_path, toy_site):
     config = tmp_path / "run.toml"
-    config.write_text(SLOW_RUN_CONFIG)
+    go = tmp_path / "go"  # the first run's attack waits for it: however slow the second starts
+    config.write_text(SLOW_RUN_CONFIG.replace("sleep = 3.0", f'sleep = 0.0\nuntil = "{go}"'))
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(toy_site), str(TESTS)]),
                OMP_NUM_THREADS="1")
@@ -159,6 +160,7 @@ def test_a_second_run_on_the_same_out_refuses_while_the_first_runs(tmp_path, toy
         assert second.returncode == 2, second.stderr
         assert "another musicbench run" in second.stderr and f"pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr
+        go.touch()
         _, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:

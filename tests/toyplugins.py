@@ -5,6 +5,7 @@ the fixtures, or through a generated entry point for subprocess tests."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -134,15 +135,21 @@ class ToyEmbedder(TinyClassifier):
 @dataclass(frozen=True)
 class SlowPGDParams(PGDParams):
     sleep: float = 0.0
+    until: str = ""  # a file: wait until it exists (at most 120 s) instead of sleeping
 
 
 class SlowPGD(PGD):
-    """PGD that first sleeps, so a test can kill a run part-way through a cell."""
+    """PGD that first sleeps (or waits for a file), so a test can act part-way through a
+    cell however slow the machine is."""
 
     Params = SlowPGDParams
 
     def run(self, victim, audio, target, *, generator):  # noqa: ANN001
         time.sleep(self.params.sleep)
+        deadline = time.monotonic() + 120
+        while self.params.until and not Path(self.params.until).exists() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         return super().run(victim, audio, target, generator=generator)
 
 
@@ -161,7 +168,6 @@ class DyingPGD(PGD):
     def run(self, victim, audio, target, *, generator):  # noqa: ANN001
         import os
         import signal
-        from pathlib import Path
 
         marker = Path(self.params.marker) if self.params.marker else None
         if self.params.always or (marker is not None and not marker.exists()):
