@@ -28,7 +28,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from musicbench.testing import TinyClassifier, tone_batch
@@ -73,16 +76,35 @@ def load(which: str, batch: int, seed: int):
     return model, x, y, f"{model.name}, {x.shape[0]} clean-correct clips of {x.shape[1]} samples"
 
 
-class Waveform01(torch.nn.Module):
-    """torchattacks' view of a waveform model: inputs in [0, 1] mapped to [-1, 1]."""
+def to01(x: torch.Tensor) -> torch.Tensor:
+    """Waveform ``x[B, T]`` in [-1, 1] -> the same clip in [0, 1] (torchattacks' range)."""
+    return (x + 1) / 2
+
+
+def from01(x01: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to01`: ``x01[B, T]`` in [0, 1] -> waveform in [-1, 1]."""
+    return 2 * x01 - 1
+
+
+class WaveformNet(torch.nn.Module):
+    """A musicbench model as a plain ``nn.Module`` on waveforms ``[B, T]`` in [-1, 1] ->
+    logits ``[B, K]``. Its network is a submodule, so a library's ``.eval()`` / ``.train()``
+    reaches the network (and the eval-mode check in :func:`measure` sees what it did)."""
 
     def __init__(self, model):
         super().__init__()
         self.net = model.module()
         self.model = model
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward(x)
+
+
+class Waveform01(WaveformNet):
+    """torchattacks' view of a waveform model: inputs in [0, 1] mapped to [-1, 1]."""
+
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
-        return self.model.forward(2 * x01 - 1)
+        return self.model.forward(from01(x01))
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -101,6 +123,83 @@ def timed(fn, repeats: int):
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+class PassCounter:
+    """Clips through ``model``'s network, counted by a forward hook on ``model.module()``: the
+    work an attack did, whichever library called the network. ``backward_clips`` counts the
+    clips of every backward pass through a counted output (a tensor hook on it), so a library
+    that runs several backward passes per forward pass shows it."""
+
+    def __init__(self, model):
+        self.clips = 0
+        self.backward_clips = 0
+        model.module().register_forward_hook(self._count)
+
+    def _count(self, module, inputs, output) -> None:
+        batch = inputs[0].shape[0]
+        self.clips += batch
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda grad: self._count_backward(batch))
+
+    def _count_backward(self, batch: int) -> None:
+        self.backward_clips += batch
+
+
+@dataclass
+class Measurement:
+    """One attack run by one library on the batch: best wall time over the repeats, which
+    clips the harness's Scorer finds fooled (``fooled[B]``), the L2 distance of every returned
+    clip to its clean clip (``l2[B]``), and forward and backward network passes per clip per
+    repeat."""
+
+    seconds: float
+    fooled: torch.Tensor
+    l2: torch.Tensor
+    passes_per_clip: float
+    backward_per_clip: float
+
+    @property
+    def k(self) -> int:
+        return int(self.fooled.sum())
+
+    @property
+    def median_l2_fooled(self) -> float:
+        return self.l2[self.fooled].median().item() if self.k else float("nan")
+
+
+def measure(label: str, fn: Callable[[], torch.Tensor], model, x: torch.Tensor,
+            y: torch.Tensor, counter: PassCounter, *, repeats: int, seed: int) -> Measurement:
+    """Run ``fn() -> adv[B, T]`` (waveforms in [-1, 1]) ``repeats`` times and score the last
+    output with the same Scorer for every library. Raises if ``fn`` left the network in train
+    mode or changed its dtype, or returned clips outside [-1, 1]."""
+    dtypes = [p.dtype for p in model.module().parameters()]
+    torch.manual_seed(seed)  # torchattacks and Foolbox draw their random start globally
+    np.random.seed(seed)  # ART draws its random start from numpy's global generator
+    counter.clips = counter.backward_clips = 0
+    seconds, adv = timed(fn, repeats)
+    passes = counter.clips / repeats / x.shape[0]  # before the scoring pass below
+    backward = counter.backward_clips / repeats / x.shape[0]
+    # Every library must leave the network as it found it, or every later figure would come
+    # from a different model.
+    assert not model.module().training, f"{label} left the model in train mode"
+    assert [p.dtype for p in model.module().parameters()] == dtypes, \
+        f"{label} changed the dtype of the model's parameters"
+    adv = adv.detach()
+    assert adv.shape == x.shape, f"{label} returned shape {tuple(adv.shape)}, not {tuple(x.shape)}"
+    assert adv.abs().max() <= 1 + 1e-6, f"{label} returned clips outside [-1, 1]"
+    with torch.no_grad():
+        fooled = Scorer(model).predict(adv.to(x.dtype)) != y
+    l2 = (adv.to(x.dtype) - x).flatten(1).norm(dim=1)
+    return Measurement(seconds, fooled, l2, passes, backward)
+
+
+def ours(attack, model, x: torch.Tensor, y: torch.Tensor,
+         seed: int) -> Callable[[], torch.Tensor]:
+    """Our ``attack`` through the harness's ``Attack.__call__`` (which re-scores every clip)."""
+    attack.name = type(attack).__name__.lower()
+    return lambda: attack(Victim(model), x, y,
+                          generator=torch.Generator().manual_seed(seed)).adv
 
 
 def main() -> None:
@@ -125,24 +224,16 @@ def main() -> None:
     n = x.shape[0]
     # Clip-forwards through the network (both libraries call the same module), so the work
     # each attack did is visible next to its time: early stopping differs between them.
-    forwards = [0]
-    model.module().register_forward_hook(
-        lambda mod, inp, out: forwards.__setitem__(0, forwards[0] + inp[0].shape[0]))
+    counter = PassCounter(model)
     wrapped = Waveform01(model).eval()
-    x01 = (x + 1) / 2
-    judge = Scorer(model)
-
-    def ours(attack):
-        attack.name = type(attack).__name__.lower()
-        return lambda: attack(Victim(model), x, y,
-                              generator=torch.Generator().manual_seed(args.seed)).adv
+    x01 = to01(x)
 
     def theirs(attack):
         # torchattacks' default puts the model in eval mode for the attack; its
         # set_model_training_mode takes booleans (a string there is truthy: train mode, and the
         # model is left in train mode afterwards, so batch norm would use batch statistics).
         attack.set_model_training_mode(model_training=False)
-        return lambda: 2 * attack(x01, y) - 1
+        return lambda: from01(attack(x01, y))
 
     alpha = 2.5 * args.eps / args.pgd_steps
     pgd_ta = torchattacks.PGD(wrapped, eps=args.eps / 2, alpha=alpha / 2, steps=args.pgd_steps,
@@ -151,43 +242,30 @@ def main() -> None:
                             lr=args.cw_lr)
     cases = [
         (f"PGD L-inf eps {args.eps}, {args.pgd_steps} steps",
-         ours(PGD(PGDParams(eps=args.eps, steps=args.pgd_steps, step_size=alpha))),
+         ours(PGD(PGDParams(eps=args.eps, steps=args.pgd_steps, step_size=alpha)),
+              model, x, y, args.seed),
          theirs(pgd_ta)),
         (f"C&W L2 c {args.cw_c}, lr {args.cw_lr}, {args.cw_steps} steps (1 search step)",
          ours(CW(CWParams(initial_const=args.cw_c, learning_rate=args.cw_lr,
                           steps=args.cw_steps, binary_search_steps=1,
-                          abort_early=not args.cw_no_abort))),
+                          abort_early=not args.cw_no_abort)), model, x, y, args.seed),
          theirs(cw_ta)),
     ]
     print(f"{what}; torch {torch.__version__}, torchattacks {torchattacks.__version__}, "
           f"{torch.get_num_threads()} thread(s), best of {args.repeats}")
     for title, mine, other in cases:
-        rows = []
-        for label, fn in (("musicbench", mine), ("torchattacks", other)):
-            torch.manual_seed(args.seed)  # torchattacks draws its random start globally
-            forwards[0] = 0
-            seconds, adv = timed(fn, args.repeats)
-            # Both libraries must leave the network as they found it, or every later figure
-            # would come from a different model.
-            assert not model.module().training, f"{label} left the model in train mode"
-            per_clip = forwards[0] / args.repeats / n
-            adv = adv.detach()
-            assert adv.abs().max() <= 1 + 1e-6
-            with torch.no_grad():
-                fooled = judge.predict(adv) != y
-            l2 = (adv - x).flatten(1).norm(dim=1)
-            k = int(fooled.sum())
-            lo, hi = wilson(k, n)
-            l2_fooled = l2[fooled].median().item() if k else float("nan")
-            rows.append((label, seconds, k, lo, hi, l2_fooled, per_clip))
+        rows = [(label, measure(label, fn, model, x, y, counter, repeats=args.repeats,
+                                seed=args.seed))
+                for label, fn in (("musicbench", mine), ("torchattacks", other))]
         print(f"\n{title}")
-        for label, seconds, k, lo, hi, l2m, per_clip in rows:
-            print(f"  {label:13s} {seconds:7.2f} s   ASR {k}/{n} = {k / n:.3f} "
-                  f"[{lo:.3f}, {hi:.3f}]   median L2 of fooled clips {l2m:.4f}   "
-                  f"network passes per clip {per_clip:.1f}")
-        (_, t_ours, k_ours, *_), (_, t_ta, k_ta, *_) = rows
-        print(f"  time ours / torchattacks: {t_ours / t_ta:.2f}   ASR ours - torchattacks: "
-              f"{(k_ours - k_ta) / n:+.3f}")
+        for label, m in rows:
+            lo, hi = wilson(m.k, n)
+            print(f"  {label:13s} {m.seconds:7.2f} s   ASR {m.k}/{n} = {m.k / n:.3f} "
+                  f"[{lo:.3f}, {hi:.3f}]   median L2 of fooled clips {m.median_l2_fooled:.4f}   "
+                  f"network passes per clip {m.passes_per_clip:.1f}")
+        (_, a), (_, b) = rows
+        print(f"  time ours / torchattacks: {a.seconds / b.seconds:.2f}   ASR ours - torchattacks: "
+              f"{(a.k - b.k) / n:+.3f}")
 
 
 if __name__ == "__main__":
