@@ -226,6 +226,29 @@ def test_conversion_fails_loudly_on_unmapped_or_missing_variables():
         state_dict_from_tf(tensors, net)
 
 
+def test_pooling_before_relu_and_batch_norm_is_the_same_branch():
+    """The frozen branch takes the frequency max (the min where batch norm's scale is
+    negative) before ReLU and batch norm: the same output as the ported order, bit for bit,
+    and the same input gradient to float32 rounding."""
+    torch.manual_seed(0)
+    branch = network.FrequencyPooledConv(12, 7, 5, (3, 3))
+    with torch.no_grad():
+        branch.bn.weight.copy_(torch.randn(12))  # about half negative
+        branch.bn.bias.copy_(torch.randn(12))
+        branch.bn.running_mean.copy_(torch.randn(12))
+        branch.bn.running_var.copy_(torch.rand(12) + 0.5)
+    branch.eval()
+    assert (branch.bn.weight < 0).any() and (branch.bn.weight > 0).any()
+    x = torch.randn(3, 1, 40, 16, requires_grad=True)
+    ported = branch.bn(torch.relu(branch.conv(torch.nn.functional.pad(x, (0, 0, 3, 3))))
+                       ).amax(dim=3)
+    pooled_first = branch(x)
+    assert torch.equal(pooled_first, ported)
+    (g1,) = torch.autograd.grad(ported.square().sum(), x)
+    (g2,) = torch.autograd.grad(pooled_first.square().sum(), x)
+    assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-7) and g1.abs().sum() > 0
+
+
 def test_tf_same_padding_puts_the_extra_frame_after():
     assert network.tf_same_padding(128) == (63, 64)
     assert network.tf_same_padding(7) == (3, 3)

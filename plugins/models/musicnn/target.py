@@ -99,7 +99,9 @@ class MusicnnTarget(TargetModel):
     sample_rate = 16_000
     input_seconds = 3.0
     cam_layer = "net.midend"
-    version = "1"
+    # 2: the front end pools over frequency before its ReLU and batch norm (same logits bit
+    # for bit, input gradients equal to float32 rounding, ~25% faster)
+    version = "2"
     network = "musicnn"  # the leaderboard flags FAD measured by the target's own network
     variant: ClassVar[Variant]
     all_tags: ClassVar[tuple[str, ...]]
