@@ -48,7 +48,7 @@ class NESParams:
     step_size: float | None = None
     momentum: float = 0.0
     objective: Objective = "margin"
-    query_chunk: int = 256
+    query_chunk: int = 32  # 256 rows of musicnn windows peaked at 8.3 GB (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if not self.eps > 0:

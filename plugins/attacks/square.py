@@ -70,7 +70,7 @@ class SquareParams:
     budget: int = 1000
     p_init: float = 0.05
     init_block: int = 1
-    query_chunk: int = 256
+    query_chunk: int = 32  # 256 rows of musicnn windows peaked at 8.3 GB (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if not self.eps > 0:

@@ -84,7 +84,7 @@ class ZOOParams:
     learning_rate: float | None = None
     const: float | None = None
     kappa: float = 0.0
-    query_chunk: int = 256
+    query_chunk: int = 32  # 256 rows of musicnn windows peaked at 8.3 GB (docs/benchmarks.md)
 
     def __post_init__(self) -> None:
         if self.eps is not None and not self.eps > 0:
