@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings
 from musicbench.interfaces import Progress
+from musicbench.memory import trim
 from musicbench.runner import cell_clip_count, finish_cell, now, run_cell, run_shard
 from musicbench.shards import ShardResult, effective_shard_clips, shard_ranges
 from musicbench.store import CellRecord
@@ -83,6 +84,7 @@ class LocalExecutor:
                     sink.cell(self._sharded(spec, ws, environment, sink))
                 else:
                     sink.cell(run_cell(spec, ws, environment))
+                trim()
                 overall.advance()
 
     def _sharded(self, spec: CellSpec, ws: Workspace, environment: dict[str, Any],

@@ -48,6 +48,7 @@ from musicbench.errors import ConfigError
 from musicbench.executors import ResultSink, failed_record, plan_shards
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
+from musicbench.memory import trim
 from musicbench.plugins import PluginSystem
 from musicbench.runner import failed_shards_record, now
 from musicbench.shards import ShardResult, effective_shard_clips
@@ -83,12 +84,18 @@ class CellWorker:
     def run(self, spec: dict[str, Any], environment: dict[str, Any]) -> CellRecord:
         from musicbench.runner import run_cell
 
-        return run_cell(CellSpec.from_dict(spec), self.ws, environment)
+        try:
+            return run_cell(CellSpec.from_dict(spec), self.ws, environment)
+        finally:
+            trim()
 
     def run_shard(self, spec: dict[str, Any], lo: int, hi: int) -> ShardResult:
         from musicbench.runner import run_shard
 
-        return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
+        try:
+            return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
+        finally:
+            trim()
 
     def finish(self, spec: dict[str, Any], environment: dict[str, Any],
                shards: list[ShardResult]) -> CellRecord:

@@ -86,9 +86,11 @@ def _counting_system(calls):  # noqa: ANN001
     return system
 
 
-def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp_path):
-    """FAD embeds clips one at a time and keeps clean frames per clip across cells: a cell's
-    FAD is the same whether its clean clips were embedded before or not."""
+def test_cell_fad_reuses_the_clean_gaussian_of_a_clip_set_and_not_what_was_cached(tmp_path):
+    """FAD embeds clips one at a time and keeps the clean Gaussian of each set of clips across
+    cells (every attack of a row attacks the same clips): a second cell on the set embeds only
+    its adversarial clips, a cell on another set embeds its clean clips again, and a cell's
+    FAD is the same whatever was computed before it."""
     from musicbench.workspace import Workspace
     from musicbench_plugins.metrics.fad import FAD
 
@@ -110,11 +112,14 @@ def test_cell_fad_reuses_clean_frames_and_does_not_depend_on_what_was_cached(tmp
     fresh = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
     alone = cell(fresh, torch.arange(10, 40))
     assert calls.count(1) == 60 and set(calls) == {1}  # one clip at a time, clean + adv
+    calls.clear()
+    assert cell(fresh, torch.arange(10, 40)) == alone  # the same set: adversarial clips only
+    assert len(calls) == 30
     warm = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
-    cell(warm, torch.arange(0, 25))  # another cell embeds an overlapping set of clean clips
+    cell(warm, torch.arange(0, 25))  # another set first
     calls.clear()
     assert cell(warm, torch.arange(10, 40)) == alone
-    assert len(calls) == 30 + 15  # adv clips, plus only the clean clips not seen before
+    assert len(calls) == 30 + 30  # a set not seen before: its clean clips again
 
 
 def test_cell_fad_stands_on_every_attacked_clip_and_counts_clips_not_frames(tmp_path):
