@@ -77,12 +77,13 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.samples < 0 or self.quick_samples < 0:
             raise ValueError("samples and quick_samples must be >= 0 (0: the whole test split)")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size < 0:
+            raise ValueError("batch_size must be >= 1, or 0 to probe the device's memory")
         for name in ("samples", "quick_samples", "keep_audio"):
             check_number(name, getattr(self, name), at_least=0, at_most=MAX_SAMPLES,
                          integer=True)
-        check_number("batch_size", self.batch_size, at_least=1, at_most=MAX_BATCH, integer=True)
+        # 0: probed per model on a GPU when the run is planned (32 on a CPU), musicbench.batch_probe
+        check_number("batch_size", self.batch_size, at_least=0, at_most=MAX_BATCH, integer=True)
         check_seed("seed", self.seed)
         for name in ("metrics", "set_metrics"):
             values = getattr(self, name)

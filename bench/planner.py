@@ -16,7 +16,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 import musicbench
+from musicbench.batch_probe import AUTO_BATCH, probed_batch_size
 from musicbench.cells import CellRun, CellSpec, ComponentRef
 from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig, RunSettings, model_samples
 from musicbench.defense_checks import DefenseBehaviour, measure
@@ -241,6 +244,8 @@ def plan_cells(
     loaded_metrics = [ws.metric(name) for name in (*settings.metrics, *settings.set_metrics)]
     metric_weights = tuple(sorted((m.name, m.weights_digest()) for m in loaded_metrics
                                   if m.weights_digest() is not None))
+    batch_sizes = {model.spec.label: _batch_size(settings, ws, model, datasets[ds.spec.label])
+                   for ds, model in pairs}
     specs = []
     repeats: list[str] = []  # non-adaptive cells on defenses with nothing to adapt to
     for ds, model in pairs:
@@ -259,7 +264,8 @@ def plan_cells(
                     continue
                 run = CellRun(seed=settings.seed,
                               samples=model_samples(model.spec, settings, quick=quick),
-                              batch_size=settings.batch_size, keep_audio=settings.keep_audio,
+                              batch_size=batch_sizes[model.spec.label],
+                              keep_audio=settings.keep_audio,
                               fad_encoder=settings.fad_encoder,
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
                               pseudo_labels=model.spec.pseudo_labels,
@@ -274,6 +280,22 @@ def plan_cells(
                    "to adapt to (deterministic and differentiable: identical to their adaptive "
                    f"twins): {', '.join(unique[:6])}{' ...' if len(unique) > 6 else ''}")
     return Plan(specs, meta)
+
+
+def _batch_size(settings: RunSettings, ws: Workspace, model: Resolved, dataset: Any) -> int:
+    """The configured batch size, or (``batch_size = 0``) the one probed for this model on the
+    run's device, once per model (:mod:`musicbench.batch_probe`)."""
+    if settings.batch_size != AUTO_BATCH:
+        return settings.batch_size
+    loaded = ws.model(model.name, model.params_dict())
+
+    def probe() -> int:
+        split = (dataset.queries("test") if dataset.task == "retrieval"
+                 else dataset.examples("test"))
+        clip = split[0].audio if len(split) else torch.zeros(loaded.input_samples)
+        return probed_batch_size(loaded, clip, ws.device)
+
+    return ws.memo(("probed-batch-size", model.spec.label, str(ws.device)), probe)
 
 
 def _selected(spec: ComponentSpec, labels: tuple[str, ...] | None) -> bool:

@@ -164,7 +164,7 @@ RUN_CORPUS: dict[str, tuple[str | bytes, tuple[str, ...], str]] = {
     "samples-huge": (_edit("samples = 8", "samples = 9223372036854775807"), (),
                      "[run] key 'samples'"),
     "samples-float": (_edit("samples = 8", "samples = 8.5"), (), "[run] key 'samples'"),
-    "batch-size-zero": (_edit("batch_size = 4", "batch_size = 0"), (), "[run] key 'batch_size'"),
+    "batch-size-negative": (_edit("batch_size = 4", "batch_size = -1"), (), "[run] key 'batch_size'"),
     "seed-negative": (_edit("samples = 8", "samples = 8\nseed = -3"), (), "[run] key 'seed'"),
     "seed-inf": (_edit("samples = 8", "samples = 8\nseed = inf"), (), "[run] key 'seed'"),
     "keep-audio-nan": (_edit("samples = 8", "samples = 8\nkeep_audio = nan"), (),
