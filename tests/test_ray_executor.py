@@ -5,7 +5,6 @@ work."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
