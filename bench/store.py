@@ -149,6 +149,19 @@ class CellRecord:
     # by the store, never kept in the database.
     audio_data: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
+    def comparable(self) -> dict[str, Any]:
+        """The record as plain data without what differs between two computations of the same
+        cell (wall times, seconds per clip, machine load and CPU count): two runs of one cell
+        (local or ray, whole or sharded) must give equal dicts."""
+        info = self.info.to_dict()
+        info.pop("load_average", None)
+        info.pop("cpus", None)
+        return {"status": self.status, "error": self.error, "info": info,
+                "samples": [vars(s) for s in self.samples],
+                "metrics": {k: (v.value, v.ci) for k, v in self.metrics.items()
+                            if k != "seconds_per_clip"},
+                "audio": sorted(self.audio)}
+
     @property
     def key(self) -> str:
         return self.spec.key

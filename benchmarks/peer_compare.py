@@ -70,7 +70,6 @@ attack. ``--repeats`` > 1 reports the best of several timed runs.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import math
 import os
@@ -94,6 +93,7 @@ from torchattacks_compare import (
     PassCounter,
     Waveform01,
     WaveformNet,
+    comparison_parser,
     from01,
     load,
     measure,
@@ -248,24 +248,14 @@ def fmt(v: float, spec: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["style-cnn", "tiny"], default="style-cnn")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--eps", type=float, default=0.002)
-    parser.add_argument("--pgd-steps", type=int, default=20)
-    parser.add_argument("--cw-steps", type=int, default=50)
-    parser.add_argument("--cw-c", type=float, default=0.1, help="our c (rescaled per library)")
-    parser.add_argument("--cw-lr", type=float, default=3e-4, help="Adam's (ours, torchattacks, "
-                        "Foolbox)")
+    parser = comparison_parser(
+        __doc__.splitlines()[0], cw_c_help="our c (rescaled per library)",
+        cw_lr_help="Adam's (ours, torchattacks, Foolbox)",
+        no_abort_help="our and Foolbox's C&W without early abort")
     parser.add_argument("--art-cw-lr", type=float, default=0.01,
                         help="ART's C&W line-search learning rate (not Adam; ART's default)")
     parser.add_argument("--kappa", type=float, default=0.0, help="C&W confidence")
-    parser.add_argument("--cw-no-abort", action="store_true",
-                        help="our and Foolbox's C&W without early abort")
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     s = Settings(eps=args.eps, step_size=2.5 * args.eps / args.pgd_steps,

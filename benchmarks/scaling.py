@@ -150,27 +150,16 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 # ---- reading a run -------------------------------------------------------------------------
 
 def comparable(out: Path) -> dict[tuple, dict]:
-    """Every cell of run folder ``out``, by its labels, as plain data: status, error, key,
-    runner info, every clip and every cell figure with its interval; wall times, seconds per
-    clip, load average and CPU count left out."""
+    """Every cell of run folder ``out``, by its labels: its key and
+    :meth:`~musicbench.store.CellRecord.comparable` (every clip and every cell figure with its
+    interval, the runner's info and flags; wall times, load and CPU count left out)."""
     from musicbench.store import Store
 
     store = Store(out / "results.sqlite", readonly=True)
     try:
-        cells = store.cells()
+        return {tuple(r.names): {"key": r.key} | r.comparable() for r in store.cells()}
     finally:
         store.close()
-    rows = {}
-    for r in cells:
-        info = r.info.to_dict()
-        info.pop("load_average", None)
-        info.pop("cpus", None)
-        rows[tuple(r.names)] = {
-            "key": r.key, "status": r.status, "error": r.error, "info": info,
-            "samples": [vars(s) for s in r.samples],
-            "metrics": {k: (v.value, v.ci) for k, v in r.metrics.items()
-                        if k != "seconds_per_clip"}}
-    return rows
 
 
 def cell_summary(out: Path) -> tuple[int, int, float]:

@@ -202,21 +202,30 @@ def ours(attack, model, x: torch.Tensor, y: torch.Tensor,
                           generator=torch.Generator().manual_seed(seed)).adv
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def comparison_parser(description: str, *, cw_c_help: str, cw_lr_help: str | None = None,
+                      no_abort_help: str) -> argparse.ArgumentParser:
+    """The options every peer comparison shares (model, clips, the attacks' settings, threads,
+    repeats, seed); a script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", choices=["style-cnn", "tiny"], default="style-cnn")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--eps", type=float, default=0.002)
     parser.add_argument("--pgd-steps", type=int, default=20)
     parser.add_argument("--cw-steps", type=int, default=50)
-    parser.add_argument("--cw-c", type=float, default=0.1, help="our c (torchattacks: c / 4)")
-    parser.add_argument("--cw-lr", type=float, default=3e-4)
-    parser.add_argument("--cw-no-abort", action="store_true",
-                        help="run our C&W without early abort (every step for every clip)")
+    parser.add_argument("--cw-c", type=float, default=0.1, help=cw_c_help)
+    parser.add_argument("--cw-lr", type=float, default=3e-4, help=cw_lr_help)
+    parser.add_argument("--cw-no-abort", action="store_true", help=no_abort_help)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = comparison_parser(
+        __doc__.splitlines()[0], cw_c_help="our c (torchattacks: c / 4)",
+        no_abort_help="run our C&W without early abort (every step for every clip)",
+    ).parse_args()
     torch.set_num_threads(args.threads)
     import torchattacks
 

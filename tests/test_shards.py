@@ -71,25 +71,15 @@ steps = 4
 
 
 def records(out: Path) -> dict[str, dict]:
-    """Every cell's record as plain data, timings and machine load left out."""
+    """Every cell's record by key, as :meth:`CellRecord.comparable` gives it."""
     store = Store(out / "results.sqlite", readonly=True)
     try:
-        cells = store.cells()
+        return {r.key: r.comparable() for r in store.cells()}
     finally:
         store.close()
-    rows = {}
-    for r in cells:
-        info = r.info.to_dict()
-        info.pop("load_average", None)
-        rows[r.key] = {"status": r.status, "error": r.error, "info": info,
-                       "samples": [vars(s) for s in r.samples],
-                       "metrics": {k: (v.value, v.ci) for k, v in r.metrics.items()
-                                   if k not in ("seconds_per_clip",)},
-                       "audio": sorted(r.audio)}
-    return rows
 
 
-def _run(tmp_path: Path, plugins, text: str, out: str, **options):  # noqa: ANN001
+def _run(tmp_path: Path, plugins, text: str, out: str, **options):
     config = tmp_path / f"{out}.toml"
     config.write_text(text)
     return execute(RunOptions(config=config, out=tmp_path / out, **options), plugins)
@@ -168,13 +158,13 @@ def test_a_sharded_retrieval_cell_gives_the_unsharded_map(tmp_path, toy_plugins)
 
 def test_a_failed_shard_fails_its_cell_and_the_rerun_runs_only_the_missing_shards(
         tmp_path, toy_plugins, monkeypatch):
-    import musicbench.executors as executors
+    from musicbench import executors
 
     real = executors.run_shard
     ran: list[tuple[str, int]] = []
     broken = {"on": True}
 
-    def flaky(spec, ws, lo, hi):  # noqa: ANN001
+    def flaky(spec, ws, lo, hi):
         ran.append((spec.defense.name, lo))
         if broken["on"] and spec.defense.name == "toy-noise" and lo == 6:
             raise_in = ShardResult(lo, hi, error="RuntimeError: the node went away",
