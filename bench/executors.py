@@ -18,7 +18,6 @@ from typing import Any, Protocol
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings
 from musicbench.interfaces import Progress
-from musicbench.memory import trim
 from musicbench.runner import cell_clip_count, finish_cell, now, run_cell, run_shard
 from musicbench.shards import ShardResult, effective_shard_clips, shard_ranges
 from musicbench.store import CellRecord
@@ -50,13 +49,13 @@ def plan_shards(spec: CellSpec, ws: Workspace, shard_clips: int,
     return ranges, kept
 
 
-def failed_record(spec: CellSpec, environment: dict[str, Any], exc: BaseException,
-                  started: str, t0: float) -> CellRecord:
-    """A cell that failed before any of its shards could run (its clips could not even be
-    counted)."""
+def failed_record(spec: CellSpec, environment: dict[str, Any], started: str, t0: float,
+                  error: str, trace: str | None) -> CellRecord:
+    """The record of a cell that failed outside ``run_cell`` (its clips could not be counted,
+    or its task could not be run), timed from ``t0``."""
     return CellRecord(spec=spec, status="failed", started=started, finished=now(),
                       seconds=round(time.perf_counter() - t0, 3), environment=environment,
-                      error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+                      error=error, traceback=trace)
 
 
 class LocalExecutor:
@@ -84,7 +83,6 @@ class LocalExecutor:
                     sink.cell(self._sharded(spec, ws, environment, sink))
                 else:
                     sink.cell(run_cell(spec, ws, environment))
-                trim()
                 overall.advance()
 
     def _sharded(self, spec: CellSpec, ws: Workspace, environment: dict[str, Any],
@@ -93,7 +91,8 @@ class LocalExecutor:
         try:
             ranges, kept = plan_shards(spec, ws, self.shard_clips, sink)
         except Exception as exc:  # the cell fails, the run goes on
-            return failed_record(spec, environment, exc, started, t0)
+            return failed_record(spec, environment, started, t0,
+                                 f"{type(exc).__name__}: {exc}", traceback.format_exc())
         shards = []
         for lo, hi in ranges:
             shard = kept.get((lo, hi)) or run_shard(spec, ws, lo, hi)

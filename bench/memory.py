@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 import threading
 from types import TracebackType
@@ -60,6 +61,7 @@ class PeakMemory:
         return self.peak / 2**20
 
 
+@functools.cache  # looked up once per process, not once per batch
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -71,9 +73,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def trim() -> None:
-    """Return the free pages inside glibc's heap to the OS (after every batch and cell: freed
-    batch tensors otherwise keep the process growing by ~35 MB a batch, 0.9 GB over the
-    default run's FGSM cell). Costs milliseconds. A fixed low mmap threshold (``mallopt``) would
+    """Return the free pages inside glibc's heap to the OS (the runner calls it after every
+    batch and cell: freed batch tensors otherwise keep the process growing by ~35 MB a batch,
+    0.9 GB over the default run's FGSM cell). Costs milliseconds. A fixed low mmap threshold (``mallopt``) would
     return every batch tensor at once but made PGD 1.6-1.9x slower here (each step's
     tensors page-faulted anew): docs/benchmarks.md."""
     libc = _glibc()

@@ -35,6 +35,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -48,7 +49,6 @@ from musicbench.errors import ConfigError
 from musicbench.executors import ResultSink, failed_record, plan_shards
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
-from musicbench.memory import trim
 from musicbench.plugins import PluginSystem
 from musicbench.runner import failed_shards_record, now
 from musicbench.shards import ShardResult, effective_shard_clips
@@ -84,18 +84,12 @@ class CellWorker:
     def run(self, spec: dict[str, Any], environment: dict[str, Any]) -> CellRecord:
         from musicbench.runner import run_cell
 
-        try:
-            return run_cell(CellSpec.from_dict(spec), self.ws, environment)
-        finally:
-            trim()
+        return run_cell(CellSpec.from_dict(spec), self.ws, environment)
 
     def run_shard(self, spec: dict[str, Any], lo: int, hi: int) -> ShardResult:
         from musicbench.runner import run_shard
 
-        try:
-            return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
-        finally:
-            trim()
+        return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
 
     def finish(self, spec: dict[str, Any], environment: dict[str, Any],
                shards: list[ShardResult]) -> CellRecord:
@@ -264,7 +258,8 @@ class RayExecutor:
             try:
                 ranges, kept = plan_shards(spec, ws, shard_clips, sink)
             except Exception as exc:  # the cell fails, the run goes on
-                sink.cell(failed_record(spec, environment, exc, started, t0))
+                sink.cell(failed_record(spec, environment, started, t0,
+                                        f"{type(exc).__name__}: {exc}", traceback.format_exc()))
                 continue
             cells[spec.key] = _CellState(spec, len(ranges), list(kept.values()))
             tasks += [_Task(spec, r) for r in ranges if r not in kept]
@@ -370,18 +365,9 @@ def _ray_failure(task: _Task, environment: dict[str, Any], started: str, t0: flo
         return ShardResult(*task.shard, error=_ray_error(exc), traceback=str(exc),
                            started=started, finished=now(),
                            seconds=round(time.perf_counter() - t0, 3))
-    return _failed(task.spec, environment, started, t0, exc)
+    # a worker's own exceptions come back as failed records from run_cell, never as this
+    return failed_record(task.spec, environment, started, t0, _ray_error(exc), str(exc))
 
 
 def _ray_error(exc: BaseException) -> str:
     return f"ray: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-
-
-def _failed(spec: CellSpec, environment: dict[str, Any], started: str, t0: float,
-            exc: BaseException) -> CellRecord:
-    """The record of a cell whose task Ray could not finish (the worker's own exceptions
-    come back as failed records from ``run_cell``, never as this)."""
-    return CellRecord(spec=spec, status="failed", started=started, finished=now(),
-                      seconds=round(time.perf_counter() - t0, 3), environment=environment,
-                      error=_ray_error(exc),
-                      traceback=str(exc))

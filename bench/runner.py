@@ -83,6 +83,7 @@ def run_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any]) -> Cell
         record.peak_memory_mb = round(mem.peak_mb, 1)
     except Exception as exc:  # a failing plugin costs its own cell, nothing else
         _fail(record, exc)
+    trim()  # what the cell freed back to the OS before the next one loads
     record.finished = now()
     record.seconds = round(time.perf_counter() - t0, 3)
     _note_load(record, load_start)
@@ -101,6 +102,7 @@ def run_shard(spec: CellSpec, ws: Workspace, lo: int, hi: int) -> ShardResult:
     except Exception as exc:  # the shard's cell fails, nothing else
         shard = ShardResult(lo, hi, error=f"{type(exc).__name__}: {exc}",
                             traceback=traceback.format_exc())
+    trim()
     shard.started, shard.finished = started, now()
     shard.seconds = round(time.perf_counter() - t0, 3)
     if load_start is not None:
@@ -125,6 +127,7 @@ def finish_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any],
         record.peak_memory_mb = round(max(peaks + [mem.peak_mb]), 1)
     except Exception as exc:  # a failing plugin costs its own cell, nothing else
         _fail(record, exc)
+    trim()
     record.finished = now()
     record.seconds = round(sum(s.seconds for s in shards) + time.perf_counter() - t0, 3)
     loads = [s.load_average for s in shards if s.load_average]
