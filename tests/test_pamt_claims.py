@@ -60,3 +60,28 @@ def test_no_gain_is_not_called_reproduced():
     assert avg.diff == 0.0 and avg.verdict.startswith("not shown")
     assert "inconsistent with +9.15" in avg.verdict
     assert [r.family for r in rows] == ["pamt claim"]
+
+
+def _relabelled(records, label: str):
+    """The same cells as another row of model ``m`` (a ``[[models]]`` entry with a label)."""
+    from dataclasses import replace
+    return [replace(r, spec=replace(r.spec, model=replace(r.spec.model, label=label)))
+            for r in records]
+
+
+def test_rows_of_one_model_are_averaged_over_all_their_attacks_on_shared_clips():
+    claims = _script()
+    # row "m": 8 clips, PGD and MAIA-WB; row "m, 4 clips": its first 4 clips, C&W
+    big = (_cells("pamt", {"pgd": [True] * 8, "maia-wb": [True] * 8})
+           + _cells("pamt-control", {"pgd": [True] * 4 + [False] * 4, "maia-wb": [True] * 8}))
+    small = _relabelled(_cells("pamt", {"cw": [True, True, False, False]})
+                        + _cells("pamt-control", {"cw": [False] * 4}), "m, 4 clips")
+    _, per_row = claims.evidence(big + small)
+    assert [(a.model, a.n) for a in per_row] == [("m", 8), ("m, 4 clips", 4)]
+    (pooled,) = claims.model_averages(big + small)
+    assert pooled.attacks == ("maia-wb", "pgd", "cw") and pooled.n == 4
+    # on c0..c3 PGD and MAIA-WB differ nowhere; C&W: +1 on c0, c1 -> (1/3 + 1/3) / 4
+    assert abs(pooled.diff - 100 / 6) < 1e-9
+    assert "post hoc" in pooled.model
+    # a model with one row gets no pooled figure
+    assert claims.model_averages(big) == []
