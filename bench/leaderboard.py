@@ -162,8 +162,9 @@ class Leaderboard:
     contrasts: list[str] = field(default_factory=list)  # attack labels of contrast cells
 
 
-def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
-    """The cells a leaderboard shows and the run its header describes.
+def plan_keys(store: Store) -> tuple[list[str], list[dict[str, Any]]]:
+    """The cells a leaderboard shows and the runs its header describes (the first of them
+    sets the environment and settings; all of them give the commands).
 
     The latest run planned without ``--only`` sets the grid; runs after it (``--only`` subsets
     of the same config) replace the cells they reran, matched by label, and add any new ones.
@@ -179,7 +180,7 @@ def plan_keys(store: Store) -> tuple[list[str], dict[str, Any]]:
     for run in runs[first:]:
         for key in run["plan"]:
             keys_by_label[labels_of.get(key, (key,))] = key
-    return list(keys_by_label.values()), runs[first]
+    return list(keys_by_label.values()), runs[first:]
 
 
 def planned_records(out: Path) -> list[CellRecord]:
@@ -199,12 +200,12 @@ def planned_records(out: Path) -> list[CellRecord]:
 
 def build(store: Store) -> Leaderboard:
     """Collect the planned cells (finished ones) and derive tables and flags."""
-    keys, run = plan_keys(store)
+    keys, runs = plan_keys(store)
     records = _grouped(store.cells(keys))
     rows = [cell_row(r) for r in records]
     _add_flags(records, rows)
     summary, threat_models, attacks = _summaries(records, rows)
-    header = _header(run, records, len(keys))
+    header = _header(runs, records, len(keys))
     higher = dict(HIGHER_IS_BETTER)
     metrics: list[str] = []
     for r in records:
@@ -337,7 +338,21 @@ def _summaries(
     return out, threat_models, attack_order
 
 
-def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dict[str, Any]:
+def _commands(runs: list[dict[str, Any]]) -> list[str]:
+    """Each distinct command of ``runs``, in order: one for a run (and its resumes), several
+    for a config run as ``--only`` parts and merged."""
+    out: list[str] = []
+    for run in runs:
+        if run["argv"]:
+            command = " ".join(["musicbench", *run["argv"][1:]])
+            if command not in out:
+                out.append(command)
+    return out
+
+
+def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
+            ) -> dict[str, Any]:
+    run = runs[0]
     env = run["environment"]
     settings = run["settings"]
     fingerprints = {}
@@ -378,7 +393,8 @@ def _header(run: dict[str, Any], records: list[CellRecord], planned: int) -> dic
         "samples_short": short,
         "planned": planned,
         "stored": len(records),
-        "command": " ".join(["musicbench", *run["argv"][1:]]) if run["argv"] else None,
+        "command": next(iter(_commands(runs)), None),  # the first; kept for readers of the JSON
+        "commands": _commands(runs),
         "skipped": {name: meta.get("skipped", [])
                     for name, meta in settings.get("datasets", {}).items()},
         "plugins_failed": {name: p for name, p in (env.get("plugins") or {}).items()
@@ -441,8 +457,12 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
                      f"{h['amp_cells']} cell(s): their figures differ slightly from float32 ones")
     lines.append(f"- seed: {h['seed']}; config: `{h['config']}`" +
                  ("; quick run" if h.get("quick") else ""))
-    if h.get("command"):
-        lines.append(f"- command: `{h['command']}`")
+    commands = h.get("commands") or []
+    if len(commands) == 1:
+        lines.append(f"- command: `{commands[0]}`")
+    elif commands:
+        lines.append(f"- commands ({len(commands)} parts, merged):")
+        lines += [f"  - `{c}`" for c in commands]
     for name, p in (h.get("plugins_failed") or {}).items():
         lines.append(f"- **plugin `{name}` ({p.get('provider')}) failed to load**: "
                      f"{' '.join(str(p.get('error', '')).split())}")

@@ -294,8 +294,7 @@ def header_html(board: Leaderboard) -> list[str]:
     items = [f"date: {h['date']}", f"musicbench {h['musicbench']} (git {h['git_revision']}), "
              f"torch {h['torch']}", f"device: {h['device']}", f"seed: {h['seed']}; config: "
              f"{h['config']}" + ("; quick run" if h.get("quick") else "")]
-    if h.get("command"):
-        items.append(f"command: {h['command']}")
+    items += [f"command: {c}" for c in h.get("commands") or []]
     if h["stored"] < h["planned"]:
         items.append(f"{h['planned'] - h['stored']} of {h['planned']} planned cells have not "
                      "run yet")

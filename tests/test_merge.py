@@ -37,8 +37,10 @@ def test_only_runs_in_two_folders_merge_into_the_single_run(tmp_path, toy_plugin
     config = tmp_path / "run.toml"
     config.write_text(CONFIG)
     execute(RunOptions(config=config, out=tmp_path / "whole"), toy_plugins)
-    execute(RunOptions(config=config, out=tmp_path / "a", only=["attack=fgsm"]), toy_plugins)
-    execute(RunOptions(config=config, out=tmp_path / "b", only=["attack=pgd"]), toy_plugins)
+    for part, attack in (("a", "fgsm"), ("b", "pgd")):
+        execute(RunOptions(config=config, out=tmp_path / part, only=[f"attack={attack}"]),
+                toy_plugins, argv=["/venv/bin/musicbench", "run", "run.toml", "--out", part,
+                                   "--only", f"attack={attack}"])
 
     report = merge(tmp_path / "merged", [tmp_path / "a", tmp_path / "b" / "results.sqlite"])
     assert sum(report.copied.values()) == 2 and report.audio_files > 0
@@ -48,6 +50,10 @@ def test_only_runs_in_two_folders_merge_into_the_single_run(tmp_path, toy_plugin
     assert runs == 2  # both runs' provenance kept
     board = (tmp_path / "merged" / "leaderboard.md").read_text()
     assert "| fgsm |" in board and "| pgd |" in board
+    # the header names every part's command, not only the first
+    assert ("- commands (2 parts, merged):\n"
+            "  - `musicbench run run.toml --out a --only attack=fgsm`\n"
+            "  - `musicbench run run.toml --out b --only attack=pgd`\n") in board
     store = Store(tmp_path / "merged" / "results.sqlite", readonly=True)
     try:
         for _, _, rel in (a for c in store.cells() for a in c.audio):
