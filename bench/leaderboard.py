@@ -20,6 +20,7 @@ from typing import Any
 from musicbench.files import atomic_write_text
 from musicbench.interfaces.attack import ThreatModel
 from musicbench.metrics import clopper_pearson
+from musicbench.stats import holm, mcnemar_exact_p
 from musicbench.store import CellRecord, Store
 
 JSON_FIELDS = (
@@ -37,6 +38,9 @@ DEFENSE_COST_POINTS = 0.10
 
 EPS_TOLERANCE = 1 / 64
 """Robust accuracy may rise with ε by sampling noise; flag only above this fraction of clips."""
+
+FLAG_ALPHA = 0.05
+"""A flag's paired test says "beyond chance" at or below this Holm-adjusted p."""
 
 LOADED = 1.5
 """A cell whose 1-minute load average went above this many times the CPU count shared the
@@ -235,18 +239,33 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
     for i, r in enumerate(records):
         if r.status == "ok" and rows[i]["asr"] is not None and not r.spec.run.contrast:
             groups[(*r.names[:3], r.spec.threat_model)].append(i)
+    # Every black-box cell against the strongest white-box attack of its threat model, paired
+    # on the clips both attacked; flagged where the black-box one is stronger, with the paired
+    # evidence Holm-adjusted over all these comparisons on the board (at 16 clips two ASRs
+    # differ by chance more often than not).
+    pairs: list[tuple[int, int, PairedOutcomes]] = []
     for idxs in groups.values():
         white = [i for i in idxs if records[i].spec.threat == "white-box"]
         if not white:
             continue
         best = max(white, key=lambda i: rows[i]["asr"])
-        for i in idxs:
-            if records[i].spec.threat == "black-box" and rows[i]["asr"] > rows[best]["asr"]:
-                rows[i]["flags"].append(
-                    f"black-box beats every white-box attack of its threat model "
-                    f"({rows[i]['n_success']}/{rows[i]['n_attacked']} vs "
-                    f"{rows[best]['n_success']}/{rows[best]['n_attacked']}; here "
-                    f"{rows[best]['attack']}, {100 * rows[best]['asr']:.1f}%): gradient masking?")
+        pairs += [(i, best, paired_outcomes(records[i], records[best])) for i in idxs
+                  if records[i].spec.threat == "black-box"]
+    adjusted = holm([mcnemar_exact_p(p.only_a, p.only_b) for _, _, p in pairs])
+    for (i, best, paired), p_holm in zip(pairs, adjusted, strict=True):
+        if rows[i]["asr"] > rows[best]["asr"]:
+            white_name = rows[best]["attack"]
+            verdict = "beyond chance" if p_holm <= FLAG_ALPHA else "within chance"
+            rows[i]["flags"].append(
+                f"black-box beats every white-box attack of its threat model "
+                f"({rows[i]['n_success']}/{rows[i]['n_attacked']} vs "
+                f"{rows[best]['n_success']}/{rows[best]['n_attacked']}; here "
+                f"{white_name}, {100 * rows[best]['asr']:.1f}%; on the {paired.n} clips both "
+                f"attacked it fools {paired.only_a} that {white_name} does not, {white_name} "
+                f"{paired.only_b} that it does not, exact McNemar p "
+                f"{mcnemar_exact_p(paired.only_a, paired.only_b):.2g}, Holm p {p_holm:.2g} "
+                f"over the board's {len(pairs)} black-box vs white-box comparison(s): "
+                f"{verdict}): gradient masking?")
     _flag_eps_monotonic(records, rows)
     for rec, row in zip(records, rows, strict=True):
         load, cpus = rec.info.load_average, rec.info.cpus
@@ -259,6 +278,29 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
         if base is not None and clean is not None and base - clean > DEFENSE_COST_POINTS:
             row["flags"].append(f"defense costs {100 * (base - clean):.1f} points of clean "
                                 f"accuracy ({100 * base:.1f}% undefended)")
+
+
+@dataclass(frozen=True)
+class PairedOutcomes:
+    """Two cells on the clips both attacked (right clean in both): how many, and how many
+    only the first / only the second fooled."""
+
+    n: int
+    only_a: int
+    only_b: int
+
+
+def paired_outcomes(a: CellRecord, b: CellRecord) -> PairedOutcomes:
+    b_samples = {s.sample_id: s for s in b.samples}
+    n = only_a = only_b = 0
+    for s in a.samples:
+        t = b_samples.get(s.sample_id)
+        if t is None or not (s.attacked and t.attacked):
+            continue
+        n += 1
+        only_a += bool(s.success and not t.success)
+        only_b += bool(t.success and not s.success)
+    return PairedOutcomes(n, only_a, only_b)
 
 
 def eps_series_key(record: CellRecord) -> tuple[Any, ...] | None:

@@ -60,6 +60,30 @@ def test_black_box_is_compared_with_white_box_of_its_own_threat_model_only():
     assert "pgd" in rows[1]["flags"][0]
 
 
+def test_the_black_box_flag_is_paired_on_shared_clips_and_holm_adjusted():
+    """Only clips both attacks attacked count; the flag says how many only each fooled and
+    whether that is beyond chance over all the board's black-box vs white-box comparisons."""
+    n = 40
+    clean = [True] * 36 + [False] * 4  # 4 clips wrong clean: attacked by neither
+    # pgd fools clips 0-9; nes fools 0-9 and 10-21 (12 more): beyond chance (p ~ 5e-4)
+    pgd = record("pgd", "white-box", [False] * 10 + [True] * 30, clean=clean)
+    nes = record("nes", "black-box", [False] * 22 + [True] * 18, clean=clean)
+    # square fools 2-11: 2 that pgd does not, pgd 0-1 that it does not: same ASR, not flagged;
+    # zoo fools 0-10: one more than pgd, flagged but within chance
+    square = record("square", "black-box", [True] * 2 + [False] * 10 + [True] * 28,
+                    clean=clean)
+    zoo = record("zoo", "black-box", [False] * 11 + [True] * 29, clean=clean)
+    rows = _rows([pgd, nes, square, zoo])
+    assert rows[0]["flags"] == [] and rows[2]["flags"] == []
+    (nes_flag,) = rows[1]["flags"]
+    assert ("on the 36 clips both attacked it fools 12 that pgd does not, pgd 0 that it does "
+            "not, exact McNemar p 0.00049, Holm p 0.0015 over the board's 3 black-box vs "
+            "white-box comparison(s): beyond chance") in nes_flag
+    (zoo_flag,) = rows[3]["flags"]
+    assert "fools 1 that pgd does not, pgd 0 that it does not" in zoo_flag
+    assert zoo_flag.endswith("within chance): gradient masking?")
+
+
 def test_worst_case_is_per_threat_model_and_an_unbounded_attack_does_not_zero_it():
     records = [
         record("pgd", "white-box", [True, True, True, False, True, True, False, True]),
