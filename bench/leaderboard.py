@@ -325,14 +325,29 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
         key = eps_series_key(r)
         if key is not None and rows[i]["robust_accuracy"] is not None:
             series[key].append(i)
+    steps: list[tuple[int, int, int, int]] = []  # (smaller ε, larger ε, only larger, only smaller)
     for idxs in series.values():
         idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
         for a, b in zip(idxs, idxs[1:], strict=False):
-            if rows[b]["robust_accuracy"] > rows[a]["robust_accuracy"] + EPS_TOLERANCE:
-                rows[b]["flags"].append(
-                    f"robust accuracy rises with ε ({rows[a]['attack']}: "
-                    f"{100 * rows[a]['robust_accuracy']:.1f}% → "
-                    f"{100 * rows[b]['robust_accuracy']:.1f}%)")
+            kept_a, kept_b = _kept(records[a]), _kept(records[b])
+            shared = kept_a.keys() & kept_b.keys()
+            steps.append((a, b, sum(kept_b[c] and not kept_a[c] for c in shared),
+                          sum(kept_a[c] and not kept_b[c] for c in shared)))
+    adjusted = holm([mcnemar_exact_p(up, down) for *_, up, down in steps])
+    for (a, b, up, down), p_holm in zip(steps, adjusted, strict=True):
+        if rows[b]["robust_accuracy"] > rows[a]["robust_accuracy"] + EPS_TOLERANCE:
+            verdict = "beyond chance" if p_holm <= FLAG_ALPHA else "within chance"
+            rows[b]["flags"].append(
+                f"robust accuracy rises with ε ({rows[a]['attack']}: "
+                f"{100 * rows[a]['robust_accuracy']:.1f}% → "
+                f"{100 * rows[b]['robust_accuracy']:.1f}%; {up} clip(s) kept only at the "
+                f"larger ε, {down} only at the smaller, Holm p {p_holm:.2g} over the board's "
+                f"{len(steps)} ε step(s): {verdict})")
+
+
+def _kept(record: CellRecord) -> dict[str, bool]:
+    """Per clip: right clean and still right after the attack."""
+    return {s.sample_id: bool(s.clean_correct and not s.success) for s in record.samples}
 
 
 def _summaries(

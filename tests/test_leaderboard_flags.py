@@ -127,7 +127,11 @@ def test_robust_accuracy_rising_with_eps_is_flagged():
                    params={"eps": 0.01, "steps": 50},
                    tm=ThreatModel.of_bound(Bound("linf", 0.01)))
     rows = _rows([small, big, other])
-    assert any("rises with ε" in f for f in rows[1]["flags"])
+    (flag,) = rows[1]["flags"]
+    # clips 4 and 5 survive only the larger ε: one ε step on the board, p = 0.5
+    assert flag == ("robust accuracy rises with ε (pgd, 0.002: 50.0% → 75.0%; 2 clip(s) kept "
+                    "only at the larger ε, 0 only at the smaller, Holm p 0.5 over the board's "
+                    "1 ε step(s): within chance)")
     assert rows[2]["flags"] == []  # other parameters differ: not the same attack at two ε
 
 
