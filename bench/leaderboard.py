@@ -251,11 +251,10 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
         best = max(white, key=lambda i: rows[i]["asr"])
         pairs += [(i, best, paired_outcomes(records[i], records[best])) for i in idxs
                   if records[i].spec.threat == "black-box"]
-    adjusted = holm([mcnemar_exact_p(p.only_a, p.only_b) for _, _, p in pairs])
-    for (i, best, paired), p_holm in zip(pairs, adjusted, strict=True):
+    tests = _paired_tests([paired for *_, paired in pairs])
+    for (i, best, paired), (p_holm, verdict) in zip(pairs, tests, strict=True):
         if rows[i]["asr"] > rows[best]["asr"]:
             white_name = rows[best]["attack"]
-            verdict = "beyond chance" if p_holm <= FLAG_ALPHA else "within chance"
             rows[i]["flags"].append(
                 f"black-box beats every white-box attack of its threat model "
                 f"({rows[i]['n_success']}/{rows[i]['n_attacked']} vs "
@@ -325,29 +324,29 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
         key = eps_series_key(r)
         if key is not None and rows[i]["robust_accuracy"] is not None:
             series[key].append(i)
-    steps: list[tuple[int, int, int, int]] = []  # (smaller ε, larger ε, only larger, only smaller)
+    # (smaller ε, larger ε, paired): a clip the smaller ε fools and the larger does not is
+    # one the larger ε "keeps" (attacked = right clean, in both cells)
+    steps: list[tuple[int, int, PairedOutcomes]] = []
     for idxs in series.values():
         idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
-        for a, b in zip(idxs, idxs[1:], strict=False):
-            kept_a, kept_b = _kept(records[a]), _kept(records[b])
-            shared = kept_a.keys() & kept_b.keys()
-            steps.append((a, b, sum(kept_b[c] and not kept_a[c] for c in shared),
-                          sum(kept_a[c] and not kept_b[c] for c in shared)))
-    adjusted = holm([mcnemar_exact_p(up, down) for *_, up, down in steps])
-    for (a, b, up, down), p_holm in zip(steps, adjusted, strict=True):
+        steps += [(a, b, paired_outcomes(records[a], records[b]))
+                  for a, b in zip(idxs, idxs[1:], strict=False)]
+    tests = _paired_tests([paired for *_, paired in steps])
+    for (a, b, paired), (p_holm, verdict) in zip(steps, tests, strict=True):
         if rows[b]["robust_accuracy"] > rows[a]["robust_accuracy"] + EPS_TOLERANCE:
-            verdict = "beyond chance" if p_holm <= FLAG_ALPHA else "within chance"
             rows[b]["flags"].append(
                 f"robust accuracy rises with ε ({rows[a]['attack']}: "
                 f"{100 * rows[a]['robust_accuracy']:.1f}% → "
-                f"{100 * rows[b]['robust_accuracy']:.1f}%; {up} clip(s) kept only at the "
-                f"larger ε, {down} only at the smaller, Holm p {p_holm:.2g} over the board's "
-                f"{len(steps)} ε step(s): {verdict})")
+                f"{100 * rows[b]['robust_accuracy']:.1f}%; {paired.only_a} clip(s) kept only "
+                f"at the larger ε, {paired.only_b} only at the smaller, Holm p {p_holm:.2g} "
+                f"over the board's {len(steps)} ε step(s): {verdict})")
 
 
-def _kept(record: CellRecord) -> dict[str, bool]:
-    """Per clip: right clean and still right after the attack."""
-    return {s.sample_id: bool(s.clean_correct and not s.success) for s in record.samples}
+def _paired_tests(pairs: list[PairedOutcomes]) -> list[tuple[float, str]]:
+    """Per pair: the exact McNemar p Holm-adjusted over all ``pairs`` (one flag's family on
+    one board), and "beyond chance" or "within chance" at :data:`FLAG_ALPHA`."""
+    adjusted = holm([mcnemar_exact_p(p.only_a, p.only_b) for p in pairs])
+    return [(p, "beyond chance" if p <= FLAG_ALPHA else "within chance") for p in adjusted]
 
 
 def _summaries(
