@@ -15,7 +15,9 @@ gradient ignores where the mask switches) only costs compute or picks BPDA, and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,20 @@ PROBE_DRAWS = 3
 GRADIENT_RTOL = 1e-6
 """An input gradient whose norm is below this fraction of the upstream gradient's counts as
 none (rounding gives exactly zero; float noise of an identity-like path is far above it)."""
+
+GRADIENT_FD_STEP = 1e-4
+"""Step of the finite-difference check, along the measured gradient scaled to peak 1 (a
+twentieth of the benchmark's L-inf radius): small enough for the curvature of smooth
+defenses (a soft spectral gate is 0.98 of its slope here, 0.74 at 1e-3), large enough for
+float32."""
+
+GRADIENT_FD_PROBES = 8
+"""Output samples the finite-difference check probes, one at a time (median of their ratios)."""
+
+GRADIENT_FD_RATIO = (0.5, 2.0)
+"""A gradient describes the output when the finite-difference slope along it is within this
+factor of the autograd slope; outside, the gradient is shattered (Athalye et al. 2018): a
+straight-through rounding, say, has an identity gradient over a staircase."""
 
 SAME_OUTPUT_RTOL = 1e-5
 """Two outputs differ when some sample differs by more than this (relative to the peak):
@@ -55,7 +71,18 @@ class DefenseBehaviour:
     """Measured: the same generator state gives the same output (randomness only from the
     generator it is given)."""
     differentiable: bool
-    """Measured: the output carries a finite, nonzero input gradient."""
+    """Measured: the output carries a finite, nonzero input gradient that describes it
+    (:attr:`gradient_fd_ratio` within :data:`GRADIENT_FD_RATIO`)."""
+    gradient_fd_ratio: float | None = None
+    """Measured: finite-difference slope of a random projection of the output along its own
+    input gradient, over the autograd slope (the gradient's norm); 1 for an honest gradient,
+    the one farthest from 1 over the inputs measured; None without a gradient."""
+
+    @property
+    def shattered(self) -> bool:
+        """A nonzero gradient that does not predict the output."""
+        low, high = GRADIENT_FD_RATIO
+        return self.gradient_fd_ratio is not None and not low <= self.gradient_fd_ratio <= high
 
     @property
     def attack_randomized(self) -> bool:
@@ -78,7 +105,12 @@ class DefenseBehaviour:
             out.append(f"defense '{self.name}' gives different outputs for the same generator "
                        "state: it draws randomness outside the generator it is given, so its "
                        "results are not reproducible")
-        if self.declared_differentiable and not self.differentiable:
+        if self.declared_differentiable and self.shattered:
+            out.append(f"defense '{self.name}' declares differentiable = True but its input "
+                       "gradient does not describe its output (finite differences along the "
+                       f"gradient give {self.gradient_fd_ratio:.3g} times the autograd slope: "
+                       "shattered gradients; attacked with BPDA through its surrogate anyway)")
+        elif self.declared_differentiable and not self.differentiable:
             out.append(f"defense '{self.name}' declares differentiable = True but has no "
                        "useful input gradient (output detached or zero gradient; attacked "
                        "with BPDA through its surrogate anyway)")
@@ -120,16 +152,29 @@ def measure(defense: Preprocessor, sample_rate: int, device: torch.device | str 
     if audio is not None and audio.numel():
         inputs.append(audio.to(device=device, dtype=torch.float32))
     randomized, reproducible, differentiable = False, True, True
+    worst_ratio: float | None = None
     for x in inputs:
-        r, rep, diff = _measure_one(defense, x)
+        r, rep, diff, ratio = _measure_one(defense, x)
         randomized, reproducible = randomized or r, reproducible and rep
         differentiable = differentiable and diff
-    return DefenseBehaviour(
+        if ratio is not None and (worst_ratio is None
+                                  or _log_distance(ratio) > _log_distance(worst_ratio)):
+            worst_ratio = ratio
+    behaviour = DefenseBehaviour(
         name=defense.name,
         declared_randomized=bool(defense.randomized),
         declared_differentiable=bool(defense.differentiable),
         randomized=randomized, reproducible=reproducible, differentiable=differentiable,
+        gradient_fd_ratio=worst_ratio,
     )
+    if behaviour.shattered:
+        behaviour = dataclasses.replace(behaviour, differentiable=False)
+    return behaviour
+
+
+def _log_distance(ratio: float) -> float:
+    """How far a slope ratio is from 1, either way (a negative ratio is farthest)."""
+    return math.inf if ratio <= 0 else abs(math.log(ratio))
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -138,8 +183,10 @@ def _differ(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a - b).abs().max() > SAME_OUTPUT_RTOL * scale) if a.numel() else False
 
 
-def _measure_one(defense: Preprocessor, audio: torch.Tensor) -> tuple[bool, bool, bool]:
-    """(randomized, reproducible, differentiable) on one input ``audio[B, T]``."""
+def _measure_one(defense: Preprocessor, audio: torch.Tensor
+                 ) -> tuple[bool, bool, bool, float | None]:
+    """(randomized, reproducible, differentiable, gradient_fd_ratio) on one input
+    ``audio[B, T]``."""
 
     def run(seed: int, x: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -151,16 +198,50 @@ def _measure_one(defense: Preprocessor, audio: torch.Tensor) -> tuple[bool, bool
     randomized = any(_differ(outs[0], o) for o in outs[1:])
     reproducible = not _differ(outs[0], again)
     x = audio.clone().requires_grad_(True)
-    differentiable = False
+    differentiable, ratio = False, None
+    upstream = torch.randn(audio.shape, generator=torch.Generator().manual_seed(7)
+                           ).to(audio.device)
     with torch.enable_grad():
         out = run(0, x)
         if out.requires_grad:
-            upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)
-                                   ).to(out.device)
             (grad,) = torch.autograd.grad((out * upstream).sum(), x, allow_unused=True)
             if grad is not None and bool(torch.isfinite(grad).all()):
                 differentiable = bool(grad.norm() > GRADIENT_RTOL * upstream.norm())
-    return randomized, reproducible, differentiable
+    if differentiable:
+        ratio = _finite_difference_ratio(lambda z: run(0, z), audio)
+    return randomized, reproducible, differentiable, ratio
+
+
+def _finite_difference_ratio(run: Callable[[torch.Tensor], torch.Tensor],
+                             audio: torch.Tensor) -> float | None:
+    """Median over :data:`GRADIENT_FD_PROBES` output samples ``(b, t)`` (seeded) of the
+    central finite-difference slope of ``run(x)[b, t]`` along ``d = g / max|g|``, where ``g``
+    is its autograd input gradient, over the autograd slope ``<g, d>``; the same generator
+    state on both sides (common random numbers: a randomized defense is measured on one draw).
+    One output sample at a time, because a projection on many would average a staircase's
+    jumps back into its mean slope. None when no probed sample has a gradient. ``audio[B, T]``.
+    """
+    batch, length = audio.shape
+    g = torch.Generator().manual_seed(11)
+    rows = torch.randint(batch, (GRADIENT_FD_PROBES,), generator=g).tolist()
+    cols = torch.randint(length // 4, 3 * length // 4 + 1, (GRADIENT_FD_PROBES,),
+                         generator=g).tolist()
+    ratios = []
+    h = GRADIENT_FD_STEP
+    for b, t in zip(rows, cols, strict=True):
+        x = audio.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(run(x)[b, t], x)
+        peak = float(grad.abs().max())
+        if not math.isfinite(peak) or peak <= GRADIENT_RTOL:
+            continue
+        direction = grad / peak
+        slope = float((grad.double() * direction.double()).sum())
+        with torch.no_grad():
+            change = float(run(audio + h * direction)[b, t]) - float(
+                run(audio - h * direction)[b, t])
+        ratios.append(change / (2 * h) / slope)
+    return float(torch.tensor(ratios).median()) if ratios else None
 
 
 def checked_output(defense: Preprocessor, audio: torch.Tensor,

@@ -414,6 +414,9 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
         problems = [m for m in behaviour.mismatches() if flag in m]
         require(not problems, "; ".join(problems))
     note = " ".join(f"(note: {n})" for n in behaviour.notes())
+    if behaviour.gradient_fd_ratio is not None:
+        note = (f"(finite differences along the gradient: {behaviour.gradient_fd_ratio:.3g} × "
+                f"the autograd slope) {note}").strip()
     report.check(f"declared randomized = {defense.randomized} holds", lambda: declared("random"))
     report.check(f"declared differentiable = {defense.differentiable} holds" +
                  (f" {note}" if note else ""), lambda: declared("differentiable"))

@@ -50,6 +50,38 @@ def test_measured_flags_catch_declarations_that_would_weaken_the_evaluation():
         lying_round.mismatches()[0]
 
 
+class _StraightThroughRound(ToyRound):
+    """Shattered gradients (Athalye et al. 2018): rounding with a straight-through identity
+    gradient, declared differentiable: the gradient is nonzero but describes a line, not the
+    staircase the model sees."""
+
+    differentiable = True
+
+    def forward(self, audio, generator):
+        return audio + (torch.round(audio * 16) / 16 - audio).detach()
+
+
+class _SoftClip(ToyRound):
+    """Smooth and nonlinear: its gradient describes it."""
+
+    differentiable = True
+
+    def forward(self, audio, generator):
+        return torch.tanh(3 * audio) / 3
+
+
+def test_a_gradient_that_does_not_describe_the_output_is_shattered_and_gets_bpda():
+    shattered = measure(_bound(_StraightThroughRound()), 16_000)
+    assert shattered.shattered and not shattered.differentiable and shattered.attack_with_bpda
+    assert abs(shattered.gradient_fd_ratio - 1) > 0.5
+    (mismatch,) = shattered.mismatches()
+    assert "does not describe its output" in mismatch and "shattered" in mismatch
+    smooth = measure(_bound(_SoftClip()), 16_000)
+    assert smooth.differentiable and not smooth.shattered and not smooth.mismatches()
+    assert abs(smooth.gradient_fd_ratio - 1) < 0.01
+    assert measure(_bound(ToyRound()), 16_000).gradient_fd_ratio is None  # no gradient
+
+
 def test_a_defense_drawing_outside_its_generator_is_not_reproducible():
     class GlobalNoise(ToyNoise):
         def forward(self, audio, generator):
