@@ -290,6 +290,7 @@ class PairedOutcomes:
 
 
 def paired_outcomes(a: CellRecord, b: CellRecord) -> PairedOutcomes:
+    """``a`` and ``b`` paired by clip id (two cells of one dataset draw the same clips)."""
     b_samples = {s.sample_id: s for s in b.samples}
     n = only_a = only_b = 0
     for s in a.samples:
@@ -517,7 +518,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
     if len(commands) == 1:
         lines.append(f"- command: `{commands[0]}`")
     elif commands:
-        lines.append(f"- commands ({len(commands)} parts, merged):")
+        lines.append(f"- commands ({len(commands)} runs: `--only` parts, merged or rerun):")
         lines += [f"  - `{c}`" for c in commands]
     for name, p in (h.get("plugins_failed") or {}).items():
         lines.append(f"- **plugin `{name}` ({p.get('provider')}) failed to load**: "

@@ -51,7 +51,7 @@ def test_only_runs_in_two_folders_merge_into_the_single_run(tmp_path, toy_plugin
     board = (tmp_path / "merged" / "leaderboard.md").read_text()
     assert "| fgsm |" in board and "| pgd |" in board
     # the header names every part's command, not only the first
-    assert ("- commands (2 parts, merged):\n"
+    assert ("- commands (2 runs: `--only` parts, merged or rerun):\n"
             "  - `musicbench run run.toml --out a --only attack=fgsm`\n"
             "  - `musicbench run run.toml --out b --only attack=pgd`\n") in board
     store = Store(tmp_path / "merged" / "results.sqlite", readonly=True)
