@@ -277,6 +277,57 @@ def merge(
 
 
 @app.command()
+def verify(
+    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite), "
+                                             "e.g. leaderboards/runs/default.sqlite")],
+    cells: Annotated[int, typer.Option(
+        "--cells", min=0, help="recompute this many of the reproducible cells, cheapest "
+                               "first (by their stored seconds)")] = 1,
+    everything: Annotated[bool, typer.Option(
+        "--all", help="recompute every cell this revision reproduces")] = False,
+    only: Annotated[
+        Optional[list[str]], typer.Option("--only", help="KIND=NAME, repeatable: check only "
+                                                         "these components' cells")
+    ] = None,
+    rtol: Annotated[float, typer.Option(
+        "--rtol", min=0.0, help="relative tolerance for real-valued figures (0: bit for bit; "
+                                "another kind of CPU may need ~1e-5)")] = 0.0,
+) -> None:
+    """Recompute cells of a stored run at this revision and compare them clip by clip with
+    the store: exit 0 when every recomputed cell is identical, 1 when one differs or none
+    could be recomputed (the cells' keys differ here: the verdict says which parts)."""
+    from musicbench.plugins import get_plugins
+    from musicbench.ui import RichProgress
+    from musicbench.verify import verify as verify_run
+
+    try:
+        with RichProgress() as progress:
+            checks = verify_run(out, get_plugins(), cells=cells, everything=everything,
+                                only=list(only or []), rtol=rtol, progress=progress)
+    except ConfigError as exc:
+        _fail_config(exc)
+        return
+    except FileNotFoundError as exc:
+        print_error(str(exc))
+        raise typer.Exit(code=2) from None
+    table = Table(title="cells of the store against this revision", title_justify="left")
+    for col in ("cell", "verdict", "details"):
+        table.add_column(col)
+    for check in checks:
+        table.add_row(escape(" / ".join(check.labels)), check.verdict,
+                      escape("; ".join(check.details)))
+    stderr.print(table)
+    counts = {v: sum(c.verdict == v for c in checks) for v in
+              ("identical", "differs", "key differs", "not recomputed", "not planned")}
+    stderr.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))
+    if counts["differs"] or not counts["identical"]:
+        if not counts["differs"] and counts["key differs"]:
+            print_note("no cell of this store is reproducible at this revision: check out the "
+                       "revision in its leaderboard's header (and seed the weights) to verify it")
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def compare(
     out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
     labels: Annotated[list[str], typer.Argument(

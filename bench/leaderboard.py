@@ -191,13 +191,19 @@ def planned_records(out: Path) -> list[CellRecord]:
     """The cells a leaderboard of ``out`` (a run folder or a ``.sqlite`` store) shows, read
     without writing: what the benchmark scripts that check claims on a published store read.
     Raises :class:`FileNotFoundError` when there is no store."""
+    return planned_run(out)[0]
+
+
+def planned_run(out: Path) -> tuple[list[CellRecord], list[dict[str, Any]]]:
+    """:func:`planned_records` and the runs the leaderboard's header describes (the first
+    holds the config text), read without writing."""
     db = out if out.suffix == ".sqlite" else out / "results.sqlite"
     if not db.is_file():
         raise FileNotFoundError(f"no store at {db}")
     store = Store(db, readonly=True)
     try:
-        keys, _ = plan_keys(store)
-        return store.cells(keys)
+        keys, runs = plan_keys(store)
+        return store.cells(keys), runs
     finally:
         store.close()
 
