@@ -292,6 +292,8 @@ def verify(
     rtol: Annotated[float, typer.Option(
         "--rtol", min=0.0, help="relative tolerance for real-valued figures (0: bit for bit; "
                                 "another kind of CPU may need ~1e-5)")] = 0.0,
+    device: Annotated[Optional[str], typer.Option(
+        "--device", help="cpu | cuda | cuda:N (default: the device the run used)")] = None,
 ) -> None:
     """Recompute cells of a stored run at this revision and compare them clip by clip with
     the store: exit 0 when every recomputed cell is identical, 1 when one differs or none
@@ -303,7 +305,8 @@ def verify(
     try:
         with RichProgress() as progress:
             checks = verify_run(out, get_plugins(), cells=cells, everything=everything,
-                                only=list(only or []), rtol=rtol, progress=progress)
+                                only=list(only or []), rtol=rtol, device=device,
+                                progress=progress)
     except ConfigError as exc:
         _fail_config(exc)
         return

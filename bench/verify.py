@@ -52,18 +52,20 @@ class CellCheck:
 
 
 def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool = False,
-           only: Iterable[str] = (), rtol: float = 0.0,
+           only: Iterable[str] = (), rtol: float = 0.0, device: str | None = None,
            progress: Progress | None = None) -> list[CellCheck]:
     """Check the finished cells of the run in ``out`` (a folder or its ``results.sqlite``)
     against this revision; recompute the ``cells`` cheapest of those whose key it reproduces
     (all of them with ``everything``). ``rtol``: relative tolerance for real-valued figures
-    (0: bit for bit, what one kind of CPU gives); discrete outcomes must always agree."""
+    (0: bit for bit, what one kind of CPU gives); discrete outcomes must always agree.
+    ``device``: where to recompute; by default the device the run used (a CPU board is checked
+    on the CPU of a GPU machine too)."""
     progress = progress or NullProgress()
     records, runs = planned_run(out)
     stored = [r for r in records if r.status == "ok"]
     run = runs[0]
     config = parse_config(run["config_text"], source=run["config_source"])
-    device = resolve_device(config.run.device)
+    device = resolve_device(device or run["settings"].get("device") or config.run.device)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
                    seed=config.run.seed, allow_training=config.run.allow_training)
     resolved = apply_only(resolve(config, plugins), list(only))

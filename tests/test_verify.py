@@ -62,6 +62,8 @@ def test_a_cell_this_revision_plans_differently_is_named_not_recomputed(tmp_path
     out = _run(tmp_path, toy_plugins)
     result = CliRunner().invoke(app, ["verify", str(out)])
     assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["verify", str(out), "--device", "tpu"])
+    assert result.exit_code == 2 and "device" in result.output
 
     stored_version = musicbench.RESULTS_VERSION
     monkeypatch.setattr(musicbench, "RESULTS_VERSION", "next")
