@@ -325,8 +325,14 @@ def verify(
     stderr.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if counts["differs"] or not counts["identical"]:
         if not counts["differs"] and counts["key differs"]:
-            print_note("no cell of this store is reproducible at this revision: check out the "
-                       "revision in its leaderboard's header (and seed the weights) to verify it")
+            details = [d for c in checks for d in c.details]
+            cached = (": weights ", ": fingerprint ")  # what the cache, not the code, decides
+            hints = (["check out the revision in its leaderboard's header"]
+                     if any(not any(c in d for c in cached) for d in details) else [])
+            hints += (["seed the cache with the board's weights (leaderboards/README.md)"]
+                      if any("weights" in d for d in details) else [])
+            print_note("no cell of this store is reproducible here: "
+                       + ("; ".join(hints) or "see the parts of the keys that differ above"))
         raise typer.Exit(code=1)
 
 
