@@ -79,3 +79,20 @@ def test_a_cell_this_revision_plans_differently_is_named_not_recomputed(tmp_path
 def test_a_missing_store_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no store at" in result.output
+
+
+def test_weights_that_differ_from_the_cache_are_named_with_the_remedy(tmp_path, toy_plugins,
+                                                                      monkeypatch):
+    monkeypatch.setattr(musicbench.plugins, "get_plugins", lambda **_: toy_plugins)
+    out = _run(tmp_path, toy_plugins)
+    db = sqlite3.connect(out / "results.sqlite")
+    db.execute("UPDATE cells SET spec = json_set(spec, '$.model.weights', 'feedfacefeedface')")
+    db.commit()
+    db.close()
+    checks = verify(out, toy_plugins)
+    assert {c.verdict for c in checks} == {"key differs"}
+    assert checks[0].details[0].startswith("model toy-model: weights 'feedfacefeedface' stored")
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    said = " ".join(result.output.split())  # rich wraps lines
+    assert result.exit_code == 1 and "seed the cache with the board's weights" in said
+    assert "check out the revision" not in said
