@@ -119,6 +119,12 @@ def _outcomes(record: Any, varying: str) -> dict[str, bool]:
     return {s.sample_id: bool(s.clean_correct) and not bool(s.success) for s in record.samples}
 
 
+def success_outcomes(record: Any) -> dict[str, bool]:
+    """Per attacked clip id: the attack fooled the model, the event counted when attacks
+    vary (clean-wrong clips are not attacked and left out)."""
+    return _outcomes(record, "attack")
+
+
 def robust_outcomes(record: Any) -> dict[str, bool]:
     """Per clip id: right after the attack (clean-wrong clips count as wrong), the event
     counted when defenses vary."""

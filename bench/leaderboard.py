@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from musicbench.compare import Pair, pair_on_shared_clips, success_outcomes
 from musicbench.files import atomic_write_text
 from musicbench.interfaces.attack import ThreatModel
 from musicbench.metrics import clopper_pearson
-from musicbench.stats import holm, mcnemar_exact_p
+from musicbench.stats import holm
 from musicbench.store import CellRecord, Store
 
 JSON_FIELDS = (
@@ -249,13 +250,13 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
     # on the clips both attacked; flagged where the black-box one is stronger, with the paired
     # evidence Holm-adjusted over all these comparisons on the board (at 16 clips two ASRs
     # differ by chance more often than not).
-    pairs: list[tuple[int, int, PairedOutcomes]] = []
+    pairs: list[tuple[int, int, Pair]] = []
     for idxs in groups.values():
         white = [i for i in idxs if records[i].spec.threat == "white-box"]
         if not white:
             continue
         best = max(white, key=lambda i: rows[i]["asr"])
-        pairs += [(i, best, paired_outcomes(records[i], records[best])) for i in idxs
+        pairs += [(i, best, _fooled_pair(records[i], records[best])) for i in idxs
                   if records[i].spec.threat == "black-box"]
     tests = _paired_tests([paired for *_, paired in pairs])
     for (i, best, paired), (p_holm, verdict) in zip(pairs, tests, strict=True):
@@ -267,10 +268,9 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                 f"{rows[best]['n_success']}/{rows[best]['n_attacked']}; here "
                 f"{white_name}, {100 * rows[best]['asr']:.1f}%; on the {paired.n} clips both "
                 f"attacked it fools {paired.only_a} that {white_name} does not, {white_name} "
-                f"{paired.only_b} that it does not, exact McNemar p "
-                f"{mcnemar_exact_p(paired.only_a, paired.only_b):.2g}, Holm p {p_holm:.2g} "
-                f"over the board's {len(pairs)} black-box vs white-box comparison(s): "
-                f"{verdict}): gradient masking?")
+                f"{paired.only_b} that it does not, exact McNemar p {paired.p:.2g}, Holm p "
+                f"{p_holm:.2g} over the board's {len(pairs)} black-box vs white-box "
+                f"comparison(s): {verdict}): gradient masking?")
     _flag_eps_monotonic(records, rows)
     for rec, row in zip(records, rows, strict=True):
         load, cpus = rec.info.load_average, rec.info.cpus
@@ -285,28 +285,16 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                                 f"accuracy ({100 * base:.1f}% undefended)")
 
 
-@dataclass(frozen=True)
-class PairedOutcomes:
-    """Two cells on the clips both attacked (right clean in both): how many, and how many
-    only the first / only the second fooled."""
-
-    n: int
-    only_a: int
-    only_b: int
+_NO_SHARED_CLIP = Pair("", "", 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 1.0, 1.0)
 
 
-def paired_outcomes(a: CellRecord, b: CellRecord) -> PairedOutcomes:
-    """``a`` and ``b`` paired by clip id (two cells of one dataset draw the same clips)."""
-    b_samples = {s.sample_id: s for s in b.samples}
-    n = only_a = only_b = 0
-    for s in a.samples:
-        t = b_samples.get(s.sample_id)
-        if t is None or not (s.attacked and t.attacked):
-            continue
-        n += 1
-        only_a += bool(s.success and not t.success)
-        only_b += bool(t.success and not s.success)
-    return PairedOutcomes(n, only_a, only_b)
+def _fooled_pair(a: CellRecord, b: CellRecord) -> Pair:
+    """``a`` against ``b`` on the clips both attacked: who fooled which (``only_a``,
+    ``only_b``) and the exact McNemar p (:func:`musicbench.compare.pair_on_shared_clips`);
+    p = 1 with no clip in common."""
+    pair = pair_on_shared_clips(a.spec.labels[3], b.spec.labels[3], success_outcomes(a),
+                                success_outcomes(b))
+    return pair if pair is not None else _NO_SHARED_CLIP
 
 
 def eps_series_key(record: CellRecord) -> tuple[Any, ...] | None:
@@ -333,10 +321,10 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
             series[key].append(i)
     # (smaller ε, larger ε, paired): a clip the smaller ε fools and the larger does not is
     # one the larger ε "keeps" (attacked = right clean, in both cells)
-    steps: list[tuple[int, int, PairedOutcomes]] = []
+    steps: list[tuple[int, int, Pair]] = []
     for idxs in series.values():
         idxs.sort(key=lambda i: records[i].spec.threat_model.eps)
-        steps += [(a, b, paired_outcomes(records[a], records[b]))
+        steps += [(a, b, _fooled_pair(records[a], records[b]))
                   for a, b in zip(idxs, idxs[1:], strict=False)]
     tests = _paired_tests([paired for *_, paired in steps])
     for (a, b, paired), (p_holm, verdict) in zip(steps, tests, strict=True):
@@ -349,10 +337,10 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
                 f"over the board's {len(steps)} ε step(s): {verdict})")
 
 
-def _paired_tests(pairs: list[PairedOutcomes]) -> list[tuple[float, str]]:
-    """Per pair: the exact McNemar p Holm-adjusted over all ``pairs`` (one flag's family on
-    one board), and "beyond chance" or "within chance" at :data:`FLAG_ALPHA`."""
-    adjusted = holm([mcnemar_exact_p(p.only_a, p.only_b) for p in pairs])
+def _paired_tests(pairs: list[Pair]) -> list[tuple[float, str]]:
+    """Per pair: its McNemar p Holm-adjusted over all ``pairs`` (one flag's family on one
+    board), and "beyond chance" or "within chance" at :data:`FLAG_ALPHA`."""
+    adjusted = holm([p.p for p in pairs])
     return [(p, "beyond chance" if p <= FLAG_ALPHA else "within chance") for p in adjusted]
 
 
@@ -415,7 +403,7 @@ def _commands(runs: list[dict[str, Any]]) -> list[str]:
 
 def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
             ) -> dict[str, Any]:
-    run = runs[0]
+    run, commands = runs[0], _commands(runs)
     env = run["environment"]
     settings = run["settings"]
     fingerprints = {}
@@ -456,8 +444,8 @@ def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
         "samples_short": short,
         "planned": planned,
         "stored": len(records),
-        "command": next(iter(_commands(runs)), None),  # the first; kept for readers of the JSON
-        "commands": _commands(runs),
+        "command": next(iter(commands), None),  # the first; kept for readers of the JSON
+        "commands": commands,
         "skipped": {name: meta.get("skipped", [])
                     for name, meta in settings.get("datasets", {}).items()},
         "plugins_failed": {name: p for name, p in (env.get("plugins") or {}).items()
