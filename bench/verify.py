@@ -34,9 +34,6 @@ from musicbench.runner import run_cell
 from musicbench.store import CellRecord
 from musicbench.workspace import Workspace
 
-LOAD_FLAG = "timed on a loaded machine"
-"""Flags that describe the machine, not the result (left out of the comparison)."""
-
 
 @dataclass
 class CellCheck:
@@ -123,12 +120,15 @@ def key_differences(stored: CellSpec, here: CellSpec) -> list[str]:
 
 def record_differences(stored: CellRecord, fresh: CellRecord, *, rtol: float = 0.0
                        ) -> list[str]:
-    """Every way ``fresh`` (recomputed) differs from ``stored``; empty when they agree."""
+    """Every way ``fresh`` (recomputed) differs from ``stored`` in what
+    :meth:`CellRecord.comparable` keeps (timings and load left out) — per clip, per figure and
+    in the flags; empty when they agree."""
     if fresh.status != "ok":
         return [f"recomputed cell failed: {fresh.error}"]
+    was, now = stored.comparable(), fresh.comparable()
     out = []
-    old = {s.sample_id: vars(s) for s in stored.samples}
-    new = {s.sample_id: vars(s) for s in fresh.samples}
+    old = {s["sample_id"]: s for s in was["samples"]}
+    new = {s["sample_id"]: s for s in now["samples"]}
     if old.keys() != new.keys():
         out.append(f"clips: {len(old)} stored, {len(new)} recomputed, "
                    f"{len(old.keys() ^ new.keys())} not in both")
@@ -143,19 +143,15 @@ def record_differences(stored: CellRecord, fresh: CellRecord, *, rtol: float = 0
         shown = ", ".join(f"{name} {old[clip][name]!r} → {new[clip][name]!r}"
                           for name in fields[:3])
         out.append(f"{len(differing)} of {len(old)} clips differ (first: {clip}: {shown})")
-    for name in sorted(stored.metrics.keys() | fresh.metrics.keys()):
-        if name == "seconds_per_clip":
-            continue
-        a, b = stored.metrics.get(name), fresh.metrics.get(name)
+    for name in sorted(was["metrics"].keys() | now["metrics"].keys()):
+        a, b = was["metrics"].get(name), now["metrics"].get(name)
         if a is None or b is None:
             out.append(f"figure {name}: only {'recomputed' if a is None else 'stored'}")
-        elif not (_same(a.value, b.value, rtol) and _same(a.ci, b.ci, rtol)):
-            out.append(f"figure {name}: {a.value!r} {a.ci!r} stored, {b.value!r} {b.ci!r} "
-                       "recomputed")
-    flags_old = [f for f in stored.info.flags if not f.startswith(LOAD_FLAG)]
-    flags_new = [f for f in fresh.info.flags if not f.startswith(LOAD_FLAG)]
-    if flags_old != flags_new:
-        out.append(f"flags: {flags_old!r} stored, {flags_new!r} recomputed")
+        elif not _same(a, b, rtol):
+            out.append(f"figure {name}: {a[0]!r} {a[1]!r} stored, {b[0]!r} {b[1]!r} recomputed")
+    if was["info"]["flags"] != now["info"]["flags"]:
+        out.append(f"flags: {was['info']['flags']!r} stored, {now['info']['flags']!r} "
+                   "recomputed")
     return out
 
 
