@@ -205,22 +205,26 @@ def _measure_one(defense: Preprocessor, audio: torch.Tensor
     with torch.enable_grad():
         out = run(0, x)
         if out.requires_grad:
-            (grad,) = torch.autograd.grad((out * upstream).sum(), x, allow_unused=True)
+            (grad,) = torch.autograd.grad((out * upstream).sum(), x, allow_unused=True,
+                                          retain_graph=True)  # the ratio's probes reuse it
             if grad is not None and bool(torch.isfinite(grad).all()):
                 differentiable = bool(grad.norm() > GRADIENT_RTOL * upstream.norm())
-    if differentiable:
-        ratio = _finite_difference_ratio(lambda z: run(0, z), audio)
+        if differentiable:
+            ratio = _finite_difference_ratio(lambda z: run(0, z), audio, x, out)
     return randomized, reproducible, differentiable, ratio
 
 
 def _finite_difference_ratio(run: Callable[[torch.Tensor], torch.Tensor],
-                             audio: torch.Tensor) -> float | None:
+                             audio: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+                             ) -> float | None:
     """Median over :data:`GRADIENT_FD_PROBES` output samples ``(b, t)`` (seeded) of the
     central finite-difference slope of ``run(x)[b, t]`` along ``d = g / max|g|``, where ``g``
     is its autograd input gradient, over the autograd slope ``<g, d>``; the same generator
     state on both sides (common random numbers: a randomized defense is measured on one draw).
     One output sample at a time, because a projection on many would average a staircase's
-    jumps back into its mean slope. None when no probed sample has a gradient. ``audio[B, T]``.
+    jumps back into its mean slope. None when no probed sample has a gradient. ``audio[B, T]``;
+    ``out = run(x)`` with its graph kept, ``x`` a leaf copy of ``audio`` (one forward pass for
+    every probe's gradient).
     """
     batch, length = audio.shape
     g = torch.Generator().manual_seed(11)
@@ -230,9 +234,7 @@ def _finite_difference_ratio(run: Callable[[torch.Tensor], torch.Tensor],
     ratios = []
     h = GRADIENT_FD_STEP
     for b, t in zip(rows, cols, strict=True):
-        x = audio.clone().requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(run(x)[b, t], x)
+        (grad,) = torch.autograd.grad(out[b, t], x, retain_graph=True)
         peak = float(grad.abs().max())
         if not math.isfinite(peak) or peak <= GRADIENT_RTOL:
             continue
