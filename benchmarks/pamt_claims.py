@@ -129,12 +129,9 @@ def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "p
                 pair = pair_on_shared_clips(pamt, control, a, b)
                 if pair is not None:
                     out.append(Row("pamt claim", dataset, model, attack, pair))
-            ids = sorted(set.intersection(*(set(a) & set(b) for a, b in outcomes.values()))
-                         if outcomes else set())
-            if ids:
-                diffs = np.array([[float(a[i]) - float(b[i]) for i in ids]
-                                  for a, b in outcomes.values()])
-                averages.append(_average(dataset, model, tuple(shared), diffs))
+            average = _average_on_shared_clips(dataset, model, outcomes)
+            if average is not None:
+                averages.append(average)
         base = defenses.get(baseline)
         if base is not None:
             for defense, cells in defenses.items():
@@ -165,27 +162,33 @@ def model_averages(records: list[CellRecord], *, pamt: str = "pamt",
     """Post hoc: the claim's average over every attack of all rows of one model (by name) and
     dataset, on the clips those rows share; only where a model has more than one row."""
     groups: dict[tuple[str, str], dict[str, tuple[dict[str, bool], dict[str, bool]]]] = {}
-    rows_per_group: dict[tuple[str, str], int] = {}
-    for (dataset, _label), defenses in _rows(records).items():
+    labels: dict[tuple[str, str], set[str]] = {}
+    for (dataset, label), defenses in _rows(records).items():
         if pamt not in defenses or control not in defenses:
             continue
         name = next(iter(defenses[pamt].values())).spec.model.name
         group = groups.setdefault((dataset, name), {})
-        rows_per_group[(dataset, name)] = rows_per_group.get((dataset, name), 0) + 1
+        labels.setdefault((dataset, name), set()).add(label)
         for attack in sorted(defenses[pamt].keys() & defenses[control].keys()):
             group.setdefault(attack, (robust_outcomes(defenses[pamt][attack]),
                                       robust_outcomes(defenses[control][attack])))
-    averages = []
-    for (dataset, name), outcomes in groups.items():
-        if rows_per_group[(dataset, name)] < 2:
-            continue
-        ids = sorted(set.intersection(*(set(a) & set(b) for a, b in outcomes.values())))
-        if ids:
-            diffs = np.array([[float(a[i]) - float(b[i]) for i in ids]
-                              for a, b in outcomes.values()])
-            averages.append(_average(dataset, f"{name} (all rows, post hoc)",
-                                     tuple(outcomes), diffs))
-    return averages
+    averages = [_average_on_shared_clips(dataset, f"{name} (all rows, post hoc)", outcomes)
+                for (dataset, name), outcomes in groups.items()
+                if len(labels[(dataset, name)]) > 1]
+    return [a for a in averages if a is not None]
+
+
+def _average_on_shared_clips(dataset: str, model: str,
+                             outcomes: dict[str, tuple[dict[str, bool], dict[str, bool]]]
+                             ) -> Average | None:
+    """The claim's average over ``outcomes`` (attack -> per-clip robust outcomes of pamt and
+    of the control) on the clips every one of them holds; None when they share none."""
+    ids = sorted(set.intersection(*(set(a) & set(b) for a, b in outcomes.values()))
+                 if outcomes else set())
+    if not ids:
+        return None
+    diffs = np.array([[float(a[i]) - float(b[i]) for i in ids] for a, b in outcomes.values()])
+    return _average(dataset, model, tuple(outcomes), diffs)
 
 
 def _average(dataset: str, model: str, attacks: tuple[str, ...], diffs: np.ndarray) -> Average:
