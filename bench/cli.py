@@ -282,7 +282,7 @@ def verify(
                                              "e.g. leaderboards/runs/default.sqlite")],
     cells: Annotated[int, typer.Option(
         "--cells", min=0, help="recompute this many of the reproducible cells, cheapest "
-                               "first (by their stored seconds)")] = 1,
+                               "first (by their stored attack time)")] = 1,
     everything: Annotated[bool, typer.Option(
         "--all", help="recompute every cell this revision reproduces")] = False,
     only: Annotated[
@@ -300,6 +300,7 @@ def verify(
     could be recomputed (the cells' keys differ here: the verdict says which parts)."""
     from musicbench.plugins import get_plugins
     from musicbench.ui import RichProgress
+    from musicbench.verify import remedies
     from musicbench.verify import verify as verify_run
 
     try:
@@ -325,14 +326,8 @@ def verify(
     stderr.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))
     if counts["differs"] or not counts["identical"]:
         if not counts["differs"] and counts["key differs"]:
-            details = [d for c in checks for d in c.details]
-            cached = (": weights ", ": fingerprint ")  # what the cache, not the code, decides
-            hints = (["check out the revision in its leaderboard's header"]
-                     if any(not any(c in d for c in cached) for d in details) else [])
-            hints += (["seed the cache with the board's weights (leaderboards/README.md)"]
-                      if any("weights" in d for d in details) else [])
             print_note("no cell of this store is reproducible here: "
-                       + ("; ".join(hints) or "see the parts of the keys that differ above"))
+                       + "; ".join(remedies(checks)))
         raise typer.Exit(code=1)
 
 

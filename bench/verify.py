@@ -45,7 +45,22 @@ class CellCheck:
     key: str
     verdict: str
     details: list[str] = field(default_factory=list)
-    seconds: float | None = None
+    causes: set[str] = field(default_factory=set)
+    """For ``key differs``: ``cache`` (weights or data this machine's cache built otherwise)
+    and/or ``code`` (the harness, a plugin's version or parameters, a run setting)."""
+
+
+CACHED_FIELDS = ("weights", "fingerprint")
+"""Parts of a component's key that the cache decides, not the code."""
+
+
+def remedies(checks: list[CellCheck]) -> list[str]:
+    """What to do so that the cells whose key differs here can be verified."""
+    causes = set().union(*(c.causes for c in checks if c.verdict == "key differs"))
+    out = ["check out the revision in its leaderboard's header"] if "code" in causes else []
+    if "cache" in causes:
+        out.append("seed the cache with the board's weights (leaderboards/README.md)")
+    return out
 
 
 def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool = False,
@@ -79,11 +94,12 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
                                                ["this revision plans no cell of these labels"])
             continue
         if spec.key != record.key:
+            parts = key_differences(record.spec, spec)
             checks[record.key] = CellCheck(record.spec.labels, record.key, "key differs",
-                                           key_differences(record.spec, spec))
+                                           [text for _, text in parts],
+                                           {cause for cause, _ in parts})
             continue
-        checks[record.key] = CellCheck(record.spec.labels, record.key, "not recomputed",
-                                       seconds=record.seconds)
+        checks[record.key] = CellCheck(record.spec.labels, record.key, "not recomputed")
         reproducible.append((record, spec))
 
     # cheapest first: attack time (a run's first cell also pays for shared work)
@@ -97,25 +113,26 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
             fresh = run_cell(spec, ws, environment)
         found = record_differences(record, fresh, rtol=rtol)
         checks[record.key] = CellCheck(record.spec.labels, record.key,
-                                       "differs" if found else "identical", found,
-                                       seconds=fresh.seconds)
+                                       "differs" if found else "identical", found)
     return list(checks.values())
 
 
-def key_differences(stored: CellSpec, here: CellSpec) -> list[str]:
-    """What makes two specs of the same labels different cells, part by part."""
+def key_differences(stored: CellSpec, here: CellSpec) -> list[tuple[str, str]]:
+    """What makes two specs of the same labels different cells, part by part: (cause, text),
+    the cause ``cache`` or ``code`` (:attr:`CellCheck.causes`)."""
     out = []
     if stored.musicbench != here.musicbench:
-        out.append(f"harness: {stored.musicbench} stored, {here.musicbench} here")
+        out.append(("code", f"harness: {stored.musicbench} stored, {here.musicbench} here"))
     for kind in CELL_KINDS:
         a, b = getattr(stored, kind).key_data(), getattr(here, kind).key_data()
-        out += [f"{kind} {getattr(here, kind).name}: {name} {a.get(name)!r} stored, "
-                f"{b.get(name)!r} here" for name in sorted(a.keys() | b.keys())
+        out += [("cache" if name in CACHED_FIELDS else "code",
+                 (f"{kind} {getattr(here, kind).name}: {name} {a.get(name)!r} stored, "
+                 f"{b.get(name)!r} here")) for name in sorted(a.keys() | b.keys())
                 if a.get(name) != b.get(name)]
     a, b = stored.run.key_data(), here.run.key_data()
-    out += [f"run setting {name}: {a.get(name)!r} stored, {b.get(name)!r} here"
+    out += [("code", f"run setting {name}: {a.get(name)!r} stored, {b.get(name)!r} here")
             for name in sorted(a.keys() | b.keys()) if a.get(name) != b.get(name)]
-    return out or ["the keys differ in a part this report does not name"]
+    return out or [("code", "the keys differ in a part this report does not name")]
 
 
 def record_differences(stored: CellRecord, fresh: CellRecord, *, rtol: float = 0.0
