@@ -50,6 +50,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SCALES = (1, 2, 4)
 RAY_WORKERS = (1, 2)
@@ -149,28 +150,27 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 # ---- reading a run -------------------------------------------------------------------------
 
-def comparable(out: Path) -> dict[tuple, dict]:
-    """Every cell of run folder ``out``, by its labels: its key and
+def read_cells(out: Path) -> list[Any]:
+    """Every cell record of run folder ``out`` (read once per run: its summary and its
+    comparison with another run are both derived from these)."""
+    from musicbench.store import Store
+
+    store = Store(out / "results.sqlite", readonly=True)
+    try:
+        return store.cells()
+    finally:
+        store.close()
+
+
+def comparable(cells: list[Any]) -> dict[tuple, dict]:
+    """Cells by their labels: each key and
     :meth:`~musicbench.store.CellRecord.comparable` (every clip and every cell figure with its
     interval, the runner's info and flags; wall times, load and CPU count left out)."""
-    from musicbench.store import Store
-
-    store = Store(out / "results.sqlite", readonly=True)
-    try:
-        return {tuple(r.names): {"key": r.key} | r.comparable() for r in store.cells()}
-    finally:
-        store.close()
+    return {tuple(r.names): {"key": r.key} | r.comparable() for r in cells}
 
 
-def cell_summary(out: Path) -> tuple[int, int, float]:
+def cell_summary(cells: list[Any]) -> tuple[int, int, float]:
     """(cells ok, cells, sum of the cells' own seconds as the store records them)."""
-    from musicbench.store import Store
-
-    store = Store(out / "results.sqlite", readonly=True)
-    try:
-        cells = store.cells()
-    finally:
-        store.close()
     return (sum(r.status == "ok" for r in cells), len(cells), sum(r.seconds for r in cells))
 
 
@@ -187,6 +187,7 @@ class Measurement:
     cells: int = 0
     cell_seconds: float = 0.0
     command: list[str] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list, repr=False)  # the run's cells
 
 
 def uptime() -> str:
@@ -279,8 +280,9 @@ def run_once(setting: str, clips: int, config: Path, out: Path, extra: list[str]
                     "train (allow_training = false): run `musicbench train style-cnn` first.")
         what = f"timed out after {timeout:.0f} s" if rc is None else f"exited {rc}"
         raise SystemExit(f"{setting} ({clips} clips) {what}; log {log}:\n{tail}{hint}")
-    m = Measurement(setting, clips, wall, out, load_before, command=command)
-    m.cells_ok, m.cells, m.cell_seconds = cell_summary(out)
+    m = Measurement(setting, clips, wall, out, load_before, command=command,
+                    records=read_cells(out))
+    m.cells_ok, m.cells, m.cell_seconds = cell_summary(m.records)
     print(f"    {wall:.1f} s", file=sys.stderr, flush=True)
     return m
 
@@ -381,9 +383,9 @@ def main() -> None:
                     f"ray, {workers} worker{'s' if workers > 1 else ''}", ray_clips, config,
                     root / f"ray-{workers}", ["--executor", "ray", "--shard-clips", str(shard)],
                     env, args.timeout))
-            reference = comparable(local[-1].out)
+            reference = comparable(local[-1].records)
             for m in ray_runs:
-                same[m.setting] = differences(reference, comparable(m.out))
+                same[m.setting] = differences(reference, comparable(m.records))
         finished = True
     finally:
         after = uptime()
