@@ -20,10 +20,19 @@ AutoAttack). Untargeted, on the waveform, L-inf (signed steps) or L2 (normalised
   ``−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3 + 1e-12)`` (:func:`dlr_loss`), with ``z`` the
   victim's scores (logits, or per-work similarities ``[B, n_works]`` for retrieval: DLR is
   invariant to their shift and scale, as it is to the logits');
-- ``restarts`` random starts, each run only on the clips no earlier start fooled.
+- ``restarts`` random starts, each run only on the clips no earlier start fooled;
+- ``loss = "dlr-targeted"``: AutoAttack's APGD-T (Croce & Hein 2020, §3.3 and eq. 7). One
+  counted pass on the clean clips ranks the other classes by their clean scores; the attack
+  then runs once per target, for the top ``min(target_classes, K − 1)`` of them in that order
+  (``target_classes = 9``, AutoAttack's), each run (with its ``restarts``) only on the clips
+  no earlier target fooled, raising the targeted DLR
+  ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)`` (:func:`targeted_dlr_loss`). Success
+  is untargeted, as in AutoAttack: a clip stops once the model is wrong, whichever class
+  wins. For retrieval the classes are the works of the reference set, as for DLR.
 
-**DLR needs at least three classes** (``z_π3``). A victim with fewer (a two-label
-classifier, a reference set of two works) makes the attack raise
+**DLR needs at least three classes** (``z_π3``), **targeted DLR four** (``z_π4``). A
+victim with fewer (a two-label classifier, a reference set of two works) makes the attack
+raise
 :class:`TooFewClassesError`, naming the model and its class count, before any query: the
 cell fails with that message. There is no silent fallback to CE: an ``apgd-dlr`` column that
 was really CE would make the per-sample worst case of an ensemble look more diverse than it
@@ -36,7 +45,10 @@ clip never fooled returns the highest-loss point of all its restarts.
 
 **Cost.** A restart evaluates ``x⁽⁰⁾ .. x⁽ᴺ⁾``: ``N = steps`` gradient calls and one last
 forward pass without gradient (so the best point and the success of the final iterate are
-known before the next restart). ``steps`` counts gradient steps per clip over all restarts.
+known before the next restart). ``steps`` counts gradient steps per clip over all restarts
+(and, targeted, over all targets: a clip no target fools takes ``restarts · steps`` steps per
+target, plus one clean query in all). A clip never fooled by any target returns the point of
+highest targeted DLR over all its runs.
 
 **EOT.** The Victim averages randomized defenses (EOT) and applies BPDA; the attack does not
 know. With CE it averages the loss over draws; with DLR, DLR is taken of the draw-averaged
@@ -74,14 +86,19 @@ from musicbench.api import (
     project_l2,
     snr_radius,
 )
-from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS, MAX_STEPS
+from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS, MAX_SIZE, MAX_STEPS
 
 DLR_EPS = 1e-12
 """The paper's guard in DLR's denominator."""
 
 
+MIN_CLASSES = {"dlr": 3, "dlr-targeted": 4}
+"""Classes each DLR loss needs: ``z_π3`` (DLR), ``z_π3`` and ``z_π4`` (targeted DLR)."""
+
+
 class TooFewClassesError(MusicbenchError):
-    """APGD with ``loss = "dlr"`` was asked to attack a model with fewer than 3 classes."""
+    """APGD with a DLR loss was asked to attack a model with fewer classes than it needs
+    (3 for ``"dlr"``, 4 for ``"dlr-targeted"``)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,8 @@ class APGDParams:
     """``eps``: the radius in ``norm`` (0.002 is the benchmark's L-inf radius, DESIGN.md §6);
     ``snr_db`` set replaces it with a per-clip radius giving at least that SNR. ``steps``:
     iterations per restart, N of the paper. ``restarts``: random starts. ``loss``: ``"ce"`` or
-    ``"dlr"`` (needs >= 3 classes). ``momentum``: α. ``rho``: ρ of condition 1.
+    ``"dlr"`` (needs >= 3 classes) or ``"dlr-targeted"`` (APGD-T, needs >= 4).
+    ``target_classes``: targets APGD-T tries per clip (at most K − 1). ``momentum``: α. ``rho``: ρ of condition 1.
     ``initial_step``: η⁽⁰⁾ as a multiple of the radius. ``first_checkpoint``, ``shrink``,
     ``min_interval``: the checkpoint schedule as fractions of ``steps`` (the paper's 0.22,
     0.03, 0.06)."""
@@ -99,7 +117,8 @@ class APGDParams:
     snr_db: float | None = None
     steps: int = 50
     restarts: int = 1
-    loss: Literal["ce", "dlr"] = "ce"
+    loss: Literal["ce", "dlr", "dlr-targeted"] = "ce"
+    target_classes: int = 9
     momentum: float = 0.75
     rho: float = 0.75
     initial_step: float = 2.0
@@ -117,8 +136,10 @@ class APGDParams:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
-        if self.loss not in ("ce", "dlr"):
-            raise ValueError(f"loss must be 'ce' or 'dlr', got {self.loss!r}")
+        if self.loss not in ("ce", "dlr", "dlr-targeted"):
+            raise ValueError(f"loss must be 'ce', 'dlr' or 'dlr-targeted', got {self.loss!r}")
+        if self.target_classes < 1:
+            raise ValueError(f"target_classes must be >= 1, got {self.target_classes}")
         if not 0 < self.momentum <= 1:
             raise ValueError(f"momentum (alpha) must be in (0, 1], got {self.momentum}")
         if not 0 < self.rho <= 1:
@@ -135,6 +156,8 @@ class APGDParams:
                      at_most=MAX_LINF_EPS if self.norm == "linf" else MAX_L2_EPS)
         check_number("steps", self.steps, at_least=1, at_most=MAX_STEPS, integer=True)
         check_number("restarts", self.restarts, at_least=1, at_most=MAX_STEPS, integer=True)
+        check_number("target_classes", self.target_classes, at_least=1, at_most=MAX_SIZE,
+                     integer=True)
         check_number("initial_step", self.initial_step, above=0, at_most=100)
         check_number("shrink", self.shrink, at_least=0, at_most=1)
 
@@ -190,6 +213,31 @@ def dlr_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -_margin(scores, target) / (top[..., 0] - top[..., 2] + DLR_EPS)
 
 
+def targeted_dlr_loss(scores: torch.Tensor, target: torch.Tensor, aim: torch.Tensor
+                      ) -> torch.Tensor:
+    """``scores[B, K]`` (K >= 4), true ``target[B]``, target class ``aim[B]`` -> ``[B]``: the
+    targeted DLR, ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)`` (Croce & Hein 2020,
+    eq. 7). Raised by a targeted attack; > 0 once ``z_t`` passes ``z_y`` (the clip is then
+    misclassified, though not necessarily as ``t``)."""
+    k = scores.shape[-1]
+    if k < 4:
+        raise TooFewClassesError(
+            f"targeted DLR needs at least 4 classes (z_π4); scores have {k}")
+    top = scores.topk(4, dim=-1).values
+    true = scores.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    other = scores.gather(-1, aim.unsqueeze(-1)).squeeze(-1)
+    return -(true - other) / (top[..., 0] - (top[..., 2] + top[..., 3]) / 2 + DLR_EPS)
+
+
+def ranked_targets(scores: torch.Tensor, target: torch.Tensor, count: int) -> torch.Tensor:
+    """``scores[B, K]`` (the clean clips'), ``target[B]`` -> ``long[B, min(count, K − 1)]``:
+    the classes other than the true one, highest score first (AutoAttack's order of targets;
+    ties go to the lower index)."""
+    others = scores.scatter(-1, target.unsqueeze(-1), float("-inf"))
+    n = min(count, scores.shape[-1] - 1)
+    return others.argsort(dim=-1, descending=True, stable=True)[:, :n]
+
+
 def _margin(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``[B]``: true score minus the best other (> 0 while the model is right)."""
     idx = target.unsqueeze(-1)
@@ -228,27 +276,32 @@ class APGD(Attack):
         return Bound(self.params.norm, self.params.eps, snr_db=self.params.snr_db)
 
     def _check_classes(self, victim: Victim) -> None:
-        if self.params.loss != "dlr":
+        need = MIN_CLASSES.get(self.params.loss)
+        if need is None:
             return
         k = class_count(victim)
-        if k is not None and k < 3:
+        if k is not None and k < need:
             what = "works in its reference set" if victim.task == "retrieval" else "classes"
+            why = ("DLR divides by z_π1 − z_π3" if need == 3 else
+                   "targeted DLR divides by z_π1 − (z_π3 + z_π4)/2")
             raise TooFewClassesError(
-                f"attack '{self.name}' (apgd, loss='dlr') needs a model with at least 3 "
-                f"classes (DLR divides by z_π1 − z_π3), but model '{_model_name(victim)}' has "
+                f"attack '{self.name}' (apgd, loss='{self.params.loss}') needs a model with at "
+                f"least {need} classes ({why}), but model '{_model_name(victim)}' has "
                 f"{k} {what}; use loss = \"ce\" for it, or leave it out of this attack's models")
 
     def _evaluate(self, victim: Victim, x: torch.Tensor, target: torch.Tensor,
-                  index: torch.Tensor, grad: bool
+                  index: torch.Tensor, grad: bool, aim: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(loss[b], margin[b], grad[b, T] or None)`` at ``x[b, T]`` from one counted pass."""
+        """``(loss[b], margin[b], grad[b, T] or None)`` at ``x[b, T]`` from one counted pass;
+        ``aim[b]``: the target classes of the targeted DLR."""
         with torch.enable_grad() if grad else torch.no_grad():
             xg = x.detach().requires_grad_(grad)
             if self.params.loss == "ce":
                 loss, margin = victim.loss_and_margin(xg, target, index=index)
             else:
                 scores, margin = victim.scores_and_margin(xg, target, index=index)
-                loss = dlr_loss(scores, target)
+                loss = (dlr_loss(scores, target) if aim is None
+                        else targeted_dlr_loss(scores, target, aim))
             g = torch.autograd.grad(loss.sum(), xg)[0] if grad else None
         return loss.detach(), margin.detach(), g
 
@@ -272,12 +325,22 @@ class APGD(Attack):
         done = torch.zeros(batch, dtype=torch.bool, device=dev)
         steps = torch.zeros(batch, dtype=torch.long, device=dev)
         overall = torch.full((batch,), float("-inf"), dtype=audio.dtype, device=dev)
-        for _ in range(p.restarts):
-            active = (~done).nonzero().squeeze(1)
-            if active.numel() == 0:
-                break
-            self._restart(victim, audio, target, eps, active, generator, adv, done, steps,
-                          overall)
+        aims: list[torch.Tensor | None] = [None]
+        if p.loss == "dlr-targeted":
+            # One counted clean pass ranks the targets; clips already wrong stop there.
+            everyone = torch.arange(batch, device=dev)
+            with torch.no_grad():
+                scores, margin = victim.scores_and_margin(audio, target, index=everyone)
+            done |= margin <= 0
+            ranked = ranked_targets(scores, target, p.target_classes)
+            aims = list(ranked.unbind(1))
+        for aim in aims:
+            for _ in range(p.restarts):
+                active = (~done).nonzero().squeeze(1)
+                if active.numel() == 0:
+                    break
+                self._restart(victim, audio, target, eps, active, generator, adv, done,
+                              steps, overall, aim)
         return AttackResult(adv=adv, success=done, queries=victim.queries.clone(), steps=steps)
 
     def _start(self, audio: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
@@ -306,12 +369,14 @@ class APGD(Attack):
     def _restart(self, victim: Victim, audio: torch.Tensor, target: torch.Tensor,
                  eps: torch.Tensor, active: torch.Tensor, generator: torch.Generator,
                  adv: torch.Tensor, done: torch.Tensor, steps: torch.Tensor,
-                 overall: torch.Tensor) -> None:
+                 overall: torch.Tensor, aim: torch.Tensor | None = None) -> None:
         """One random start of APGD on clips ``active``, writing ``adv``, ``done``, ``steps``
-        and ``overall`` (the best loss over restarts of clips not yet fooled) in place."""
+        and ``overall`` (the best loss over restarts and targets of clips not yet fooled) in
+        place; ``aim[B]``: every clip's target class (targeted DLR), else None."""
         p = self.params
         start = self._start(audio, eps, generator)[active]  # noise for the whole batch
         clean, y, eps = audio[active], target[active], eps[active]
+        aim = aim[active] if aim is not None else None
         x, x_prev = start, start
         eta = p.initial_step * eps  # [b, 1]
         schedule = checkpoints(p.steps, p.first_checkpoint, p.shrink, p.min_interval)
@@ -322,7 +387,7 @@ class APGD(Attack):
         halved_last = torch.zeros(active.numel(), dtype=torch.bool, device=audio.device)
         for k in range(p.steps + 1):
             final = k == p.steps
-            f, margin, g = self._evaluate(victim, x, y, active, grad=not final)
+            f, margin, g = self._evaluate(victim, x, y, active, grad=not final, aim=aim)
             hit = margin <= 0
             if bool(hit.any()):  # fooled: keep this iterate, drop the clip from the rest
                 adv[active[hit]] = x[hit]
@@ -330,6 +395,7 @@ class APGD(Attack):
                 keep = ~hit
                 active, clean, y, eps, eta = active[keep], clean[keep], y[keep], eps[keep], \
                     eta[keep]
+                aim = aim[keep] if aim is not None else None
                 x, x_prev, f = x[keep], x_prev[keep], f[keep]
                 g = g[keep] if g is not None else None
                 increases, halved_last = increases[keep], halved_last[keep]
