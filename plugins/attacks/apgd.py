@@ -107,7 +107,8 @@ class APGDParams:
     ``snr_db`` set replaces it with a per-clip radius giving at least that SNR. ``steps``:
     iterations per restart, N of the paper. ``restarts``: random starts. ``loss``: ``"ce"`` or
     ``"dlr"`` (needs >= 3 classes) or ``"dlr-targeted"`` (APGD-T, needs >= 4).
-    ``target_classes``: targets APGD-T tries per clip (at most K − 1). ``momentum``: α. ``rho``: ρ of condition 1.
+    ``target_classes``: targets APGD-T tries per clip (at most K − 1). ``momentum``: α.
+    ``rho``: ρ of condition 1.
     ``initial_step``: η⁽⁰⁾ as a multiple of the radius. ``first_checkpoint``, ``shrink``,
     ``min_interval``: the checkpoint schedule as fractions of ``steps`` (the paper's 0.22,
     0.03, 0.06)."""
