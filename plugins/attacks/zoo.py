@@ -41,6 +41,14 @@ Queries: each iteration checks the current iterate (1 query; a clip stops as soo
 misclassified) and then spends 2 queries per chosen coordinate; the last iteration takes only
 the coordinates the budget leaves, so a clip never exceeds ``budget``. The final iterate is
 re-scored by the harness, uncounted. Only forward queries: the Victim refuses gradients.
+
+**Randomized defenses (EOT).** Every row costs ``eot_samples`` queries
+(:attr:`Victim.queries_per_row`); coordinates are planned in rows with
+:func:`musicbench.api.remaining_budget`, so ``queries = rows × draws <= budget``. The finite
+differences are taken of the margin of the draw-averaged scores (a difference of two
+pessimistic per-draw maxima would mostly measure which draw was luckier), and a clip stops
+only on the Victim's margin of its current iterate (<= 0 only when the model is wrong on every
+draw), never because resampling alone made it wrong on some draws.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ import torch
 from musicbench.api import check_number, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
+from musicbench_plugins.attacks.nes import averaged_rows
 from musicbench_plugins._limits import (
     MAX_LEARNING_RATE,
     MAX_LINF_EPS,
@@ -149,7 +158,8 @@ class ZOO(Attack):
     """
 
     threat = "black-box"
-    version = "2"  # 2: learning rate = step_fraction * eps (was a fixed 0.002)
+    version = "3"  # 3: under EOT, differences of the draw-averaged margin; 2: learning rate
+    # = step_fraction * eps (was a fixed 0.002)
     Params = ZOOParams
 
     def bound(self) -> Bound | None:
@@ -195,9 +205,10 @@ class ZOO(Attack):
             rows = torch.cat([x + bump, x - bump], 1).clamp_(-1, 1).reshape(b * 2 * k, length)
             del bump
             index = active.repeat_interleave(2 * k)
-            _, margin = score_rows(victim, rows, target[index], index, "margin", p.query_chunk)
+            value, _ = averaged_rows(victim, rows, target[index], index, "margin",
+                                     p.query_chunk)
             del rows
-            f = margin.clamp(min=-p.kappa).reshape(b, 2, k)
+            f = value.clamp(min=-p.kappa).reshape(b, 2, k)
             zc = z[active].gather(1, coords)
             grad = (f[:, 0] - f[:, 1]) / (2 * p.h)
             if p.const is not None:  # the paper's objective: c * margin + ‖upsample(z)‖²
