@@ -8,8 +8,9 @@ collapse to a point (41/41 is [91.4, 100], not [100, 100]); means with a percent
 Clips of one musical work are not independent, so where clips share a work (``clusters``:
 each clip's work id) a proportion's interval is Korn & Graubard's (1998) clustered
 Clopper–Pearson: the exact interval at the *effective* sample size ``n / deff`` (``deff``, the
-design effect, estimated from the spread of the works' counts, never below 1), shrunk further
-by the degrees-of-freedom factor ``(z / t_{works - 1})^2``, and never narrower than the
+design effect, estimated from the spread of the works' counts, never below 1; the number of
+clips per work when every clip has the same outcome, as nothing then shows the spread), shrunk
+further by the degrees-of-freedom factor ``(z / t_{works - 1})^2``, and never narrower than the
 unclustered interval on the same counts. Where every clip is its own work (or works are
 unknown) it is the exact interval itself. Bootstrap intervals of means resample works.
 docs/metrics.md gives the reasons and the measured coverage.
@@ -116,8 +117,10 @@ def variance_inflation(values: np.ndarray, index: np.ndarray, *, level: float = 
 
     ``v_cluster = K / (K - 1) * sum_j (S_j - m_j * mean)^2 / N^2`` (S_j, m_j: cluster j's sum
     and size; the linearised variance of a mean over sampled clusters) and
-    ``v_independent = sum_i (x_i - mean)^2 / N^2``; ``deff = 1`` when either is 0. ``inf`` for
-    one cluster: one work says nothing about others.
+    ``v_independent = sum_i (x_i - mean)^2 / N^2``. When every value is equal (k = 0 or k = N)
+    the spread between works cannot be estimated, so ``deff = N / K``, the worst case (each work
+    worth one clip; Korn & Graubard's ``deff = 1`` there undercovers: 89% at p = 0.1, 8 works,
+    ICC 0.5, see docs/metrics.md). ``inf`` for one cluster: one work says nothing about others.
     """
     from scipy.stats import norm, t
 
@@ -130,7 +133,7 @@ def variance_inflation(values: np.ndarray, index: np.ndarray, *, level: float = 
     sizes = np.bincount(index, minlength=works)
     v_cluster = works / (works - 1) * np.square(sums - sizes * mean).sum() / n**2
     v_independent = np.square(values - mean).sum() / n**2
-    deff = max(1.0, v_cluster / v_independent) if v_cluster > 0 and v_independent > 0 else 1.0
+    deff = n / works if v_independent == 0 else max(1.0, v_cluster / v_independent)
     q = 0.5 + level / 2
     return deff * (float(t.ppf(q, works - 1)) / float(norm.ppf(q))) ** 2
 

@@ -132,3 +132,16 @@ def test_summary_with_works_uses_clustered_intervals_and_says_so():
     # ASR's interval is over the attacked clips and their 5 works
     assert s["asr_ci"] == metrics.proportion_interval(np.repeat([1, 1, 0, 0, 0], 4) == 1,
                                                       _works([4] * 5))
+
+
+def test_when_every_clip_agrees_each_work_counts_as_one_clip():
+    # 0 of 32 clips in 8 works: nothing shows how alike a work's clips are, so assume the
+    # worst (deff = 4 clips per work), then the t(7) factor
+    from scipy.stats import norm, t
+
+    index = metrics.cluster_index(_works([4] * 8), 32)
+    factor = (t.ppf(0.975, 7) / norm.ppf(0.975)) ** 2
+    assert metrics.variance_inflation(np.zeros(32), index) == pytest.approx(4 * factor)
+    low, high = metrics.proportion_interval(np.zeros(32, bool), _works([4] * 8))
+    assert low == 0 and high == pytest.approx(1 - 0.025 ** (factor / 8))
+    assert high > metrics.clopper_pearson(0, 8)[1]
