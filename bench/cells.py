@@ -71,12 +71,22 @@ class CellRun:
     # weights, new cells
     metric_weights: tuple[tuple[str, str], ...] = ()
     amp: str = ""  # "bf16": forward passes under bfloat16 autocast
+    # The survivor cascade and the sanity gates (docs/defenses.md "Standard protocol"): keys
+    # of the cells of the row whose fooled clips this cell does not attack again (AutoAttack's
+    # rule: each attack runs only on the clips every earlier one left correct), and the part
+    # the harness planned this cell to play: "" (a config entry), "large-radius" (the first
+    # gradient attack at 10x its radius: must reach ~100 %), "identity-bpda" (BPDA through
+    # the identity: beats exact gradients only under gradient masking), "convergence" (the
+    # survivors re-attacked with more restarts, steps and EOT draws).
+    after: tuple[str, ...] = ()
+    role: str = ""
 
     def key_data(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("keep_audio")
         data["metrics"] = list(self.metrics)
         data["metric_weights"] = [list(p) for p in self.metric_weights]
+        data["after"] = list(self.after)
         # Settings at their no-op value stay out of the key, so cells of deterministic,
         # differentiable defenses keep the keys they had before these settings existed.
         for name, noop in _EVALUATION_NOOPS.items():
@@ -91,6 +101,12 @@ class CellRun:
         return self.oblivious or not self.adaptive
 
     @property
+    def sanity(self) -> bool:
+        """A cell that checks the attack (10x the radius), not the defense: kept out of worst
+        cases and threat-model columns; its result flags the row."""
+        return self.role in SANITY_ROLES
+
+    @property
     def adaptive_label(self) -> str:
         """What the leaderboard's ``adaptive`` column says: ``eot``, ``bpda``, ``eot+bpda``,
         ``none`` (nothing to adapt to), ``non-adaptive`` or ``oblivious``."""
@@ -103,7 +119,15 @@ class CellRun:
 
 
 _EVALUATION_NOOPS = {"eot_samples": 1, "eval_draws": 1, "bpda": False, "adaptive": True,
-                     "oblivious": False, "metric_weights": [], "amp": ""}
+                     "oblivious": False, "metric_weights": [], "amp": "", "after": [],
+                     "role": ""}
+
+ROLES = ("", "large-radius", "identity-bpda", "convergence")
+"""What a planned cell is for (:attr:`CellRun.role`)."""
+
+SANITY_ROLES = ("large-radius",)
+"""Roles of cells that check the attack rather than evaluate the defense: never part of a
+worst case or a threat model's column; they raise flags on their row."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +189,8 @@ class CellSpec:
         out: dict[str, Any] = {k: asdict(getattr(self, k)) for k in CELL_KINDS}
         out["run"] = asdict(self.run) | {"metrics": list(self.run.metrics),
                                          "metric_weights": [list(p) for p in
-                                                            self.run.metric_weights]}
+                                                            self.run.metric_weights],
+                                         "after": list(self.run.after)}
         out["threat"] = self.threat
         out["threat_model"] = self.threat_model.to_dict()
         out["musicbench"] = self.musicbench
@@ -177,6 +202,7 @@ class CellSpec:
         run = dict(data["run"])
         run["metrics"] = tuple(run.get("metrics", ()))
         run["metric_weights"] = tuple(tuple(p) for p in run.get("metric_weights", ()))
+        run["after"] = tuple(run.get("after", ()))
         return CellSpec(
             **{k: ComponentRef.from_dict(data[k]) for k in CELL_KINDS},
             run=CellRun(**run),

@@ -73,6 +73,15 @@ class RunSettings:
     eot_samples: int = 8
     eval_draws: int = 11  # odd: a tie cannot happen (it would count as not fooled)
     adaptive: bool = True
+    # The survivor cascade (AutoAttack's rule): within one (dataset, model, defense, threat
+    # model) the attacks run in config order, each only on the clips every earlier one left
+    # correct; the last cell's robust accuracy is the worst case, at a fraction of the cost.
+    cascade: bool = False
+    # Sanity gates on every row with a defense (docs/defenses.md "Standard protocol"): the
+    # first gradient attack of each bounded threat model again at 10x its radius, through the
+    # identity with BPDA (differentiable preprocessors), and on the survivors with 5 restarts,
+    # 2x steps and 2x EOT draws. false only for demonstrations: the header says so.
+    sanity: bool = True
 
     def __post_init__(self) -> None:
         if self.samples < 0 or self.quick_samples < 0:
@@ -133,6 +142,9 @@ class ComponentSpec:
     eot_samples: int | None = None
     eval_draws: int | None = None
     adaptive: bool | str | None = None  # True, False or "oblivious"
+    # defenses only: bpda = true attacks the defense through its surrogate (BPDA) whatever it
+    # declares or the harness measures: a reviewer can force it on someone else's defense
+    bpda: bool | None = None
     # an entry expanded from a sweep (``eps = [0.001, 0.002]``): the label it was written with
     swept_from: str = ""
     # models only: which [[defenses]] (by label) this model's cells use; None = every defense.
@@ -307,7 +319,7 @@ def _label_list(entry: dict[str, Any], key: str, table: str) -> tuple[str, ...] 
     return tuple(labels)
 
 
-_EVALUATION_KEYS = {"defense": ("eot_samples", "eval_draws"),
+_EVALUATION_KEYS = {"defense": ("eot_samples", "eval_draws", "bpda"),
                     "attack": ("eot_samples", "adaptive")}
 
 
@@ -323,6 +335,10 @@ def _evaluation_keys(kind: str, entry: dict[str, Any], table: str) -> dict[str, 
             if not isinstance(value, bool) and value != "oblivious":
                 raise ConfigError(f"expected true, false or \"oblivious\", got {value!r}",
                                   table=table, key=key)
+        elif key == "bpda":
+            if not isinstance(value, bool):
+                raise ConfigError(f"expected true or false, got {value!r}", table=table,
+                                  key=key)
         else:
             try:
                 check_draws(key, value)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings
+from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Progress
 from musicbench.runner import cell_clip_count, finish_cell, now, run_cell, run_shard
 from musicbench.shards import ShardResult, effective_shard_clips, shard_ranges
@@ -32,6 +33,30 @@ class ResultSink(Protocol):
     def shard(self, cell_key: str, shard: ShardResult) -> None: ...
 
     def kept_shards(self, cell_key: str) -> list[ShardResult]: ...
+
+    def fooled(self, keys: tuple[str, ...]) -> frozenset[str]:
+        """The clip ids the finished cells ``keys`` fooled (the survivor cascade's input);
+        raises :class:`MusicbenchError` when one of them has no successful record."""
+        ...
+
+
+def fooled_before(spec: CellSpec, sink: ResultSink) -> frozenset[str]:
+    """The clips the cells before ``spec`` in its cascade fooled (none outside a cascade):
+    they are not attacked again (:mod:`musicbench.protocol`)."""
+    return sink.fooled(spec.run.after) if spec.run.after else frozenset()
+
+
+def fooled_in(records: list[CellRecord], keys: tuple[str, ...]) -> frozenset[str]:
+    """:meth:`ResultSink.fooled` over ``records`` (those found for ``keys``)."""
+    found = {r.key: r for r in records if r.key in keys}
+    for key in keys:
+        record = found.get(key)
+        if record is None or record.status != "ok":
+            state = "has not run" if record is None else f"is {record.status}"
+            raise MusicbenchError(
+                f"this cell attacks the survivors of cell {key[:12]}, which {state}: rerun "
+                "to compute it first (the cascade runs a row's attacks in config order)")
+    return frozenset(s.sample_id for r in found.values() for s in r.samples if s.success)
 
 
 def cell_label(spec: CellSpec) -> str:
@@ -82,20 +107,31 @@ class LocalExecutor:
                 if self.shard_clips:
                     sink.cell(self._sharded(spec, ws, environment, sink))
                 else:
-                    sink.cell(run_cell(spec, ws, environment))
+                    sink.cell(self._whole(spec, ws, environment, sink))
                 overall.advance()
+
+    @staticmethod
+    def _whole(spec: CellSpec, ws: Workspace, environment: dict[str, Any],
+               sink: ResultSink) -> CellRecord:
+        started, t0 = now(), time.perf_counter()
+        try:
+            fooled = fooled_before(spec, sink)
+        except MusicbenchError as exc:  # an earlier cell of its cascade failed
+            return failed_record(spec, environment, started, t0, str(exc), None)
+        return run_cell(spec, ws, environment, fooled)
 
     def _sharded(self, spec: CellSpec, ws: Workspace, environment: dict[str, Any],
                  sink: ResultSink) -> CellRecord:
         started, t0 = now(), time.perf_counter()
         try:
             ranges, kept = plan_shards(spec, ws, self.shard_clips, sink)
+            fooled = fooled_before(spec, sink)
         except Exception as exc:  # the cell fails, the run goes on
             return failed_record(spec, environment, started, t0,
                                  f"{type(exc).__name__}: {exc}", traceback.format_exc())
         shards = []
         for lo, hi in ranges:
-            shard = kept.get((lo, hi)) or run_shard(spec, ws, lo, hi)
+            shard = kept.get((lo, hi)) or run_shard(spec, ws, lo, hi, fooled)
             shards.append(shard)
             if shard.error is not None:
                 break  # the cell fails; the rerun starts from here

@@ -30,9 +30,39 @@ JSON_FIELDS = (
     "robust_accuracy", "robust_accuracy_ci", "lsd", "snr_db", "metrics", "fad", "fad_encoder",
     "fad_clips", "mean_queries", "seconds_per_clip", "adaptive", "eot_samples", "eval_draws",
     "clean_accuracy_undefended", "input_gradient_median", "flags", "error", "map_clean",
-    "map_adv", "mr1_clean", "mr1_adv", "revision", "key",
+    "map_adv", "mr1_clean", "mr1_adv", "revision", "key", "role", "after",
+    "median_l2", "median_snr_db",
 )
 """Field names scripts rely on; change only with a version bump (additions are compatible)."""
+
+LARGE_RADIUS_ASR = 0.99
+"""The large-radius gate (:mod:`musicbench.protocol`): below this ASR on its attacked clips
+at 10x the radius, the attack is too weak for the row's figure to be evidence of robustness
+(an unbounded attack must reach 100 %; at 10x a budget that keeps music intact, every
+undefended model here is fooled on every clip)."""
+
+WEAK = "⚠"
+"""Severity mark of a flag that says the attack was too weak for the figure to stand."""
+
+MASKED = "🔴"
+"""Severity mark of a flag that says the figure overstates robustness (gradient masking, a
+non-adaptive or defense-oblivious attacker)."""
+
+MASKING_SIGNS = ("vanishing gradients", "gradient masking:", "shattered",
+                 "robustness overstated", "beyond chance): gradient masking")
+WEAKNESS_SIGNS = ("attack too weak", "not converged", "attack failed", "does not fall with ε",
+                  "rises with ε")
+
+
+def severity(flag: str) -> str:
+    """:data:`MASKED`, :data:`WEAK` or "" for a flag's text (the marks headline tables
+    carry, so a reader of the worst case sees what the per-cell table says)."""
+    if flag.startswith(MASKED) or any(sign in flag for sign in MASKING_SIGNS):
+        return MASKED
+    if flag.startswith(WEAK) or any(sign in flag for sign in WEAKNESS_SIGNS):
+        return WEAK
+    return ""
+
 
 DEFENSE_COST_POINTS = 0.10
 """A defense losing more clean accuracy than this (vs the undefended twin) is flagged."""
@@ -84,6 +114,7 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         return _f(m[name].value) if name in m else None
 
     ok = record.status == "ok"
+    unbounded = spec.threat_model.kind == "unbounded"
     fad_meta = info.set_metrics.get("fad", {})
     sample_metrics = [k for k in spec.run.metrics
                       if k in m and k in info.higher_is_better and k not in info.set_metrics]
@@ -102,8 +133,10 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "clean_accuracy": val("clean_accuracy"),
         "clean_accuracy_ci": _ci(m.get("clean_accuracy")),
         "asr": val("asr"), "asr_ci": _ci(m.get("asr")),
-        "robust_accuracy": val("robust_accuracy"),
-        "robust_accuracy_ci": _ci(m.get("robust_accuracy")),
+        # an unbounded attack can always succeed: what it leaves is its own failure, never
+        # robustness, so it has no robust accuracy (its ASR and perturbation size instead)
+        "robust_accuracy": None if unbounded else val("robust_accuracy"),
+        "robust_accuracy_ci": None if unbounded else _ci(m.get("robust_accuracy")),
         "lsd": val("lsd"), "snr_db": val("snr"),
         "metrics": {k: {"value": val(k), "ci": _ci(m.get(k)), "n": info.n_success}
                     for k in sample_metrics},
@@ -120,7 +153,23 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "mr1_clean": val("mr1_clean"), "mr1_adv": val("mr1_adv"),
         "revision": record.environment.get("git_revision"),
         "key": record.key,
+        "role": spec.run.role,
+        "after": list(spec.run.after),
+        "median_l2": _median_of_successes(record, "l2"),
+        "median_snr_db": _median_of_successes(record, "snr"),
     }
+
+
+def _median_of_successes(record: CellRecord, metric: str) -> float | None:
+    """The median of a per-clip metric over the clips the attack fooled (None when the
+    metric was not computed or nothing was fooled): the size of what an unbounded attack
+    needed."""
+    values = sorted(s.metrics[metric] for s in record.samples
+                    if s.success and metric in s.metrics and not math.isnan(s.metrics[metric]))
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 @dataclass
@@ -133,6 +182,14 @@ class WorstCase:
     n: int
     attacks: list[str]
     complete: bool  # False when a cell of the group failed: the value is then an upper bound
+    # flags with a severity mark (:func:`severity`) of the cells this figure rests on, the
+    # sanity gates of its threat model included, as "attack: flag"
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def marks(self) -> str:
+        """The severity marks of :attr:`flags`, worst first (what headline tables show)."""
+        return flag_marks([f.partition(": ")[2] for f in self.flags])
 
     @property
     def value(self) -> float | None:
@@ -272,17 +329,57 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                 f"{p_holm:.2g} over the board's {len(pairs)} black-box vs white-box "
                 f"comparison(s): {verdict}): gradient masking?")
     _flag_eps_monotonic(records, rows)
-    for rec, row in zip(records, rows, strict=True):
-        load, cpus = rec.info.load_average, rec.info.cpus
-        if load and cpus and max(load) > LOADED * cpus:
-            row["flags"].append(f"timed on a loaded machine (load average {max(load):.1f} on "
-                                f"{cpus} CPUs): s/clip is inflated")
+    _flag_gates(records, rows)
     for rec, row in zip(records, rows, strict=True):
         # The runner scored the same clips without the defense: no defense is told by name.
         base, clean = rec.info.clean_accuracy_undefended, row["clean_accuracy"]
         if base is not None and clean is not None and base - clean > DEFENSE_COST_POINTS:
             row["flags"].append(f"defense costs {100 * (base - clean):.1f} points of clean "
                                 f"accuracy ({100 * base:.1f}% undefended)")
+
+
+def loaded(record: CellRecord) -> float | None:
+    """The highest 1-minute load average of a cell timed on a loaded machine (above
+    :data:`LOADED` times its CPUs; its s/clip is inflated), else None."""
+    load, cpus = record.info.load_average, record.info.cpus
+    return max(load) if load and cpus and max(load) > LOADED * cpus else None
+
+
+def _flag_gates(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
+    """What the sanity gates of :mod:`musicbench.protocol` found, on the cells that found it:
+    unbounded attacks that left clips correct, attacks too weak at 10x the radius, survivors
+    a stronger run fooled, and BPDA through the identity beating exact gradients."""
+    by_label = {(*r.names, r.spec.run.role): i for i, r in enumerate(records)}
+    for i, rec in enumerate(records):
+        row = rows[i]
+        if rec.status != "ok" or rec.spec.run.contrast or not row["n_attacked"]:
+            continue
+        role, n, k = rec.spec.run.role, row["n_attacked"], row["n_success"]
+        if rec.spec.threat_model.kind == "unbounded" and k < n:
+            row["flags"].append(
+                f"{WEAK} attack failed on {n - k} of {n} clips: an unbounded attack can fool "
+                "every clip, so what it leaves is its own failure, not robustness")
+        elif role == "large-radius" and k < LARGE_RADIUS_ASR * n:
+            row["flags"].append(
+                f"{WEAK} attack too weak at 10× the radius ({k}/{n} fooled, below "
+                f"{100 * LARGE_RADIUS_ASR:g}%): the row's figure for its radius is not "
+                "evidence of robustness")
+        elif role == "convergence" and k:
+            row["flags"].append(
+                f"{WEAK} {k} of {n} survivors fell to a stronger run (5 restarts, 2× steps, "
+                "2× EOT draws): not converged; the worst case includes them")
+        elif role == "identity-bpda":
+            first = by_label.get((*rec.names[:3], rec.names[3].rsplit(", ", 1)[0], ""))
+            if rec.spec.run.after or first is None:  # a cascade: all it fools, no one did
+                extra, versus = k, "no earlier attack"
+            else:
+                paired = _fooled_pair(rec, records[first])
+                extra, versus = paired.only_a, f"{records[first].names[3]} with exact gradients"
+            if extra:
+                row["flags"].append(
+                    f"{MASKED} gradient masking: BPDA through the identity beats exact "
+                    f"gradients ({extra} clip(s) fooled that {versus} fooled); they join the "
+                    "worst case")
 
 
 _NO_SHARED_CLIP = Pair("", "", 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 1.0, 1.0)
@@ -302,7 +399,7 @@ def eps_series_key(record: CellRecord) -> tuple[Any, ...] | None:
     parameters, the norm, how the defense was attacked): one robustness curve; None for a
     cell that is on no such curve (failed, not norm-bounded)."""
     tm = record.spec.threat_model
-    if record.status != "ok" or tm.kind != "norm":
+    if record.status != "ok" or tm.kind != "norm" or record.spec.run.role:
         return None
     others = json.dumps({k: v for k, v in record.spec.attack.params.items() if k != "eps"},
                         sort_keys=True)
@@ -328,13 +425,16 @@ def _flag_eps_monotonic(records: list[CellRecord], rows: list[dict[str, Any]]) -
                   for a, b in zip(idxs, idxs[1:], strict=False)]
     tests = _paired_tests([paired for *_, paired in steps])
     for (a, b, paired), (p_holm, verdict) in zip(steps, tests, strict=True):
-        if rows[b]["robust_accuracy"] > rows[a]["robust_accuracy"] + EPS_TOLERANCE:
-            rows[b]["flags"].append(
-                f"robust accuracy rises with ε ({rows[a]['attack']}: "
-                f"{100 * rows[a]['robust_accuracy']:.1f}% → "
-                f"{100 * rows[b]['robust_accuracy']:.1f}%; {paired.only_a} clip(s) kept only "
-                f"at the larger ε, {paired.only_b} only at the smaller, Holm p {p_holm:.2g} "
-                f"over the board's {len(steps)} ε step(s): {verdict})")
+        low, high = rows[a]["robust_accuracy"], rows[b]["robust_accuracy"]
+        evidence = (f"{rows[a]['attack']}: {100 * low:.1f}% → {100 * high:.1f}%; "
+                    f"{paired.only_a} clip(s) kept only at the larger ε, {paired.only_b} only "
+                    f"at the smaller, Holm p {p_holm:.2g} over the board's {len(steps)} ε "
+                    f"step(s): {verdict}")
+        if high > low + EPS_TOLERANCE:
+            rows[b]["flags"].append(f"robust accuracy rises with ε ({evidence})")
+        elif high >= low > 0:  # a plateau: a larger ball that fools nothing more
+            rows[b]["flags"].append(f"robust accuracy does not fall with ε ({evidence}): "
+                                    "the attack has stopped gaining, or gradients are masked")
 
 
 def _paired_tests(pairs: list[Pair]) -> list[tuple[float, str]]:
@@ -348,35 +448,40 @@ def _summaries(
     records: list[CellRecord], rows: list[dict[str, Any]]
 ) -> tuple[list[Summary], list[ThreatModel], list[tuple[str, ThreatModel]]]:
     """Per (dataset, model, defense): clean accuracy, robust accuracy per attack, and per
-    threat model the worst case: the fraction of clips that survive every attack of it."""
+    bounded or region threat model the worst case: the fraction of clips that survive every
+    attack of it (the harness's gates included), with the marked flags it rests on.
+
+    Left out of both: the large-radius gate's cells (they check the attack, at another
+    radius) and unbounded attacks (they have no robust accuracy: :func:`cell_row`)."""
     groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         groups[r.names[:3]].append(i)
-    threat_models = sorted({r.spec.threat_model for r in records}, key=ThreatModel.sort_key)
+    headline = [i for i, r in enumerate(records)
+                if not r.spec.run.sanity and r.spec.threat_model.kind != "unbounded"]
+    threat_models = sorted({records[i].spec.threat_model for i in headline},
+                           key=ThreatModel.sort_key)
     attacks: dict[str, ThreatModel] = {}
-    for r in records:
-        attacks.setdefault(r.names[3], r.spec.threat_model)
+    for i in headline:
+        attacks.setdefault(records[i].names[3], records[i].spec.threat_model)
     attack_order = sorted(attacks.items(), key=lambda a: a[1].sort_key())
     out = []
     for (d, m, df), idxs in groups.items():
         ok = [i for i in idxs if records[i].status == "ok"]
+        checks = _gate_threat_models(records, idxs)
         worst = []
         for tm in threat_models:
             # contrast cells (non-adaptive, oblivious) are not evaluations of the defense
             cells = [i for i in idxs if records[i].spec.threat_model == tm
-                     and not records[i].spec.run.contrast]
+                     and not records[i].spec.run.contrast and not records[i].spec.run.sanity]
             if not cells:
                 continue
-            survive: dict[str, bool] = {}
-            for i in cells:
-                if records[i].status != "ok":
-                    continue
-                for s in records[i].samples:
-                    alive = s.clean_correct and not s.success
-                    survive[s.sample_id] = survive.get(s.sample_id, True) and alive
+            survive = _survivors([records[i] for i in cells if records[i].status == "ok"])
+            flagged = [f"{rows[i]['attack']}: {f}" for i in cells + checks.get(tm, [])
+                       for f in rows[i]["flags"] if severity(f)]
             worst.append(WorstCase(tm, sum(survive.values()), len(survive),
-                                   [rows[i]["attack"] for i in cells],
-                                   all(records[i].status == "ok" for i in cells)))
+                                   [rows[i]["attack"] for i in cells
+                                    if not records[i].spec.run.role],
+                                   all(records[i].status == "ok" for i in cells), flagged))
         clean = next((rows[i] for i in ok if rows[i]["clean_accuracy"] is not None), None)
         out.append(Summary(
             dataset=d, model=m, defense=df,
@@ -387,6 +492,36 @@ def _summaries(
             worst_case=worst,
         ))
     return out, threat_models, attack_order
+
+
+def _survivors(records: list[CellRecord]) -> dict[str, bool]:
+    """Per clip id: right on the clean clip and fooled by none of ``records``. A clip a
+    survivor cascade did not attack (an earlier cell fooled it) is decided by that cell."""
+    survive: dict[str, bool] = {}
+    for record in records:
+        for s in record.samples:
+            if not s.clean_correct:
+                survive[s.sample_id] = False
+            elif s.attacked:
+                survive[s.sample_id] = survive.get(s.sample_id, True) and not s.success
+            else:
+                survive.setdefault(s.sample_id, True)
+    return survive
+
+
+def _gate_threat_models(records: list[CellRecord], idxs: list[int]
+                        ) -> dict[ThreatModel, list[int]]:
+    """The large-radius cells of one row by the threat model they check (that of the cell
+    they enlarge, whose label they extend)."""
+    by_label = {records[i].names[3]: records[i].spec.threat_model for i in idxs
+                if not records[i].spec.run.role}
+    out: dict[ThreatModel, list[int]] = defaultdict(list)
+    for i in idxs:
+        if records[i].spec.run.sanity:
+            tm = by_label.get(records[i].names[3].rsplit(", ", 1)[0])
+            if tm is not None:
+                out[tm].append(i)
+    return out
 
 
 def _commands(runs: list[dict[str, Any]]) -> list[str]:
@@ -450,6 +585,12 @@ def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
                     for name, meta in settings.get("datasets", {}).items()},
         "plugins_failed": {name: p for name, p in (env.get("plugins") or {}).items()
                            if p.get("status") == "failed"},
+        # None: a run from before the setting existed
+        "sanity": settings.get("sanity"),
+        "cascade": settings.get("cascade"),
+        "loaded": {" / ".join(r.names): load for r in records
+                   if (load := loaded(r)) is not None},
+        "cpus": next((r.info.cpus for r in records if r.info.cpus), None),
     }
 
 
@@ -517,6 +658,18 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
     for name, p in (h.get("plugins_failed") or {}).items():
         lines.append(f"- **plugin `{name}` ({p.get('provider')}) failed to load**: "
                      f"{' '.join(str(p.get('error', '')).split())}")
+    if h.get("cascade"):
+        lines.append("- survivor cascade (`[run] cascade = true`): within a row and threat model "
+                     "each attack ran only on the clips every earlier one left correct, so its "
+                     "`n att` is the survivors it received and `n ok` the clips it added")
+    if h.get("sanity") is False:
+        lines.append("- **sanity gates off** (`[run] sanity = false`): no attack was checked at "
+                     "10× its radius, through the identity with BPDA or on its survivors; "
+                     "a demonstration, not an evaluation")
+    if h.get("loaded"):
+        lines.append(f"- {len(h['loaded'])} cell(s) timed on a loaded machine (1-minute load "
+                     f"average up to {max(h['loaded'].values()):.1f} on {h.get('cpus')} CPUs): "
+                     "their s/clip is inflated: " + ", ".join(h["loaded"])[:600])
     if h["stored"] < h["planned"]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")
@@ -557,6 +710,7 @@ def render_markdown(board: Leaderboard) -> str:
     listed = {tm: [a for a, t in board.attacks if t == tm and a not in board.contrasts]
               for tm in tms}
     body = []
+    notes: list[str] = []
     for s in board.summary:
         by_tm = {w.threat_model: w for w in s.worst_case}
         cells = [s.dataset, s.model, s.defense, "—" if s.n is None else str(s.n),
@@ -571,10 +725,18 @@ def render_markdown(board: Leaderboard) -> str:
                 text += f" ({', '.join(w.attacks)} only)"
             if not w.complete:
                 text += " (a cell failed: upper bound)"
+            if w.marks:
+                text += f" {w.marks}"
+                notes += [f"- {w.marks} {s.model} / {s.defense}, {tm.label}: {f}"
+                          for f in w.flags]
             cells.append(text)
         body.append(cells)
     lines += _table(head, body)
     lines.append("")
+    if notes:
+        lines += [f"{MASKED}: the figure overstates robustness (gradient masking, an attacker "
+                  f"that does not adapt); {WEAK}: the attack was too weak for the figure to be "
+                  "evidence of robustness. Flags on the worst cases:", ""] + notes + [""]
     for tm in tms:
         names = [a for a, t in board.attacks if t == tm and a not in board.contrasts]
         shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
@@ -582,10 +744,30 @@ def render_markdown(board: Leaderboard) -> str:
             f" (contrasts, not in the worst case: {', '.join(shown)})" if shown else ""))
     lines += ["", "## Robust accuracy by attack", ""]
     head = ["dataset", "model", "defense"] + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks]
-    body = [[s.dataset, s.model, s.defense] + [_pct(s.robust_accuracy.get(a))
-                                               for a, _ in board.attacks]
+    marks = {(r["dataset"], r["model"], r["defense"], r["attack"]): flag_marks(r["flags"])
+             for r in board.rows}
+    body = [[s.dataset, s.model, s.defense]
+            + [(_pct(s.robust_accuracy.get(a)) + " " + marks.get((s.dataset, s.model,
+                                                                   s.defense, a), "")).strip()
+               for a, _ in board.attacks]
             for s in board.summary]
     lines += _table(head, body)
+    unbounded = [r for r in board.rows if r["threat_model"]["kind"] == "unbounded"
+                 and r["status"] == "ok"]
+    if unbounded:
+        lines += ["", "## Unbounded attacks", "",
+                  "An unbounded attack can fool every clip, so it has no robust accuracy: what "
+                  "it leaves correct is its own failure. Its figures are its ASR and the size of "
+                  "what it needed (medians over the fooled clips).", ""]
+        lines += _table(["dataset", "model", "defense", "attack", "n att", "n ok", "ASR ↑",
+                         "failed on", "median L2 ↓", "median SNR dB ↑"],
+                        [[r["dataset"], r["model"], r["defense"], r["attack"],
+                          str(r["n_attacked"]), str(r["n_success"]),
+                          _pct_ci(r["asr"], r["asr_ci"]),
+                          (f"{r['n_attacked'] - r['n_success']} {WEAK}"
+                           if r["n_success"] < r["n_attacked"] else "0"),
+                          _num(r["median_l2"], 4), _num(r["median_snr_db"], 1)]
+                         for r in unbounded])
     lines += ["", "## Every cell", ""]
     retrieval = any(r["map_clean"] is not None for r in board.rows)
     encoders = {r["fad_encoder"] for r in board.rows if r["fad_encoder"]}
@@ -627,6 +809,12 @@ def render_markdown(board: Leaderboard) -> str:
     return "\n".join(lines)
 
 
+def flag_marks(flags: list[str]) -> str:
+    """The severity marks of a cell's flags, worst first ("" when none is marked)."""
+    found = {severity(f) for f in flags}
+    return "".join(m for m in (MASKED, WEAK) if m in found)
+
+
 def render_json(board: Leaderboard) -> str:
     return json.dumps([{k: r[k] for k in JSON_FIELDS} for r in board.rows], indent=2)
 
@@ -637,7 +825,7 @@ def render_csv(board: Leaderboard) -> str:
     writer.writeheader()
     for r in board.rows:
         flat = {k: r[k] for k in JSON_FIELDS}
-        for k in ("clean_accuracy_ci", "asr_ci", "robust_accuracy_ci", "flags"):
+        for k in ("clean_accuracy_ci", "asr_ci", "robust_accuracy_ci", "flags", "after"):
             flat[k] = "" if flat[k] is None else ";".join(str(v) for v in flat[k])
         flat["threat_model"] = r["threat_model"]["label"]
         flat["metrics"] = json.dumps(r["metrics"], sort_keys=True)

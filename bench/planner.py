@@ -26,6 +26,7 @@ from musicbench.defense_checks import DefenseBehaviour, measure
 from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
+from musicbench.protocol import protocol_row
 
 if TYPE_CHECKING:
     from musicbench.workspace import Workspace
@@ -178,6 +179,26 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
     return out
 
 
+def resolve_only(config: RunConfig, plugins: PluginSystem, only: list[str]
+                 ) -> dict[str, list[Resolved]]:
+    """:func:`resolve`, narrowed by ``--only`` (:func:`apply_only`), keeping the attacks a
+    survivor cascade needs (:func:`with_cascade_predecessors`)."""
+    full = resolve(config, plugins)
+    narrowed = apply_only(full, only)
+    return with_cascade_predecessors(full, narrowed) if config.run.cascade else narrowed
+
+
+def with_cascade_predecessors(full: dict[str, list[Resolved]],
+                              narrowed: dict[str, list[Resolved]]) -> dict[str, list[Resolved]]:
+    """``narrowed`` (``--only``) with, under ``[run] cascade``, every attack that comes before
+    a chosen one in the config: a cascade cell attacks what the earlier attacks of its row
+    left, so its key (and result) needs them; finished ones are found in the store, not run
+    again."""
+    chosen = {id(r) for r in narrowed["attack"]}
+    last = max((i for i, r in enumerate(full["attack"]) if id(r) in chosen), default=-1)
+    return narrowed | {"attack": full["attack"][: last + 1]} if last >= 0 else narrowed
+
+
 def model_dataset_pairs(
     resolved: dict[str, list[Resolved]],
 ) -> list[tuple[Resolved, Resolved]]:
@@ -255,6 +276,7 @@ def plan_cells(
                 continue
             behaviour = defense.behaviour.get(rates[model.spec.label])
             defense_ref = _defense_ref(defense, ws, model, datasets[ds.spec.label])
+            row: list[tuple[CellSpec, Resolved]] = []
             for attack, attack_ref, threat, threat_model in attacks:
                 if not _selected(attack.spec, model.spec.attacks):
                     continue
@@ -270,8 +292,12 @@ def plan_cells(
                               metrics=tuple(settings.metrics) + tuple(settings.set_metrics),
                               pseudo_labels=model.spec.pseudo_labels,
                               metric_weights=metric_weights, amp=settings.amp, **how)
-                specs.append(CellSpec(ds_ref, models[model.spec.label], defense_ref,
-                                      attack_ref, run, threat, threat_model, harness_version()))
+                row.append((CellSpec(ds_ref, models[model.spec.label], defense_ref,
+                                     attack_ref, run, threat, threat_model, harness_version()),
+                            attack))
+            gated = settings.sanity and defense.defended
+            specs += protocol_row(row, cascade=settings.cascade, sanity=gated,
+                                  behaviour=behaviour)
     if repeats:
         from musicbench.ui import print_note
 
@@ -332,6 +358,9 @@ class _PlannedDefense:
     resolved: Resolved
     ref: ComponentRef
     behaviour: dict[int, DefenseBehaviour]  # by sample rate; empty for training defenses
+    # False for an identity preprocessor (the undefended row, `none`): it gets no sanity
+    # gates. Measured on the clips, never told by the defense's name.
+    defended: bool = True
 
 
 def measurement_clips(dataset: Any) -> Any:
@@ -349,6 +378,7 @@ def _plan_defense(defense: Resolved, ws: Workspace, clips: dict[int, Any]) -> _P
     measure how it behaves there, on the probe and on real clips at that rate."""
     behaviour: dict[int, DefenseBehaviour] = {}
     made = None
+    identity = True
     for rate in sorted(clips):
         try:
             made = ws.defense(defense.name, defense.params_dict(), rate)
@@ -357,10 +387,25 @@ def _plan_defense(defense: Resolved, ws: Workspace, clips: dict[int, Any]) -> _P
         if made.kind == "preprocessor":
             try:
                 behaviour[rate] = measure(made, rate, ws.device, clips[rate])
+                identity = identity and _is_identity(made, clips[rate], ws.device)
             except Exception:  # noqa: BLE001 - a broken defense costs its cells, not the run:
                 pass  # the runner measures again and fails each cell with the error
+        else:
+            identity = False
     weights = made.weights_digest() if made is not None else None
-    return _PlannedDefense(defense, defense.ref(weights=weights), behaviour)
+    return _PlannedDefense(defense, defense.ref(weights=weights), behaviour,
+                           defended=not identity)
+
+
+def _is_identity(defense: Any, clips: Any, device: torch.device) -> bool:
+    """Whether a preprocessor returns the measurement clips unchanged, bit for bit: the
+    undefended row, whatever the defense is called."""
+    if clips is None:
+        return False
+    x = clips.to(device, torch.float32)
+    with torch.no_grad():
+        out = defense.forward(x, torch.Generator(device=x.device).manual_seed(0))
+    return bool(out.shape == x.shape and torch.equal(out, x))
 
 
 def _defense_ref(defense: _PlannedDefense, ws: Workspace, model: Resolved,
@@ -384,11 +429,14 @@ def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentS
     """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6),
     or None when the cell would only repeat another.
 
-    EOT where the defense is randomized (declared or measured) and the attack is white-box
-    (``eot_samples``: an attack entry's wins over the defense entry's, which wins over
-    ``[run]``; a black-box entry gets EOT only from its own ``eot_samples``, since every draw
-    costs a query of its budget); judgement over ``eval_draws`` draws wherever the defense is
-    randomized; BPDA where it lacks useful gradients and the attack is white-box.
+    EOT where the defense is randomized (declared or measured), for white-box and black-box
+    attacks alike (``eot_samples``: an attack entry's wins over the defense entry's, which
+    wins over ``[run]``): a black-box attack's every query is averaged over the draws and
+    each draw counts against its budget, so it stops on a clip only when the draws say so,
+    never on one draw's resampling noise; judgement over ``eval_draws`` draws wherever the
+    defense is randomized; BPDA where it lacks useful gradients and the attack is white-box.
+    A defense entry's own ``eot_samples`` or ``bpda = true`` overrule what the defense
+    declares and the harness measures (a reviewer forcing EOT or BPDA on a defense).
     ``adaptive = false`` turns EOT and BPDA off (a non-adaptive evaluation, for contrast); on
     a defense with nothing to adapt to such a cell would repeat its adaptive twin exactly, so
     it is not planned. ``adaptive = "oblivious"``: the attack crafts on the undefended model
@@ -400,9 +448,9 @@ def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentS
     if behaviour is None:  # a training defense (a model like any other), or a broken one
         return None if naive else {"oblivious": oblivious}
     randomized = behaviour.attack_randomized
-    eot = attack.eot_samples or ((defense.eot_samples or settings.eot_samples) if white else 1)
-    uses_eot = randomized and eot > 1
-    uses_bpda = white and behaviour.attack_with_bpda
+    eot = attack.eot_samples or defense.eot_samples or settings.eot_samples
+    uses_eot = (randomized or defense.eot_samples is not None) and eot > 1
+    uses_bpda = white and (behaviour.attack_with_bpda or bool(defense.bpda))
     if naive and not (uses_eot or uses_bpda):
         return None
     plain = naive or oblivious

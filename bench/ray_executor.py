@@ -45,8 +45,8 @@ import torch
 
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings, ray_host_port
-from musicbench.errors import ConfigError
-from musicbench.executors import ResultSink, failed_record, plan_shards
+from musicbench.errors import ConfigError, MusicbenchError
+from musicbench.executors import ResultSink, failed_record, fooled_before, plan_shards
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
 from musicbench.plugins import PluginSystem
@@ -81,15 +81,17 @@ class CellWorker:
                             device=torch.device(setup.device), seed=setup.seed,
                             allow_training=setup.allow_training)
 
-    def run(self, spec: dict[str, Any], environment: dict[str, Any]) -> CellRecord:
+    def run(self, spec: dict[str, Any], environment: dict[str, Any],
+            fooled: frozenset[str] = frozenset()) -> CellRecord:
         from musicbench.runner import run_cell
 
-        return run_cell(CellSpec.from_dict(spec), self.ws, environment)
+        return run_cell(CellSpec.from_dict(spec), self.ws, environment, fooled)
 
-    def run_shard(self, spec: dict[str, Any], lo: int, hi: int) -> ShardResult:
+    def run_shard(self, spec: dict[str, Any], lo: int, hi: int,
+                  fooled: frozenset[str] = frozenset()) -> ShardResult:
         from musicbench.runner import run_shard
 
-        return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi)
+        return run_shard(CellSpec.from_dict(spec), self.ws, lo, hi, fooled)
 
     def finish(self, spec: dict[str, Any], environment: dict[str, Any],
                shards: list[ShardResult]) -> CellRecord:
@@ -237,9 +239,12 @@ class RayExecutor:
             remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=1,
                                 max_task_retries=1,
                                 runtime_env={"env_vars": _worker_env(ws, extra)})(CellWorker)
-            tasks, cells = self._tasks(specs, ws, environment, sink)
-            count = self._actors_wanted(cpus, gpus, max(1, len(tasks)))
-            _Driver(remote, setup, environment, sink, cells).drive(tasks, count, progress)
+            # A cell of a survivor cascade needs its predecessors' records: the plan runs in
+            # waves, each of cells whose predecessors are stored (one wave without cascades)
+            for wave in cascade_waves(specs):
+                tasks, cells = self._tasks(wave, ws, environment, sink)
+                count = self._actors_wanted(cpus, gpus, max(1, len(tasks)))
+                _Driver(remote, setup, environment, sink, cells).drive(tasks, count, progress)
         finally:
             if started_here:
                 ray.shutdown()
@@ -251,10 +256,15 @@ class RayExecutor:
         tasks: list[_Task] = []
         cells: dict[str, _CellState] = {}
         for spec in specs:
-            if not shard_clips:
-                tasks.append(_Task(spec))
-                continue
             started, t0 = now(), time.perf_counter()
+            try:
+                fooled = fooled_before(spec, sink)
+            except MusicbenchError as exc:  # an earlier cell of its cascade failed
+                sink.cell(failed_record(spec, environment, started, t0, str(exc), None))
+                continue
+            if not shard_clips:
+                tasks.append(_Task(spec, fooled=fooled))
+                continue
             try:
                 ranges, kept = plan_shards(spec, ws, shard_clips, sink)
             except Exception as exc:  # the cell fails, the run goes on
@@ -262,7 +272,7 @@ class RayExecutor:
                                         f"{type(exc).__name__}: {exc}", traceback.format_exc()))
                 continue
             cells[spec.key] = _CellState(spec, len(ranges), list(kept.values()))
-            tasks += [_Task(spec, r) for r in ranges if r not in kept]
+            tasks += [_Task(spec, r, fooled=fooled) for r in ranges if r not in kept]
             if len(kept) == len(ranges):
                 tasks.append(_Task(spec, finish=True))
         return tasks, cells
@@ -275,6 +285,7 @@ class _Task:
     spec: CellSpec
     shard: tuple[int, int] | None = None
     finish: bool = False
+    fooled: frozenset[str] = frozenset()  # clips earlier cells of its cascade fooled
 
     @property
     def kind(self) -> str:
@@ -286,8 +297,8 @@ class _Task:
             assert state is not None
             return actor.finish.remote(spec, environment, state.shards)
         if self.shard is not None:
-            return actor.run_shard.remote(spec, *self.shard)
-        return actor.run.remote(spec, environment)
+            return actor.run_shard.remote(spec, *self.shard, self.fooled)
+        return actor.run.remote(spec, environment, self.fooled)
 
 
 @dataclass
@@ -357,6 +368,18 @@ class _Driver:
             self.sink.cell(failed_shards_record(task.spec, self.environment, state.shards))
             return []
         return [_Task(task.spec, finish=True)]
+
+
+def cascade_waves(specs: list[CellSpec]) -> list[list[CellSpec]]:
+    """``specs`` in waves, plan order within each: a cell joins the wave after the latest of
+    its cascade predecessors among ``specs`` (those already stored do not hold it back)."""
+    depth: dict[str, int] = {}
+    for spec in specs:  # the plan puts predecessors first
+        depth[spec.key] = 1 + max((depth[k] for k in spec.run.after if k in depth), default=-1)
+    waves: list[list[CellSpec]] = [[] for _ in range(1 + max(depth.values(), default=-1))]
+    for spec in specs:
+        waves[depth[spec.key]].append(spec)
+    return waves
 
 
 def _ray_failure(task: _Task, environment: dict[str, Any], started: str, t0: float,

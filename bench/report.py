@@ -38,6 +38,7 @@ from musicbench.leaderboard import (
     _pct_ci,
     build,
     eps_series_key,
+    flag_marks,
     plan_keys,
 )
 from musicbench.store import CellRecord, SampleRecord, Store
@@ -328,6 +329,7 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
     """The worst-case table (per threat model) and the robust accuracy of each attack."""
     tms = board.threat_models
     rows = []
+    notes: list[str] = []
     for s in board.summary:
         by_tm = {w.threat_model: w for w in s.worst_case}
         link = f"<a href=\"{esc(model_page(s.dataset, s.model))}\">{esc(s.model)}</a>"
@@ -337,6 +339,10 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
             w = by_tm.get(tm)
             text = "—" if w is None else _pct_ci(w.value, w.ci) + (
                 "" if w.complete else " (a cell failed: upper bound)")
+            if w is not None and w.marks:  # the gates' and masking flags' severity
+                text += f" {w.marks}"
+                notes += [f"{w.marks} {s.model} / {s.defense}, {tm.label}: {f}"
+                          for f in w.flags]
             cells.append(td(text, None if w is None or w.value is None else 100 * w.value))
         rows.append(cells)
     out = ["<h2>Worst-case robust accuracy by threat model</h2>",
@@ -350,9 +356,23 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
         out.append(f"<li>{esc(tm.label)}: {esc(', '.join(names) or '—')}" + (
             f" (contrasts, not in the worst case: {esc(', '.join(shown))})" if shown else "")
             + "</li>")
-    out += ["</ul>", "<h2>Robust accuracy by attack</h2>"]
+    out.append("</ul>")
+    if notes:
+        out += ["<p>🔴: the figure overstates robustness (gradient masking, an attacker that "
+                "does not adapt); ⚠: the attack was too weak for the figure to be evidence of "
+                "robustness. Flags on the worst cases:</p>", "<ul>"]
+        out += [f"<li>{esc(note)}</li>" for note in notes] + ["</ul>"]
+    out.append("<h2>Robust accuracy by attack</h2>")
+    marks = {(r["dataset"], r["model"], r["defense"], r["attack"]): flag_marks(r["flags"])
+             for r in board.rows}
+
+    def marked(s: Any, attack: str) -> str:
+        x = s.robust_accuracy.get(attack)
+        mark = marks.get((s.dataset, s.model, s.defense, attack), "")
+        return td((_pct_ci(x, None) + f" {mark}").strip(), None if x is None else 100 * x)
+
     rows = [[td(s.dataset), td(s.model), td(s.defense)]
-            + [pct_td(s.robust_accuracy.get(a)) for a, _ in board.attacks]
+            + [marked(s, a) for a, _ in board.attacks]
             for s in board.summary]
     out.append(table(["dataset", "model", "defense"]
                      + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks], rows))

@@ -31,7 +31,7 @@ CELL_COLUMNS: dict[str, str] = {
     "robust_accuracy_high": "Float64",
     "fad": "Float64", "fad_clips": "Int64", "map_clean": "Float64", "map_adv": "Float64",
     "mean_queries": "Float64", "seconds_per_clip": "Float64", "adaptive": "string",
-    "contrast": "boolean", "eot_samples": "Int64", "eval_draws": "Int64",
+    "contrast": "boolean", "role": "string", "eot_samples": "Int64", "eval_draws": "Int64",
     "clean_accuracy_undefended": "Float64", "revision": "string", "error": "string",
 }
 """The fixed columns of :attr:`Results.cells` and their pandas dtypes; every per-clip metric
@@ -125,7 +125,7 @@ def _cell(record: CellRecord, row: dict[str, Any]) -> dict[str, Any]:
         "status": row["status"], "threat": spec.threat, "threat_model": tm.label,
         "threat_kind": tm.kind, "norm": getattr(tm, "norm", None),
         "eps": getattr(tm, "eps", None),
-        "contrast": spec.run.contrast,
+        "contrast": spec.run.contrast, "role": spec.run.role,
     }
     for name in ("n", "n_attacked", "n_success", "clean_accuracy", "asr", "robust_accuracy",
                  "fad", "fad_clips", "map_clean", "map_adv", "mean_queries",
@@ -148,7 +148,8 @@ def _samples(record: CellRecord) -> list[dict[str, Any]]:
                "sample_id": s.sample_id, "position": s.position, "label": s.label,
                "clean_pred": s.clean_pred, "clean_correct": s.clean_correct,
                "attacked": s.attacked, "adv_pred": s.adv_pred, "success": s.success,
-               "robust": s.clean_correct and not s.success, "queries": s.queries,
+               # a clip a survivor cascade did not attack again was fooled before it
+               "robust": s.attacked and not s.success, "queries": s.queries,
                "steps": s.steps, "clean_wrong": s.clean_wrong, "adv_wrong": s.adv_wrong}
         row.update(s.metrics)
         rows.append(row)

@@ -67,17 +67,21 @@ def select_examples(examples: list[Example] | Any, samples: int, seed: int) -> l
     return [examples[i] for i in pick]
 
 
-def run_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any]) -> CellRecord:
+def run_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any],
+             fooled: frozenset[str] = frozenset()) -> CellRecord:
     """Evaluate one cell in this process; any exception becomes a ``failed`` record with its
     traceback. The same steps as a sharded cell (:func:`run_shard` for every range, then
-    :func:`finish_cell`), so both give the same records."""
+    :func:`finish_cell`), so both give the same records.
+
+    ``fooled``: the ids of the clips the cells of ``spec.run.after`` fooled (the survivor
+    cascade, :mod:`musicbench.protocol`): they are scored clean but not attacked again."""
     started, t0 = now(), time.perf_counter()
     record = CellRecord(spec=spec, status="ok", started=started, finished=started, seconds=0.0,
                         environment=environment)
     load_start = load_average()
     try:
         with PeakMemory(ws.device) as mem:
-            cell = _prepare(spec, ws, record.info, attack=True)
+            cell = _prepare(spec, ws, record.info, attack=True, fooled=fooled)
             shard = _run_clips(cell, 0, len(cell.data.examples))
             _finish(cell, [shard], record)
         record.peak_memory_mb = round(mem.peak_mb, 1)
@@ -90,14 +94,17 @@ def run_cell(spec: CellSpec, ws: Workspace, environment: dict[str, Any]) -> Cell
     return record
 
 
-def run_shard(spec: CellSpec, ws: Workspace, lo: int, hi: int) -> ShardResult:
+def run_shard(spec: CellSpec, ws: Workspace, lo: int, hi: int,
+              fooled: frozenset[str] = frozenset()) -> ShardResult:
     """Attack the clips at positions ``[lo, hi)`` of a cell (whole batches: see
-    :mod:`musicbench.shards`); an exception becomes a shard with ``error`` set."""
+    :mod:`musicbench.shards`); an exception becomes a shard with ``error`` set. ``fooled``
+    as in :func:`run_cell`."""
     started, t0 = now(), time.perf_counter()
     load_start = load_average()
     try:
         with PeakMemory(ws.device) as mem:
-            shard = _run_clips(_prepare(spec, ws, CellInfo(), attack=True), lo, hi)
+            shard = _run_clips(_prepare(spec, ws, CellInfo(), attack=True, fooled=fooled),
+                               lo, hi)
         shard.peak_memory_mb = round(mem.peak_mb, 1)
     except Exception as exc:  # the shard's cell fails, nothing else
         shard = ShardResult(lo, hi, error=f"{type(exc).__name__}: {exc}",
@@ -236,6 +243,7 @@ class _Cell:
     attack: Attack | None
     sample_metrics: list[Any]
     set_metrics: list[Any]
+    fooled: frozenset[str] = frozenset()  # clips earlier cells of the cascade fooled
 
     @property
     def device(self) -> torch.device:
@@ -278,9 +286,11 @@ class _Cell:
                        references=data.undefended_references or data.references, amp=run.amp))
 
 
-def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool) -> _Cell:
+def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool,
+             fooled: frozenset[str] = frozenset()) -> _Cell:
     """Load the cell's components, check each against what was planned (data, weights, the
-    defense's measured behaviour) and select its clips; the attack only when ``attack``."""
+    defense's measured behaviour) and select its clips; the attack only when ``attack``.
+    ``fooled``: clips earlier cells of the cascade fooled (not attacked again)."""
     device = ws.device
     dataset = ws.dataset(spec.dataset.name, spec.dataset.params)
     _same("dataset", spec.dataset, dataset.fingerprint(), spec.dataset.fingerprint)
@@ -308,6 +318,8 @@ def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool) -> 
         info.defense_behaviour = dataclasses.asdict(behaviour)
         info.flags += behaviour.mismatches()
         _as_planned(spec, behaviour)
+        if spec.run.role == "identity-bpda":
+            preprocessor = IdentitySurrogate(defense)
     if dataset.sample_rate != model.sample_rate:
         raise MusicbenchError(
             f"dataset '{dataset.name}' is at {dataset.sample_rate} Hz but model "
@@ -330,7 +342,7 @@ def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool) -> 
                               f"{dict(run.metric_weights)}); rerun to plan again")
     return _Cell(spec, ws, dataset, model, undefended, preprocessor, data, the_attack,
                  [m for m in metrics if m.level == "sample"],
-                 [m for m in metrics if m.level == "set"])
+                 [m for m in metrics if m.level == "set"], fooled)
 
 
 def cell_clip_count(spec: CellSpec, ws: Workspace) -> int:
@@ -368,7 +380,7 @@ def _run_clips(cell: _Cell, lo: int, hi: int) -> ShardResult:
             _run_batch_fitting_memory(
                 batch, cell.victim(start), cell.judge(start), run.eval_draws, cell.attack,
                 cell.stream("attack", start), cell.sample_metrics, cell.dataset.sample_rate,
-                run.keep_audio, out, device)
+                run.keep_audio, out, device, cell.fooled)
             trim()  # the batch's freed tensors back to the OS (else ~35 MB more per batch)
             bar.advance(len(batch.examples))
     return ShardResult(
@@ -433,6 +445,22 @@ def _finish(cell: _Cell, shards: list[ShardResult], record: CellRecord) -> None:
     info.higher_is_better = {m.name: bool(m.higher_is_better) for m in cell.sample_metrics}
     for metric in cell.set_metrics:
         info.higher_is_better.update(metric.columns)
+
+
+class IdentitySurrogate:
+    """A preprocessor as it is, but for BPDA through the identity (the ``identity-bpda``
+    sanity gate, :mod:`musicbench.protocol`): values from the defense's forward, gradients
+    as if it were not there. Where that beats the defense's exact gradients, they were
+    masked (Athalye, Carlini & Wagner 2018)."""
+
+    def __init__(self, defense: Preprocessor):
+        self._defense = defense
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._defense, name)
+
+    def surrogate(self, audio: torch.Tensor) -> torch.Tensor:
+        return audio
 
 
 def _as_planned(spec: CellSpec, behaviour: Any) -> None:
@@ -609,7 +637,8 @@ OOM_FLAG = (OOM_FLAG_START + "{size} clips: that batch ran in halves (halved unt
 def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval_draws: int,
                               attack: Attack, generator: torch.Generator,
                               sample_metrics: list[Any], sample_rate: int, keep: int,
-                              out: _Collected, device: torch.device) -> None:
+                              out: _Collected, device: torch.device,
+                              fooled: frozenset[str] = frozenset()) -> None:
     """:func:`_run_batch`, halving the batch on an out-of-memory error (down to one clip,
     then the error stands) and flagging the cell: a GPU's free memory is not known when the
     run is planned. ``_run_batch`` writes nothing before its last step (sample records, kept
@@ -617,7 +646,7 @@ def _run_batch_fitting_memory(batch: _Batch, victim: Victim, judge: Scorer, eval
     same generator in turn, so their results differ from the whole batch's (the flag says so;
     a deterministic attack gives the same records)."""
     args = (victim, judge, eval_draws, attack, generator, sample_metrics, sample_rate, keep,
-            out, device)
+            out, device, fooled)
     try:
         _run_batch(batch, *args)
         return
@@ -655,15 +684,19 @@ def _run_batch(
     keep: int,
     out: _Collected,
     device: torch.device,
+    fooled: frozenset[str] = frozenset(),
 ) -> None:
-    """Attack the batch's clean-correct clips, judge the result over ``eval_draws`` draws of
-    the defense, append the sample records."""
+    """Attack the batch's clean-correct clips that no earlier cell of the cascade fooled
+    (``fooled``), judge the result over ``eval_draws`` draws of the defense, append the
+    sample records (a clip the cascade skips: clean-correct, not attacked, not a success)."""
     n = len(batch.examples)
     x = _stack(batch.examples).to(device=device, dtype=torch.float32)
     y = batch.targets.to(device)
     clean_pred = batch.clean_pred.to(device)
     correct = (batch.clean_wrong <= 0.5).to(device)  # not fooled on clean: see Judgement
-    idx = correct.nonzero().squeeze(1)
+    survivor = torch.tensor([e.id not in fooled for e in batch.examples], device=device)
+    attacked = correct & survivor
+    idx = attacked.nonzero().squeeze(1)
     adv_pred = clean_pred.clone()
     success = torch.zeros_like(correct)
     adv_wrong = torch.full((n,), math.nan, dtype=torch.float64)
@@ -699,7 +732,7 @@ def _run_batch(
         out.adv = torch.empty(out.clips, x.shape[-1])
     at = batch.start - out.first
     out.adv[at : at + n] = adv_all
-    out.attacked.append(correct.cpu())
+    out.attacked.append(attacked.cpu())
     out.success.append(success.cpu())
     out.targets.append(y.cpu())
     cols = {k: v.cpu().tolist() for k, v in per_sample.items()}
@@ -708,11 +741,12 @@ def _run_batch(
         out.samples.append(SampleRecord(
             sample_id=ex.id, position=batch.start + i, label=int(y[i]),
             clean_pred=int(clean_pred[i]), clean_correct=bool(correct[i]),
-            attacked=bool(correct[i]), adv_pred=int(adv_pred[i]),
+            attacked=bool(attacked[i]), adv_pred=int(adv_pred[i]),
             success=bool(success[i]), queries=int(queries[i]), steps=int(steps[i]),
-            metrics={k: float(v[i]) for k, v in cols.items()} if correct[i] else {},
+            metrics={k: float(v[i]) for k, v in cols.items()} if attacked[i] else {},
             clean_wrong=float(batch.clean_wrong[i]) if drawn else None,
-            adv_wrong=float(adv_wrong[i]) if drawn and correct[i] else None,
+            adv_wrong=float(adv_wrong[i]) if drawn and attacked[i] else None,
+            work_id=ex.work_id,
         ))
 
 
@@ -724,7 +758,8 @@ def _cell_metrics(
     successful clips (``info.n_success`` of them), with a bootstrap interval of the mean."""
     correct = np.array([s.clean_correct for s in samples], dtype=bool)
     success = np.array([s.success for s in samples], dtype=bool)
-    summary = classification_summary(correct, success)
+    attacked = np.array([s.attacked for s in samples], dtype=bool)
+    summary = classification_summary(correct, success, attacked=attacked)
     info.n, info.n_attacked, info.n_success = (summary["n"], summary["n_attacked"],
                                                summary["n_success"])
     out = {

@@ -19,7 +19,7 @@ from musicbench.executors import EXECUTORS
 from musicbench.files import LockBusy, describe_holder, file_lock
 from musicbench.interfaces import Progress
 from musicbench.interfaces.context import NullProgress
-from musicbench.planner import apply_only, plan_cells, resolve
+from musicbench.planner import plan_cells, resolve_only
 from musicbench.plugins import PluginSystem
 from musicbench.runner import now
 from musicbench.shards import ShardResult
@@ -79,7 +79,7 @@ def execute(
     config = with_options(load_config(options.config), device=options.device,
                           executor=options.executor, ray_address=options.ray_address,
                           shard_clips=options.shard_clips)
-    resolved = apply_only(resolve(config, plugins), options.only)
+    resolved = resolve_only(config, plugins, options.only)
     device = resolve_device(config.run.device)
     executor_name = config.run.executor
     if executor_name not in EXECUTORS:
@@ -153,6 +153,11 @@ class _StoreSink:
 
     def kept_shards(self, cell_key: str) -> list[ShardResult]:
         return self.store.shards(cell_key)
+
+    def fooled(self, keys: tuple[str, ...]) -> frozenset[str]:
+        from musicbench.executors import fooled_in
+
+        return fooled_in(self.store.cells(list(keys)), keys)
 
 
 RUN_LOCK = ".musicbench-run.lock"

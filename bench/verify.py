@@ -26,9 +26,10 @@ from musicbench.cache import cache_dir
 from musicbench.cells import CELL_KINDS, CellSpec
 from musicbench.config import parse_config
 from musicbench.environment import describe_environment, resolve_device
+from musicbench.executors import fooled_in
 from musicbench.interfaces.context import NullProgress, Progress
 from musicbench.leaderboard import planned_run
-from musicbench.planner import apply_only, plan_cells, resolve
+from musicbench.planner import plan_cells, resolve_only
 from musicbench.plugins import PluginSystem
 from musicbench.runner import run_cell
 from musicbench.store import CellRecord
@@ -80,7 +81,7 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
     device = resolve_device(device or run["settings"].get("device") or config.run.device)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=device, progress=progress,
                    seed=config.run.seed, allow_training=config.run.allow_training)
-    resolved = apply_only(resolve(config, plugins), list(only))
+    resolved = resolve_only(config, plugins, list(only))
     plan = plan_cells(resolved, ws, config.run, quick=bool(run["settings"].get("quick")))
     here = {spec.labels: spec for spec in plan.specs}
 
@@ -110,7 +111,8 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
     environment = describe_environment(device)
     for record, spec in chosen:
         with progress(f"recomputing {' / '.join(spec.labels)}"):
-            fresh = run_cell(spec, ws, environment)
+            # a cell of a survivor cascade attacks what the stored cells before it left
+            fresh = run_cell(spec, ws, environment, fooled_in(stored, spec.run.after))
         found = record_differences(record, fresh, rtol=rtol)
         checks[record.key] = CellCheck(record.spec.labels, record.key,
                                        "differs" if found else "identical", found)

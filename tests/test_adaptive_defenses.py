@@ -18,7 +18,7 @@ from musicbench.defense_checks import measure
 from musicbench.errors import ConfigError
 from musicbench.planner import evaluation
 from musicbench.session import RunOptions, execute
-from musicbench.store import Store
+from musicbench.store import SCHEMA_VERSION, Store
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.validate import validate_plugin
 from musicbench.victim import Scorer, Victim, begin_batch
@@ -124,23 +124,27 @@ def test_evaluation_settings_follow_behaviour_and_overrides():
     rounding = measure(_bound(ToyRound()), 16_000)
     lowpass = measure(_bound(ToyLowpass()), 16_000)
     base = {"oblivious": False}
+    plain_defense = dataclasses.replace(defense, eot_samples=None)  # nothing forced
     # the defense entry's eot_samples beats [run]'s, the attack entry's beats both
     assert evaluation(config.run, defense, plain, "white-box", noisy) == base | {
         "eot_samples": 4, "eval_draws": 5, "bpda": False, "adaptive": True}
     assert evaluation(config.run, defense, eot16, "white-box", noisy)["eot_samples"] == 16
-    # a black-box entry pays a query per draw: EOT only when it asks for it
-    assert evaluation(config.run, defense, plain, "black-box", noisy)["eot_samples"] == 1
+    # a black-box entry gets the same draws (each a query of its budget), so resampling
+    # noise is never a success
+    assert evaluation(config.run, defense, plain, "black-box", noisy)["eot_samples"] == 4
     assert evaluation(config.run, defense, eot16, "black-box", noisy)["eot_samples"] == 16
     # non-adaptive: no EOT, no BPDA, but success is still judged over the draws
     assert evaluation(config.run, defense, naive, "white-box", noisy) == base | {
         "eot_samples": 1, "eval_draws": 5, "bpda": False, "adaptive": False}
-    assert evaluation(config.run, defense, plain, "white-box", rounding) == base | {
+    assert evaluation(config.run, plain_defense, plain, "white-box", rounding) == base | {
         "eot_samples": 1, "eval_draws": 1, "bpda": True, "adaptive": True}
     # a black-box attack takes no gradients: no BPDA to apply
     assert not evaluation(config.run, defense, plain, "black-box", rounding)["bpda"]
     # nothing to adapt to: a non-adaptive cell would repeat its adaptive twin, so none
-    assert evaluation(config.run, defense, naive, "white-box", lowpass) is None
-    assert evaluation(config.run, defense, naive, "black-box", rounding) is None
+    # (unless the defense entry forces EOT: then there is)
+    assert evaluation(config.run, plain_defense, naive, "white-box", lowpass) is None
+    assert evaluation(config.run, defense, naive, "white-box", lowpass) is not None
+    assert evaluation(config.run, plain_defense, naive, "black-box", rounding) is None
     assert CellRun(0, 8, 8, 0, "", (), eot_samples=4, eval_draws=5).adaptive_label == "eot"
     assert CellRun(0, 8, 8, 0, "", (), bpda=True).adaptive_label == "bpda"
     assert CellRun(0, 8, 8, 0, "", (), adaptive=False).adaptive_label == "non-adaptive"
@@ -287,8 +291,11 @@ def adaptive_run(tmp_path_factory):
     return run_toy_config(tmp_path_factory.mktemp("adaptive"), RUN.format(defenses=DEFENSES))
 
 
-def _cells(outcome, defense):
-    return {r.spec.attack.label: r for r in outcome.records if r.spec.defense.name == defense}
+def _cells(outcome, defense, *, gates: bool = False):
+    """The row's cells by attack label: the config's entries (and the sanity gates the
+    harness planned, with ``gates``)."""
+    return {r.spec.attack.label: r for r in outcome.records if r.spec.defense.name == defense
+            and (gates or not r.spec.run.role)}
 
 
 def test_randomized_defense_gets_eot_and_a_row_wide_clean_verdict(adaptive_run):
@@ -297,6 +304,12 @@ def test_randomized_defense_gets_eot_and_a_row_wide_clean_verdict(adaptive_run):
     assert {label: r.info.adaptive for label, r in cells.items()} == {
         "fgsm": "eot", "pgd": "eot", "pgd-naive": "non-adaptive", "pgd-oblivious": "oblivious"}
     assert all(r.status == "ok" for r in cells.values())
+    # the first gradient attack (fgsm) is checked at 10x its radius and through the identity
+    # (fgsm has no steps to double: no convergence cell)
+    gates = {label: r.spec.run.role for label, r in _cells(outcome, "toy-noise",
+                                                           gates=True).items()
+             if r.spec.run.role}
+    assert gates == {"fgsm, 10×ε": "large-radius", "fgsm, BPDA identity": "identity-bpda"}
     # clean verdicts come from the row's own stream: identical in every cell of the row
     clean = {label: [(s.clean_correct, s.clean_wrong) for s in r.samples]
              for label, r in cells.items()}
@@ -378,7 +391,8 @@ def test_a_schema_2_store_is_migrated_when_opened_for_writing(tmp_path):
     store = Store(path)
     columns = [r[1] for r in store.conn.execute("PRAGMA table_info(samples)")]
     assert columns[-2:] == ["clean_wrong", "adv_wrong"]
-    assert store.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+    assert store.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == \
+        str(SCHEMA_VERSION)
 
 
 @pytest.mark.parametrize("name", ["nes", "zoo", "square"])

@@ -84,20 +84,21 @@ def test_the_black_box_flag_is_paired_on_shared_clips_and_holm_adjusted():
     assert zoo_flag.endswith("within chance): gradient masking?")
 
 
-def test_worst_case_is_per_threat_model_and_an_unbounded_attack_does_not_zero_it():
+def test_worst_case_is_per_threat_model_and_an_unbounded_attack_has_none():
     records = [
         record("pgd", "white-box", [True, True, True, False, True, True, False, True]),
         record("nes", "black-box", [True, False, True, True, True, True, False, True]),
         record("cw", "white-box", [False] * 8, tm=UNBOUNDED),
     ]
-    summary, tms, attacks = _summaries(records, [cell_row(r) for r in records])
-    assert tms == [LINF, UNBOUNDED]
+    rows = [cell_row(r) for r in records]
+    summary, tms, attacks = _summaries(records, rows)
+    # an unbounded attack can fool every clip: no robust accuracy, no worst case
+    assert tms == [LINF] and rows[2]["robust_accuracy"] is None
     worst = {w.threat_model: w for w in summary[0].worst_case}
     assert (worst[LINF].survivors, worst[LINF].n) == (5, 8)  # clips surviving pgd AND nes
-    assert worst[LINF].attacks == ["pgd", "nes"]
-    assert worst[UNBOUNDED].value == 0.0
-    low, high = worst[UNBOUNDED].ci
-    assert low == 0.0 and 0.3 < high < 0.4  # 0/8 is not [0, 0]: exact upper bound 36.9%
+    assert worst[LINF].attacks == ["pgd", "nes"] and UNBOUNDED not in worst
+    low, high = worst[LINF].ci
+    assert 0.2 < low < 0.3 and 0.9 < high < 0.95  # 5/8 exact (Clopper–Pearson)
 
 
 def test_intervals_of_proportions_are_exact_and_never_collapse():
@@ -113,8 +114,8 @@ def test_the_headline_threat_model_comes_first_and_every_column_says_its_bound()
                       tm=ThreatModel.of_bound(Bound("l2", 0.5))),
                record("pgd", "white-box", [True] * 8)]
     summary, tms, attacks = _summaries(records, [cell_row(r) for r in records])
-    assert tms[0] == DEFAULT_THREAT_MODEL and tms[-1] == UNBOUNDED
-    assert [a for a, _ in attacks] == ["pgd", "pgd-l2", "cw"]
+    assert tms[0] == DEFAULT_THREAT_MODEL and tms[-1] == ThreatModel.of_bound(Bound("l2", 0.5))
+    assert [a for a, _ in attacks] == ["pgd", "pgd-l2"]  # the unbounded one has its section
 
 
 def test_robust_accuracy_rising_with_eps_is_flagged():
@@ -135,14 +136,21 @@ def test_robust_accuracy_rising_with_eps_is_flagged():
     assert rows[2]["flags"] == []  # other parameters differ: not the same attack at two ε
 
 
-def test_cells_timed_under_load_are_flagged_and_quiet_ones_are_not():
+def test_cells_timed_under_load_get_a_header_note_not_a_flag():
+    from musicbench.leaderboard import _header, _header_lines
+
     busy = record("pgd", "white-box", [True] * 8, load_average=[1.0, 2 * LOADED * 2], cpus=2)
     quiet = record("cw", "white-box", [True] * 8, load_average=[1.9, 2.1], cpus=2)
     old = record("fgsm", "white-box", [True] * 8)  # no load recorded
     rows = _rows([busy, quiet, old])
-    assert rows[0]["flags"] == [("timed on a loaded machine (load average 6.0 on 2 CPUs): "
-                                 "s/clip is inflated")]
-    assert rows[1]["flags"] == [] and rows[2]["flags"] == []
+    assert all(not r["flags"] for r in rows)
+    run = {"environment": {}, "settings": {"device": "cpu"}, "finished": "", "started": "",
+           "argv": [],
+           "config_source": "c"}
+    header = _header([run], [busy, quiet, old], 3)
+    assert header["loaded"] == {"d / m / none / pgd": 6.0}
+    assert ("- 1 cell(s) timed on a loaded machine (1-minute load average up to 6.0 on 2 "
+            "CPUs): their s/clip is inflated: d / m / none / pgd") in _header_lines(header)
 
 
 def test_a_defense_that_costs_clean_accuracy_is_flagged():
@@ -170,8 +178,9 @@ def test_markdown_has_one_worst_case_column_per_threat_model():
               "torch": "2", "device": "cpu", "seed": 0, "config": "c", "planned": 2,
               "stored": 2, "dataset_fingerprints": {}, "samples": {}}
     text = render_markdown(Leaderboard(header, rows, summary, attacks, tms, {}, []))
-    assert "| L∞ ε=0.002 ↑ | unbounded ↑ |" in text
-    assert "100.0 [63.1, 100.0] | 0.0 [0.0, 36.9] |" in text
+    assert "| L∞ ε=0.002 ↑ |\n" in text and "unbounded ↑" not in text
+    assert "| 100.0 [63.1, 100.0] |\n" in text  # 8/8 survive: exact, not [100, 100]
+    assert "| d | m | none | cw | 8 | 8 | 100.0 [63.1, 100.0] | 0 |" in text
 
 
 def test_load_average_is_read_where_the_os_has_one():

@@ -255,7 +255,9 @@ cutoff_hz = 2000
     pairs = {(s.model.label, s.defense.label) for s in plan.specs}
     assert pairs == {("toy-model", "none"), ("toy-model-seed1", "none"),
                      ("toy-model-seed1", "lowpass, seed-1 cutoff")}
-    assert len(plan.specs) == 3 * 2  # two attacks each
+    # two attacks each, and the lowpass row's sanity gates on its first gradient attack
+    # (fgsm at 10x its radius, and through the identity with BPDA)
+    assert len(plan.specs) == 3 * 2 + 2
     with pytest.raises(ConfigError, match=r"\[models.toy-model-seed1\] key 'defenses'.*"
                                           r"Did you mean 'lowpass, seed-1 cutoff'"):
         parse_config(text.replace('"lowpass, seed-1 cutoff"]', '"lowpass seed-1 cutoff"]'))

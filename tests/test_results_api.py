@@ -54,7 +54,12 @@ def run_dir(tmp_path_factory):
 def test_cells_and_samples_are_typed_and_complete(run_dir):
     res = load(run_dir)
     cells, samples = res.cells, res.samples
-    assert len(cells) == 6 and set(cells.attack) == {"fgsm", "pgd", "pgd, oblivious"}
+    configured = cells[cells.role == ""]
+    assert len(configured) == 6 and set(configured.attack) == {"fgsm", "pgd", "pgd, oblivious"}
+    # the noise row's sanity gates on its first gradient attack
+    assert dict(zip(cells.attack[cells.role != ""], cells.role[cells.role != ""],
+                    strict=True)) == {"fgsm, 10×ε": "large-radius",
+                                      "fgsm, BPDA identity": "identity-bpda"}
     for name, dtype in CELL_COLUMNS.items():
         assert str(cells[name].dtype) == dtype, name
     for name, dtype in SAMPLE_COLUMNS.items():

@@ -132,7 +132,9 @@ def test_sharded_cells_give_the_unsharded_records(tmp_path, toy_plugins, samples
     sharded = _run(tmp_path, toy_plugins, text, "sharded", shard_clips=4)  # -> 6: two batches
     assert not whole.failed and not sharded.failed
     a, b = records(tmp_path / "whole"), records(tmp_path / "sharded")
-    assert a.keys() == b.keys() and len(a) == 2
+    # pgd on the noise row, and its sanity gates (10x the radius, BPDA through the identity,
+    # the stronger run on the survivors: a cell that depends on the others')
+    assert a.keys() == b.keys() and len(a) == 5
     for key in a:
         assert a[key] == b[key], key
     noisy = next(r for r in a.values() if r["info"]["adaptive"] == "eot")
@@ -152,8 +154,12 @@ def test_a_sharded_retrieval_cell_gives_the_unsharded_map(tmp_path, toy_plugins)
     assert not whole.failed and not sharded.failed
     a, b = records(tmp_path / "whole"), records(tmp_path / "sharded")
     assert a == b
-    (row,) = a.values()
-    assert row["metrics"]["map_clean"][0] is not None
+    store = Store(tmp_path / "whole" / "results.sqlite", readonly=True)
+    try:  # the config's cell (the others are the noise row's sanity gates)
+        (pgd,) = [r for r in store.cells() if r.spec.attack.label == "pgd"]
+    finally:
+        store.close()
+    assert pgd.metrics["map_clean"].value is not None
 
 
 def test_a_failed_shard_fails_its_cell_and_the_rerun_runs_only_the_missing_shards(
@@ -164,16 +170,18 @@ def test_a_failed_shard_fails_its_cell_and_the_rerun_runs_only_the_missing_shard
     ran: list[tuple[str, int]] = []
     broken = {"on": True}
 
-    def flaky(spec, ws, lo, hi):
+    def flaky(spec, ws, lo, hi, fooled=frozenset()):
         ran.append((spec.defense.name, lo))
         if broken["on"] and spec.defense.name == "toy-noise" and lo == 6:
             raise_in = ShardResult(lo, hi, error="RuntimeError: the node went away",
                                    traceback="Traceback ...")
             return raise_in
-        return real(spec, ws, lo, hi)
+        return real(spec, ws, lo, hi, fooled)
 
     monkeypatch.setattr(executors, "run_shard", flaky)
-    text = CONFIG.format(samples=0, run="shard_clips = 3")
+    # without the sanity gates: two cells, one of them broken (the gates run in shards in
+    # test_sharded_cells_give_the_unsharded_records)
+    text = CONFIG.format(samples=0, run="shard_clips = 3\nsanity = false")
     first = _run(tmp_path, toy_plugins, text, "out")
     failed = [r for r in first.records if r.status == "failed"]
     assert len(failed) == 1 and failed[0].spec.defense.name == "toy-noise"
@@ -191,7 +199,8 @@ def test_a_failed_shard_fails_its_cell_and_the_rerun_runs_only_the_missing_shard
     second = _run(tmp_path, toy_plugins, text, "out")
     assert not second.failed
     assert ran == [("toy-noise", 6), ("toy-noise", 9)]  # only what was missing
-    reference = _run(tmp_path, toy_plugins, CONFIG.format(samples=0, run=""), "reference")
+    reference = _run(tmp_path, toy_plugins, CONFIG.format(samples=0, run="sanity = false"),
+                     "reference")
     assert records(tmp_path / "out") == records(tmp_path / "reference")
     assert not reference.failed
 
