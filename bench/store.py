@@ -21,16 +21,23 @@ from musicbench.cells import CellInfo, CellSpec
 if TYPE_CHECKING:
     from musicbench.shards import ShardResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2: cells keep a typed spec (threat model, weights, metrics) and a typed info record.
-3: samples keep the fraction of eval draws wrong (``clean_wrong``, ``adv_wrong``); a schema-2
-store is migrated in place when opened for writing (the new columns are NULL: one draw) and
-read as it is when opened read-only."""
+3: samples keep the fraction of eval draws wrong (``clean_wrong``, ``adv_wrong``).
+4: samples keep the clip's work id (``work_id``), so intervals can resample works.
+An older store is migrated in place when opened for writing (the new columns are NULL: one
+draw, work unknown) and read as it is when opened read-only (the missing columns read as
+None)."""
 
-_MIGRATIONS = {
-    2: ["ALTER TABLE samples ADD COLUMN clean_wrong REAL",
-        "ALTER TABLE samples ADD COLUMN adv_wrong REAL"],
+_MIGRATIONS: dict[int, list[tuple[str, str]]] = {
+    2: [("clean_wrong", "REAL"), ("adv_wrong", "REAL")],
+    3: [("work_id", "TEXT")],
 }
+"""Schema version -> the nullable ``samples`` columns the next version adds."""
+
+_SAMPLE_COLUMNS = ("cell_key", "sample_id", "position", "label", "clean_pred", "clean_correct",
+                   "attacked", "adv_pred", "success", "queries", "steps", "metrics",
+                   "clean_wrong", "adv_wrong", "work_id")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -72,6 +79,7 @@ CREATE TABLE IF NOT EXISTS samples (
     metrics TEXT NOT NULL,
     clean_wrong REAL,
     adv_wrong REAL,
+    work_id TEXT,
     PRIMARY KEY (cell_key, sample_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -119,6 +127,10 @@ class SampleRecord:
     # None when one draw decides.
     clean_wrong: float | None = None
     adv_wrong: float | None = None
+    # The musical work the clip was cut from (``Example.work_id``); clips of one work are not
+    # independent, so intervals resample works. None when the dataset names no works (or the
+    # store predates schema 4).
+    work_id: str | None = None
 
 
 @dataclass
@@ -211,14 +223,15 @@ class Store:
     def _migrate(self, version: int) -> None:
         with self.conn:
             while version in _MIGRATIONS:
-                for statement in _MIGRATIONS[version]:
-                    self.conn.execute(statement)
+                present = self._sample_columns()
+                for column, kind in _MIGRATIONS[version]:
+                    if column not in present:
+                        self.conn.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
                 version += 1
             self.conn.execute("UPDATE meta SET value=? WHERE key='schema'", (str(version),))
 
-    def _schema(self) -> int | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        return None if row is None else int(row[0])
+    def _sample_columns(self) -> set[str]:
+        return {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
 
     def _check_schema(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
@@ -335,12 +348,13 @@ class Store:
                  record.error, record.traceback, json.dumps(record.environment), run_id),
             )
             c.executemany(
-                "INSERT INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO samples ({', '.join(_SAMPLE_COLUMNS)}) VALUES "
+                f"({','.join('?' * len(_SAMPLE_COLUMNS))})",
                 [(record.key, s.sample_id, s.position, s.label, s.clean_pred,
                   int(s.clean_correct), int(s.attacked), s.adv_pred, int(s.success),
                   int(s.queries), int(s.steps),
                   json.dumps({k: _num(v) for k, v in s.metrics.items()}),
-                  s.clean_wrong, s.adv_wrong)
+                  s.clean_wrong, s.adv_wrong, s.work_id)
                  for s in record.samples],
             )
             c.executemany(
@@ -391,18 +405,16 @@ class Store:
                 info=CellInfo.from_dict(json.loads(r[8])), error=r[9], traceback=r[10],
                 environment=json.loads(r[11]),
             )
-        draws = ("clean_wrong, adv_wrong" if self._schema() in (None, SCHEMA_VERSION)
-                 else "NULL, NULL")  # a schema-2 store opened read-only: one draw
+        present = self._sample_columns()  # an older store opened read-only lacks the newer
+        columns = ", ".join(c if c in present else "NULL" for c in _SAMPLE_COLUMNS)
         for r in self.conn.execute(
-            "SELECT cell_key, sample_id, position, label, clean_pred, clean_correct, attacked,"
-            f" adv_pred, success, queries, steps, metrics, {draws} FROM samples"
-            " ORDER BY cell_key, position"
+            f"SELECT {columns} FROM samples ORDER BY cell_key, position"
         ):
             if r[0] in by_key:
                 metrics = {k: (math.nan if v is None else v) for k, v in json.loads(r[11]).items()}
                 by_key[r[0]].samples.append(SampleRecord(
                     r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], bool(r[8]), r[9],
-                    r[10], metrics, r[12], r[13]))
+                    r[10], metrics, r[12], r[13], r[14]))
         for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"):
             if r[0] in by_key:
                 value = math.nan if r[2] is None else r[2]
