@@ -64,6 +64,12 @@ def severity(flag: str) -> str:
     return ""
 
 
+def marked(flag: str) -> str:
+    """``flag`` led by its severity mark (once), for outputs that list flags one by one."""
+    mark = severity(flag)
+    return f"{mark} {flag}" if mark and not flag.startswith(mark) else flag
+
+
 DEFENSE_COST_POINTS = 0.10
 """A defense losing more clean accuracy than this (vs the undefended twin) is flagged."""
 
@@ -222,6 +228,8 @@ class Leaderboard:
     higher_is_better: dict[str, bool]
     metrics: list[str]  # configured per-sample metrics, in order
     contrasts: list[str] = field(default_factory=list)  # attack labels of contrast cells
+    # attack labels of the cells the harness planned (sanity gates, docs/protocol.md)
+    gates: list[str] = field(default_factory=list)
 
 
 def plan_keys(store: Store) -> tuple[list[str], list[dict[str, Any]]]:
@@ -283,7 +291,9 @@ def build(store: Store) -> Leaderboard:
             if name not in metrics:
                 metrics.append(name)
     contrasts = sorted({r.names[3] for r in records if r.spec.run.contrast})
-    return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics, contrasts)
+    gates = sorted({r.names[3] for r in records if r.spec.run.role})
+    return Leaderboard(header, rows, summary, attacks, threat_models, higher, metrics, contrasts,
+                       gates)
 
 
 def _grouped(records: list[CellRecord]) -> list[CellRecord]:
@@ -667,9 +677,13 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
                      "10× its radius, through the identity with BPDA or on its survivors; "
                      "a demonstration, not an evaluation")
     if h.get("loaded"):
-        lines.append(f"- {len(h['loaded'])} cell(s) timed on a loaded machine (1-minute load "
-                     f"average up to {max(h['loaded'].values()):.1f} on {h.get('cpus')} CPUs): "
-                     "their s/clip is inflated: " + ", ".join(h["loaded"])[:600])
+        busy = h["loaded"]
+        which = ("every cell" if len(busy) == h["stored"] else
+                 f"{len(busy)} of {h['stored']} cells (" + "; ".join(list(busy)[:5])
+                 + ("; ..." if len(busy) > 5 else "") + ")")
+        lines.append(f"- timed on a loaded machine (1-minute load average up to "
+                     f"{max(busy.values()):.1f} on {h.get('cpus')} CPUs): {which}; their "
+                     "s/clip is inflated")
     if h["stored"] < h["planned"]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")
@@ -707,8 +721,8 @@ def render_markdown(board: Leaderboard) -> str:
     tms = board.threat_models
     head = (["dataset", "model", "defense", "n", f"clean acc {arrow('clean_accuracy')}"]
             + [f"{tm.label} {arrow('worst_case')}" for tm in tms])
-    listed = {tm: [a for a, t in board.attacks if t == tm and a not in board.contrasts]
-              for tm in tms}
+    listed = {tm: [a for a, t in board.attacks if t == tm
+                   and a not in board.contrasts and a not in board.gates] for tm in tms}
     body = []
     notes: list[str] = []
     for s in board.summary:
@@ -738,9 +752,11 @@ def render_markdown(board: Leaderboard) -> str:
                   f"that does not adapt); {WEAK}: the attack was too weak for the figure to be "
                   "evidence of robustness. Flags on the worst cases:", ""] + notes + [""]
     for tm in tms:
-        names = [a for a, t in board.attacks if t == tm and a not in board.contrasts]
+        names = listed[tm]
         shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
+        gates = [a for a, t in board.attacks if t == tm and a in board.gates]
         lines.append(f"- {tm.label}: {', '.join(names) or '—'}" + (
+            f"; the harness's gates on defended rows: {'; '.join(gates)}" if gates else "") + (
             f" (contrasts, not in the worst case: {', '.join(shown)})" if shown else ""))
     lines += ["", "## Robust accuracy by attack", ""]
     head = ["dataset", "model", "defense"] + [f"{a} ({tm.label}) ↑" for a, tm in board.attacks]

@@ -353,6 +353,7 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
     for tm in tms:
         names = [a for a, t in board.attacks if t == tm and a not in board.contrasts]
         shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
+        # (gate cells are listed with the others: they join the worst case)
         out.append(f"<li>{esc(tm.label)}: {esc(', '.join(names) or '—')}" + (
             f" (contrasts, not in the worst case: {esc(', '.join(shown))})" if shown else "")
             + "</li>")

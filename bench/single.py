@@ -26,6 +26,7 @@ from musicbench.audio import _resample, load_audio
 from musicbench.config import ComponentSpec, RunSettings
 from musicbench.defense_checks import measure
 from musicbench.errors import ConfigError
+from musicbench.leaderboard import WEAK, marked
 from musicbench.metrics import lsd, snr_db
 from musicbench.planner import evaluation
 from musicbench.victim import Scorer, Victim
@@ -51,6 +52,9 @@ class SingleResult:
     input_rate: int
     model_rate: int
     draws: int
+    # what the harness measured of the defense and found of the attack, each with its
+    # severity mark (musicbench.leaderboard.severity), as a run's cells would carry them
+    flags: tuple[str, ...] = ()
 
 
 def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: str,
@@ -77,9 +81,10 @@ def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: s
     made_attack.prepare(ws.ctx)
     white = made_attack.threat == "white-box"
     # how a run with the default [run] settings would attack and judge this defense
+    behaviour = measure(made, rate, ws.device, x)
     how = evaluation(RunSettings(), ComponentSpec("defense", defense, {}, "defenses"),
                      ComponentSpec("attack", attack, {}, "attacks"), made_attack.threat,
-                     measure(made, rate, ws.device, x))
+                     behaviour)
     if how is None:  # only a non-adaptive entry is ever left unplanned; this one is adaptive
         raise RuntimeError("no evaluation planned for an adaptive attack")
     eot, draws, bpda = how["eot_samples"], how["eval_draws"], how["bpda"]
@@ -111,17 +116,22 @@ def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: s
     back = back[..., : x.shape[-1]] if back.shape[-1] >= x.shape[-1] else torch.nn.functional.pad(
         back, (0, x.shape[-1] - back.shape[-1]))
     reread = judge.judge(back, y, draws)
+    fooled = bool(verdict.fooled[0]) and not bool(clean.fooled[0])
+    flags = list(behaviour.mismatches())
+    if made_attack.threat_model().kind == "unbounded" and not fooled:
+        flags.append(f"{WEAK} attack failed: an unbounded attack can fool any clip, so this "
+                     "is its own failure, not robustness")
     return SingleResult(
         clean_label=labels[int(y[0])],
         clean_prediction=labels[int(clean.prediction[0])],
         adv_prediction=labels[int(verdict.prediction[0])],
-        success=bool(verdict.fooled[0]) and not bool(clean.fooled[0]),
+        success=fooled,
         wrong_fraction=float(verdict.wrong_fraction[0]),
         lsd=float(lsd(x.cpu(), result.adv.cpu())[0]),
         snr_db=float(snr_db(x.cpu(), result.adv.cpu())[0]),
         queries=int(result.queries[0]), adaptive=adaptive, written=out,
         written_success=bool(reread.fooled[0]), input_rate=input_rate, model_rate=rate,
-        draws=draws)
+        draws=draws, flags=tuple(flags))
 
 
 def _native_mono(source: Path, info: Any) -> np.ndarray:
@@ -143,4 +153,4 @@ def describe(r: SingleResult) -> str:
         f"queries; defense attacked with: {r.adaptive}",
         f"wrote {r.written} at {r.input_rate} Hz: read back, it "
         + ("still fools the model" if r.written_success else "no longer fools the model"),
-    ])
+    ] + [f"flag: {marked(f)}" for f in r.flags])

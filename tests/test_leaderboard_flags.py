@@ -149,8 +149,8 @@ def test_cells_timed_under_load_get_a_header_note_not_a_flag():
            "config_source": "c"}
     header = _header([run], [busy, quiet, old], 3)
     assert header["loaded"] == {"d / m / none / pgd": 6.0}
-    assert ("- 1 cell(s) timed on a loaded machine (1-minute load average up to 6.0 on 2 "
-            "CPUs): their s/clip is inflated: d / m / none / pgd") in _header_lines(header)
+    assert ("- timed on a loaded machine (1-minute load average up to 6.0 on 2 CPUs): 1 of 3 "
+            "cells (d / m / none / pgd); their s/clip is inflated") in _header_lines(header)
 
 
 def test_a_defense_that_costs_clean_accuracy_is_flagged():
