@@ -21,6 +21,16 @@ which keeps its width when every clip agrees, where a bootstrap of the paired di
 collapses to [0, 0]), the discordant clips (A only, B only), the exact two-sided McNemar p, and
 the Holm-Bonferroni adjusted p over the pairs of this one comparison (their number is stated).
 
+Clips of one work are not independent. Where the clips carry work ids (``SampleRecord.work_id``)
+and some work holds several of the compared clips, the pair is **clustered by work**: the
+interval is Newcombe's at effective counts (every cell of the 2x2 table divided by the
+Korn-Graubard variance inflation of the paired difference, :func:`musicbench.metrics.
+variance_inflation`: the design effect times (t_{works-1} / z)^2), never narrower than the
+unclustered one, and the p is the exact sign-flip test over works
+(:func:`musicbench.stats.sign_flip_p`), which is the exact McNemar p when every clip is its own
+work. Clips without work ids (stores written before they were kept, datasets without works)
+are compared as independent, and the output says so. docs/metrics.md gives the coverage.
+
 Reads the store only: the latest run's planned cells, as the leaderboard does.
 """
 
@@ -35,12 +45,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from musicbench.errors import ConfigError, did_you_mean
-from musicbench.stats import holm, mcnemar_exact_p, paired_difference_interval
+from musicbench.metrics import cluster_index, variance_inflation
+from musicbench.stats import holm, mcnemar_exact_p, paired_difference_interval, sign_flip_p
 
 CONFIDENCE = 0.95
 INTERVAL = "Newcombe (1998) method 10"
 TEST = "exact McNemar (two-sided binomial on the discordant clips)"
+INTERVAL_CLUSTERED = "Newcombe (1998) method 10 at Korn-Graubard effective counts"
+TEST_CLUSTERED = "exact sign-flip test over works (a clustered McNemar)"
 CORRECTION = "Holm-Bonferroni"
 QUANTITY = {
     "attack": ("asr", "ASR on the clips attacked by both cells"),
@@ -65,6 +80,14 @@ class Pair:
     only_b: int
     p: float
     p_holm: float
+    # How many works the n clips fall in (a clip without a work id counting as one of its own);
+    # None when no clip carries a work id.
+    works: int | None = None
+
+    @property
+    def clustered(self) -> bool:
+        """Some work holds several of the clips: the interval and p are the clustered ones."""
+        return self.works is not None and self.works < self.n
 
 
 @dataclass(frozen=True)
@@ -86,30 +109,69 @@ class Comparison:
     def comparisons(self) -> int:
         return len(self.pairs)
 
+    @property
+    def clustered(self) -> bool:
+        return any(p.clustered for p in self.pairs)
+
     def header(self) -> str:
         other = "defense" if self.varying == "attack" else "attack"
         first = self.pairs[0].a if self.pairs else "?"
+        interval, test = (INTERVAL_CLUSTERED, TEST_CLUSTERED) if self.clustered else (INTERVAL,
+                                                                                        TEST)
         return (f"{self.source}: {self.dataset} / {self.model} / {other} {self.fixed}; "
-                f"{self.varying} {first} against each other. Paired on clips: "
-                f"{QUANTITY[self.varying][1]}; {CONFIDENCE:.0%} {INTERVAL} interval of the "
-                f"difference; {TEST} p; {CORRECTION} adjusted over {self.comparisons} "
-                f"comparison{'s' if self.comparisons != 1 else ''}.")
+                f"{self.varying} {first} against each other. Paired on clips, "
+                f"{clustering(self.pairs)}: {QUANTITY[self.varying][1]}; {CONFIDENCE:.0%} "
+                f"{interval} interval of the difference; {test} p; {CORRECTION} adjusted over "
+                f"{self.comparisons} comparison{'s' if self.comparisons != 1 else ''}.")
 
 
-def paired_pair(a: str, b: str, xa: Sequence[bool], xb: Sequence[bool]) -> Pair:
-    """Statistics of two aligned 0/1 outcome lists (the same clips in the same order); the
-    Holm-adjusted p is the raw p until :func:`compare_cells` adjusts over the family."""
+def clustering(pairs: Sequence[Pair]) -> str:
+    """How the clips of ``pairs`` were treated, in words: "clustered by work: 42 works" (or a
+    range of works over the pairs), or why they were taken as independent."""
+    clustered = sorted({p.works for p in pairs if p.clustered and p.works is not None})
+    if clustered:
+        span = (f"{clustered[0]}" if len(clustered) == 1
+                else f"{clustered[0]}-{clustered[-1]}")
+        return f"clustered by work: {span} works"
+    if pairs and all(p.works is None for p in pairs):
+        return ("not clustered: the clips carry no work ids (a store written before they were "
+                "kept, or a dataset without works), so they are taken as independent")
+    return "not clustered: every clip is of a different work"
+
+
+def paired_pair(a: str, b: str, xa: Sequence[bool], xb: Sequence[bool],
+                works: Sequence[str | None] | None = None) -> Pair:
+    """Statistics of two aligned 0/1 outcome lists (the same clips in the same order), clustered
+    by ``works`` (each clip's work id, None where unknown) when some work holds several clips
+    (see the module docstring); the Holm-adjusted p is the raw p until :func:`compare_cells`
+    adjusts over the family."""
     if len(xa) != len(xb):
         raise ValueError(f"paired outcomes need equal lengths, got {len(xa)} and {len(xb)}")
     n = len(xa)
-    both = sum(1 for u, v in zip(xa, xb, strict=True) if u and v)
-    only_a = sum(1 for u, v in zip(xa, xb, strict=True) if u and not v)
-    only_b = sum(1 for u, v in zip(xa, xb, strict=True) if v and not u)
+    ua, ub = np.asarray(xa, dtype=bool), np.asarray(xb, dtype=bool)
+    both, only_a = int((ua & ub).sum()), int((ua & ~ub).sum())
+    only_b = int((ub & ~ua).sum())
     neither = n - both - only_a - only_b
     low, high = paired_difference_interval(both, only_a, only_b, neither, CONFIDENCE)
-    p = mcnemar_exact_p(only_a, only_b)
+    known = works is not None and any(w is not None for w in works)
+    index = cluster_index(works, n) if known else None
+    if index is None:
+        p = mcnemar_exact_p(only_a, only_b)
+        n_works = n if known else None
+    else:
+        diff = ua.astype(np.int64) - ub.astype(np.int64)  # [n] in {-1, 0, 1}
+        n_works = int(index.max()) + 1
+        p = sign_flip_p(np.bincount(index, weights=diff, minlength=n_works).round()
+                        .astype(np.int64).tolist())
+        inflation = variance_inflation(diff, index, level=CONFIDENCE)
+        if inflation == math.inf:  # one work: nothing is known about others
+            low, high = -1.0, 1.0
+        else:
+            c_low, c_high = paired_difference_interval(
+                *(count / inflation for count in (both, only_a, only_b, neither)), CONFIDENCE)
+            low, high = min(low, c_low), max(high, c_high)
     return Pair(a, b, n, (both + only_a) / n, (both + only_b) / n, (only_a - only_b) / n,
-                low, high, only_a, only_b, p, p)
+                low, high, only_a, only_b, p, p, n_works)
 
 
 def _outcomes(record: Any, varying: str) -> dict[str, bool]:
@@ -136,13 +198,27 @@ def clean_outcomes(record: Any) -> dict[str, bool]:
     return {s.sample_id: bool(s.clean_correct) for s in record.samples}
 
 
-def pair_on_shared_clips(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool]
-                         ) -> Pair | None:
-    """:func:`paired_pair` over the clip ids both outcome maps hold (None if none)."""
+def work_ids(*records: Any) -> dict[str, str | None]:
+    """Per clip id, its work id as the ``records`` stored it (the first record holding one
+    wins; None where none does: a store written before work ids were kept, or a dataset
+    without works)."""
+    out: dict[str, str | None] = {}
+    for record in records:
+        for s in record.samples:
+            if out.get(s.sample_id) is None:
+                out[s.sample_id] = s.work_id
+    return out
+
+
+def pair_on_shared_clips(a: str, b: str, xa: dict[str, bool], xb: dict[str, bool],
+                         works: dict[str, str | None] | None = None) -> Pair | None:
+    """:func:`paired_pair` over the clip ids both outcome maps hold (None if none), clustered
+    by ``works`` (clip id -> work id, e.g. :func:`work_ids` of the two cells) when given."""
     common = sorted(xa.keys() & xb.keys())
     if not common:
         return None
-    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common])
+    return paired_pair(a, b, [xa[i] for i in common], [xb[i] for i in common],
+                       None if works is None else [works.get(i) for i in common])
 
 
 def compare_cells(cells: dict[str, Any], labels: Sequence[str], *, source: str, dataset: str,
@@ -162,7 +238,8 @@ def compare_cells(cells: dict[str, Any], labels: Sequence[str], *, source: str, 
                 f"({len(ref_ids)} and {len(ids)} clips, {len(ref_ids & ids)} in common); a "
                 "paired comparison needs the cells of one run's draw")
         pair = pair_on_shared_clips(first, other, _outcomes(ref, varying),
-                                    _outcomes(cells[other], varying))
+                                    _outcomes(cells[other], varying),
+                                    work_ids(ref, cells[other]))
         if pair is None:
             raise ConfigError(
                 f"cells '{first}' and '{other}' ({dataset} / {model}) share no clip to compare "
@@ -257,7 +334,8 @@ def compare(out: Path, labels: Sequence[str], *, model: str, dataset: str | None
 # -- rendering ---------------------------------------------------------------------------------
 
 FIELDS = ("dataset", "model", "varying", "fixed", "quantity", "a", "b", "n", "rate_a", "rate_b",
-          "diff", "ci_low", "ci_high", "only_a", "only_b", "p", "p_holm", "comparisons")
+          "diff", "ci_low", "ci_high", "only_a", "only_b", "p", "p_holm", "works",
+          "comparisons")
 
 
 def _finite(x: Any) -> Any:
@@ -276,8 +354,9 @@ def render_json(comparison: Comparison) -> str:
     c = comparison
     doc = {"source": c.source, "dataset": c.dataset, "model": c.model, "varying": c.varying,
            "fixed": c.fixed, "quantity": c.quantity, "confidence": CONFIDENCE,
-           "interval": INTERVAL, "test": TEST, "correction": CORRECTION,
-           "comparisons": c.comparisons,
+           "interval": INTERVAL_CLUSTERED if c.clustered else INTERVAL,
+           "test": TEST_CLUSTERED if c.clustered else TEST, "clustering": clustering(c.pairs),
+           "correction": CORRECTION, "comparisons": c.comparisons,
            "pairs": [{k: _finite(v) for k, v in asdict(p).items()} for p in c.pairs]}
     return json.dumps(doc, indent=2)
 
@@ -299,9 +378,15 @@ def _diff(p: Pair) -> str:
     return f"{100 * p.diff:+.1f} [{100 * p.ci_low:+.1f}, {100 * p.ci_high:+.1f}]"
 
 
+def clips_cell(p: Pair) -> str:
+    """``n``, with its number of works when the pair is clustered: ``64 (42 works)``."""
+    return f"{p.n} ({p.works} works)" if p.clustered else str(p.n)
+
+
 def difference_cells(p: Pair, p_holm: float, alpha: float = 0.05) -> str:
-    """``diff [CI] | McNemar p | Holm p`` as markdown table cells, the difference in bold when
-    the Holm-adjusted p is below ``alpha`` (the analysis scripts' tables)."""
+    """``diff [CI] | p | Holm p`` as markdown table cells (p: exact McNemar, or the sign-flip
+    test over works when the pair is clustered), the difference in bold when the Holm-adjusted
+    p is below ``alpha`` (the analysis scripts' tables)."""
     mark = "**" if p_holm < alpha else ""
     return f"{mark}{_diff(p)}{mark} | {p.p:.3g} | {p_holm:.3g}"
 
@@ -309,7 +394,7 @@ def difference_cells(p: Pair, p_holm: float, alpha: float = 0.05) -> str:
 def cells_of(p: Pair) -> list[str]:
     """The displayed cells of one pair, in :data:`COLUMNS` order (rates and differences in
     percentage points)."""
-    return [p.a, p.b, str(p.n), _pct(p.rate_a), _pct(p.rate_b), _diff(p), str(p.only_a),
+    return [p.a, p.b, clips_cell(p), _pct(p.rate_a), _pct(p.rate_b), _diff(p), str(p.only_a),
             str(p.only_b), f"{p.p:.3g}", f"{p.p_holm:.3g}"]
 
 

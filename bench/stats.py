@@ -1,5 +1,6 @@
 """Small exact statistics for paired 0/1 outcomes: Wilson intervals, Newcombe's interval of a
-paired difference of proportions, the exact McNemar test and Holm's step-down correction.
+paired difference of proportions, the exact McNemar test, its clustered form (an exact
+sign-flip test over clusters) and Holm's step-down correction.
 
 Pure functions on counts (standard library only), so they can be checked by hand.
 
@@ -24,6 +25,10 @@ References:
   recommended by M. W. Fagerland, S. Lydersen, P. Laake (2014), "Recommended tests and
   confidence intervals for paired binomial proportions", Statistics in Medicine 33, 2850-2875.
 - Q. McNemar (1947), Psychometrika 12, 153-157; the exact (conditional binomial) form.
+- V. L. Durkalski, Y. Y. Palesch, S. R. Lipsitz, P. F. Rust (2003), "Analysis of clustered
+  matched-pair data", Statistics in Medicine 22, 2417-2428: McNemar's statistic with the
+  variance of the clusters' discordance sums; :func:`sign_flip_p` is its exact randomisation
+  form.
 - S. Holm (1979), "A simple sequentially rejective multiple test procedure", Scandinavian
   Journal of Statistics 6, 65-70.
 """
@@ -41,8 +46,9 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the proportion ``k / n`` (never [1, 1] at k = n; needs n > 0)."""
+def wilson_interval(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n`` (never [1, 1] at k = n; needs n > 0;
+    real counts allowed)."""
     if n <= 0 or not 0 <= k <= n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n and n > 0, got k={k}, n={n}")
     z = _z(confidence)
@@ -51,7 +57,7 @@ def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def paired_difference_interval(a: int, b: int, c: int, d: int,
+def paired_difference_interval(a: float, b: float, c: float, d: float,
                                confidence: float = 0.95) -> tuple[float, float]:
     """Newcombe's (1998) method-10 interval of ``p_A - p_B = (b - c) / n`` for paired 0/1 data.
 
@@ -65,7 +71,8 @@ def paired_difference_interval(a: int, b: int, c: int, d: int,
     ``0 <= ad - bc <= n/2``, ``(ad - bc) / sqrt(...)`` if ``ad - bc < 0``, and 0 when a margin
     is empty (Newcombe's continuity correction of phi, which keeps the interval from collapsing
     when every pair is concordant). It stays inside [-1, 1], has positive width for every table,
-    and its width at b = c = 0 shrinks with n as the Wilson intervals do.
+    and its width at b = c = 0 shrinks with n as the Wilson intervals do. Counts may be real
+    (effective counts of clustered clips: every count divided by one design effect).
     """
     for name, v in (("a", a), ("b", b), ("c", c), ("d", d)):
         if v < 0:
@@ -102,6 +109,27 @@ def mcnemar_exact_p(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(m, k) for k in range(min(b, c) + 1))
     return min(1.0, 2 * tail / 2**m)
+
+
+def sign_flip_p(sums: Sequence[int]) -> float:
+    """Exact two-sided p of the sign-flip test over clusters: ``sums[j]`` is cluster j's
+    ``(A only) - (B only)`` count of discordant clips; under the null each cluster's sum is as
+    likely to have either sign (A and B exchangeable within a cluster), so p is the share of
+    the 2^K sign vectors e with ``|sum_j e_j sums[j]| >= |sum_j sums[j]|``, counted exactly by
+    convolution. With every cluster one clip (sums of -1, 0, +1) it is the exact McNemar p;
+    1.0 when every sum is 0. Its smallest possible value is ``2 / 2^K`` over the K clusters
+    with a nonzero sum (0.5 for 2 works), so few works cannot give a small p."""
+    signed = [int(v) for v in sums]
+    observed = abs(sum(signed))
+    counts = {0: 1}  # value of sum_j e_j |S_j| -> number of sign vectors giving it
+    for v in (abs(x) for x in signed if x):
+        spread: dict[int, int] = {}
+        for total, ways in counts.items():
+            spread[total + v] = spread.get(total + v, 0) + ways
+            spread[total - v] = spread.get(total - v, 0) + ways
+        counts = spread
+    extreme = sum(ways for total, ways in counts.items() if abs(total) >= observed)
+    return min(1.0, extreme / sum(counts.values()))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

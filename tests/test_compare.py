@@ -249,3 +249,44 @@ def test_cli_without_a_store_exits_2(tmp_path):
     result = _invoke(str(tmp_path / "nowhere"), "--model", "cnn", "pgd", "nes")
     assert result.exit_code == 2 and "no results at" in result.stderr
     assert not (tmp_path / "nowhere").exists()  # reading never creates a store
+
+
+# -- clustering by work ------------------------------------------------------------------------
+
+
+def _with_works(cell: CellRecord, works: dict[str, str]) -> CellRecord:
+    for s in cell.samples:
+        s.work_id = works[s.sample_id]
+    return cell
+
+
+def test_clips_of_shared_works_are_compared_clustered_by_work(tmp_path):
+    # 16 clips in 4 works of 4; pgd fools every clip of works 0-2, nes only works 0's
+    ids = [f"k{i}" for i in range(16)]
+    works = {sid: f"w{i // 4}" for i, sid in enumerate(ids)}
+    out = _store(tmp_path / "run", [
+        _with_works(_cell(("m21", "cnn", "none", "pgd"), {i: n < 12 for n, i in enumerate(ids)}),
+                    works),
+        _with_works(_cell(("m21", "cnn", "none", "nes"), {i: n < 4 for n, i in enumerate(ids)}),
+                    works)])
+    result = compare(out, ["pgd", "nes"], model="cnn")
+    (s,) = result.pairs
+    assert (s.n, s.only_a, s.only_b, s.works, s.clustered) == (16, 8, 0, 4, True)
+    assert s.p == pytest.approx(0.5)  # 2 works of +4 each: 2 of the 2^2 sign vectors as extreme
+    assert s.p > mcnemar_exact_p(8, 0)  # which treats the 8 clips as 8 independent wins
+    assert s.ci_low < paired_difference_interval(4, 8, 0, 4)[0]
+    assert "clustered by work: 4 works" in result.header()
+    assert "sign-flip" in result.header()
+    doc = json.loads(_invoke(str(out), "--model", "cnn", "pgd", "nes", "--format",
+                             "json").stdout)
+    assert doc["clustering"] == "clustered by work: 4 works" and "sign-flip" in doc["test"]
+    assert doc["pairs"][0]["works"] == 4
+    md = _invoke(str(out), "--model", "cnn", "pgd", "nes", "--format", "md").stdout
+    assert "| pgd | nes | 16 (4 works) |" in md
+
+
+def test_clips_without_work_ids_are_compared_unclustered_and_it_says_so(run):
+    result = compare(run, ["pgd", "nes"], model="cnn")
+    assert result.pairs[0].works is None and not result.clustered
+    assert "the clips carry no work ids" in result.header()
+    assert "exact McNemar" in result.header()
