@@ -39,15 +39,21 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("shard_clips", [0, 3])  # whole cells; shards of one batch
-def test_ray_gives_the_records_local_gives(tmp_path, toy_plugins, cluster, shard_clips):
+# whole cells; shards of one batch, with the survivor cascade (pgd runs after fgsm, in waves)
+@pytest.mark.parametrize("shard_clips, cascade", [(0, "false"), (3, "true")])
+def test_ray_gives_the_records_local_gives(tmp_path, toy_plugins, cluster, shard_clips,
+                                           cascade):
     config = tmp_path / "run.toml"
-    config.write_text(CONFIG.format(run="", attacks=""))
+    config.write_text(CONFIG.format(run=f"cascade = {cascade}", attacks=""))
     local = execute(RunOptions(config=config, out=tmp_path / "local"), toy_plugins)
     distributed = execute(RunOptions(config=config, out=tmp_path / "ray", executor="ray",
                                      shard_clips=shard_clips), toy_plugins)
     assert not local.failed and not distributed.failed
-    assert len(distributed.records) == 8  # 2 models x 2 defenses x 2 attacks
+    # 2 models x 2 defenses x 2 attacks, and on each model's noise row the sanity gates of
+    # its first gradient attack (fgsm at 10x the radius, and through the identity)
+    assert len(distributed.records) == 8 + 2 * 2
+    if cascade == "true":
+        assert any(r.spec.run.after for r in distributed.records)
     a, b = _records(tmp_path / "local"), _records(tmp_path / "ray")
     assert a.keys() == b.keys()
     for key in a:
