@@ -256,3 +256,14 @@ def test_cell_runs_keep_their_old_keys_without_protocol_settings():
     assert "role" in CellRun(0, 8, 8, 0, "", ("lsd",), role="convergence").key_data()
     assert SampleRecord("a", 0, 0, 0, True, False, 0, False, 0, 0).attacked is False
     assert _ref("attack", "pgd").label == "pgd"
+
+
+def test_only_one_attack_of_a_cascade_keeps_the_attacks_before_it(toy_plugins):
+    from musicbench.planner import resolve_only
+
+    config = parse_config(CONFIG.format(run="cascade = true"))
+    kept = resolve_only(config, toy_plugins, ["attack=fgsm"])
+    assert [r.spec.label for r in kept["attack"]] == ["pgd", "fgsm"]  # fgsm's key needs pgd's
+    plain = parse_config(CONFIG.format(run=""))
+    assert [r.spec.label for r in resolve_only(plain, toy_plugins, ["attack=fgsm"])["attack"]
+            ] == ["fgsm"]
