@@ -139,6 +139,16 @@ def clustering(pairs: Sequence[Pair]) -> str:
     return "not clustered: every clip is of a different work"
 
 
+def methods_sentence(pairs: Sequence[Pair]) -> str:
+    """One sentence for an analysis script's table: which interval and test its ``pairs`` got,
+    and how their clips were treated."""
+    if any(p.clustered for p in pairs):
+        return (f"Clips {clustering(pairs)}: 95% Newcombe intervals at Korn-Graubard effective "
+                "counts and p of the exact sign-flip test over works (n gives the works; a pair "
+                "whose clips are all of different works keeps Newcombe and exact McNemar).")
+    return f"95% Newcombe intervals and exact McNemar p; clips {clustering(pairs)}."
+
+
 def paired_pair(a: str, b: str, xa: Sequence[bool], xb: Sequence[bool],
                 works: Sequence[str | None] | None = None) -> Pair:
     """Statistics of two aligned 0/1 outcome lists (the same clips in the same order), clustered

@@ -15,11 +15,13 @@ clean-correct clips, since clean verdicts are judged once per row):
    undefended model, on the same clips.
 3. **Clean cost**: per defense, clean accuracy with it minus without it, on the same clips.
 
-Each difference comes with a 95% Newcombe (method 10) interval and an exact McNemar p; the
-p-values of all comparisons the script makes are Holm-adjusted together (the count is
-printed). The undefended row is the one whose defense label is ``--baseline`` (default
-``none``): an analysis script may name a defense; the harness never does. Reads the store
-only::
+Each difference comes with a 95% Newcombe (method 10) interval and an exact McNemar p, or,
+where the clips carry work ids and some works hold several of them, the clustered ones of
+:func:`musicbench.compare.paired_pair` (Newcombe at Korn-Graubard effective counts, the exact
+sign-flip test over works; the n column then gives the works); the p-values of all comparisons
+the script makes are Holm-adjusted together (the count is printed). The undefended row is the
+one whose defense label is ``--baseline`` (default ``none``): an analysis script may name a
+defense; the harness never does. Reads the store only::
 
     python benchmarks/defense_evidence.py runs/defenses   # or leaderboards/runs/defenses.sqlite
 """
@@ -33,9 +35,12 @@ from pathlib import Path
 from musicbench.compare import (
     Pair,
     clean_outcomes,
+    clips_cell,
     difference_cells,
+    methods_sentence,
     pair_on_shared_clips,
     robust_outcomes,
+    work_ids,
 )
 from musicbench.interfaces import DEFAULT_THREAT_MODEL
 from musicbench.leaderboard import planned_records
@@ -74,18 +79,19 @@ def _clean(cells: dict[str, CellRecord]) -> dict[str, bool]:
 
 def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
     """Every comparison of the three families present in ``records``, Holm-adjusted
-    together."""
+    together, clustered by work where the clips carry work ids."""
     rows_by: dict[tuple[str, str, str], dict[str, CellRecord]] = {}
     for r in records:
         if r.status == "ok":
             rows_by.setdefault(r.names[:3], {})[r.names[3]] = r
     out: list[Row] = []
     for (dataset, model, defense), cells in rows_by.items():
+        works = work_ids(*(r for r in records if r.names[0] == dataset))
         for contrast in CONTRASTS:
             if ADAPTIVE in cells and contrast in cells:
                 pair = pair_on_shared_clips(contrast, ADAPTIVE,
                                             robust_outcomes(cells[contrast]),
-                                            robust_outcomes(cells[ADAPTIVE]))
+                                            robust_outcomes(cells[ADAPTIVE]), works)
                 if pair is not None:
                     out.append(Row("overstatement", dataset, model, defense, pair))
         base = rows_by.get((dataset, model, baseline))
@@ -93,10 +99,10 @@ def evidence(records: list[CellRecord], baseline: str = "none") -> list[Row]:
             continue
         worst, base_worst = _worst_case(cells), _worst_case(base)
         if worst is not None and base_worst is not None:
-            pair = pair_on_shared_clips(defense, baseline, worst, base_worst)
+            pair = pair_on_shared_clips(defense, baseline, worst, base_worst, works)
             if pair is not None:
                 out.append(Row("robustness gain", dataset, model, defense, pair))
-        pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base))
+        pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base), works)
         if pair is not None:
             out.append(Row("clean cost", dataset, model, defense, pair))
     for row, p in zip(out, holm([r.pair.p for r in out]), strict=True):
@@ -110,16 +116,16 @@ def _pct(x: float) -> str:
 
 def render(rows: list[Row]) -> str:
     lines = [f"{len(rows)} paired comparisons, Holm-adjusted together (alpha {ALPHA}); "
-             "differences in points with 95% Newcombe intervals.", "",
+             f"differences in points. {methods_sentence([r.pair for r in rows])}", "",
              "| family | dataset | model | defense | n | a | b | a − b [95% CI] | "
-             "McNemar p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "p | Holm p |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.pair
         what = {"overstatement": (p.a.removeprefix("apgd-ce, "), "adaptive"),
                 "robustness gain": ("defended", "undefended"),
                 "clean cost": ("defended", "undefended")}[r.family]
         lines.append(
-            f"| {r.family} | {r.dataset} | {r.model} | {r.defense} | {p.n} | "
+            f"| {r.family} | {r.dataset} | {r.model} | {r.defense} | {clips_cell(p)} | "
             f"{what[0]} {_pct(p.rate_a)} | {what[1]} {_pct(p.rate_b)} | "
             f"{difference_cells(p, r.p_holm, ALPHA)} |")
     return "\n".join(lines)

@@ -6,8 +6,10 @@ against NES and ZOO at the same query budget. That is one claim with three parts
 "held" on a target only when every part holds against every baseline:
 
 - ASR: MAIA's success minus the baseline's on the clips both attacked, paired (Newcombe
-  method-10 interval, exact McNemar p; ``musicbench.compare``), Holm-adjusted over **every**
-  ASR comparison this script makes on the run (the number is printed). "holds" = higher with
+  method-10 interval, exact McNemar p; ``musicbench.compare``; clustered by work where the
+  clips carry work ids and some works hold several: Newcombe at Korn-Graubard effective
+  counts, the exact sign-flip test over works), Holm-adjusted over **every** ASR comparison
+  this script makes on the run (the number is printed). "holds" = higher with
   adjusted p < 0.05; "fails" = lower with adjusted p < 0.05; otherwise "not shown".
 - FAD: both cells' FAD stands on the same attacked clips (every attack of one model and defense
   runs on the same clean-correct clips), so the values compare; there is no interval, so this
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from musicbench.compare import compare_cells
+from musicbench.compare import compare_cells, methods_sentence
 from musicbench.leaderboard import planned_records
 from musicbench.stats import holm
 from musicbench.store import CellRecord
@@ -101,7 +103,8 @@ def check(records: list[CellRecord]) -> list[dict[str, Any]]:
     adjusted = holm([r["pair"].p for r in rows])
     for r, p in zip(rows, adjusted, strict=True):
         pair = r["pair"]
-        text = (f"ASR {100 * pair.rate_a:.1f} vs {100 * pair.rate_b:.1f} on {pair.n} clips, "
+        clips = f"{pair.n} clips" + (f" of {pair.works} works" if pair.clustered else "")
+        text = (f"ASR {100 * pair.rate_a:.1f} vs {100 * pair.rate_b:.1f} on {clips}, "
                 f"diff {100 * pair.diff:+.1f} [{100 * pair.ci_low:+.1f}, "
                 f"{100 * pair.ci_high:+.1f}], Holm p {p:.3g}")
         verdict = ("holds" if pair.diff > 0 and p < ALPHA else
@@ -122,7 +125,8 @@ def main() -> None:
     except FileNotFoundError as exc:
         parser.error(str(exc))
     rows = check(records)
-    print(f"{len(rows)} ASR comparisons, Holm-adjusted together (alpha {ALPHA}).")
+    print(f"{len(rows)} ASR comparisons, Holm-adjusted together (alpha {ALPHA}). "
+          + methods_sentence([r["pair"] for r in rows]))
     print("| target | MAIA | vs | ASR (paired) | FAD | LSD | SNR dB | claim |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

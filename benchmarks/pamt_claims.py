@@ -10,7 +10,10 @@ defenses of a row compare clip by clip.
 Per model row and attack, robust accuracy is "right clean and still right after the attack"
 over all the row's clips (``musicbench compare`` with defenses varying). Comparisons, each a
 difference with a 95% Newcombe (method 10) interval and an exact McNemar p, all Holm-adjusted
-together (the count is printed):
+together (the count is printed); where the clips carry work ids and some works hold several of
+them, clustered by work instead (the Korn-Graubard-widened Newcombe interval and the exact
+sign-flip test over works of :func:`musicbench.compare.paired_pair`; the n column then gives
+the works):
 
 1. **pamt − pamt-control** per attack (the claim, attack by attack);
 2. **defense − none** per defense and attack (robustness gain) and in clean accuracy (clean
@@ -19,7 +22,8 @@ together (the count is printed):
 
 The claim's own figure is an average: per row, the mean over the row's attacks of
 RA(pamt) − RA(pamt-control). It is computed per clip (the clip's share of attacks survived under
-each defense) and given a 95% paired bootstrap interval over clips (2000 draws, seeded). It
+each defense) and given a 95% paired bootstrap interval over clips (2000 draws, seeded), which
+resamples works instead where clips share works (:func:`musicbench.metrics.bootstrap_ci`). It
 "reproduces" +9.15 only if its interval excludes 0 on the positive side; "is consistent with"
 +9.15 if the interval contains 9.15. Both are printed, per row; there is no pooled figure over
 rows, since the rows hold different clips and tasks.
@@ -48,17 +52,21 @@ import numpy as np
 from musicbench.compare import (
     Pair,
     clean_outcomes,
+    clips_cell,
     difference_cells,
+    methods_sentence,
     pair_on_shared_clips,
     robust_outcomes,
+    work_ids,
 )
 from musicbench.leaderboard import planned_records
+from musicbench.metrics import BOOTSTRAP_RESAMPLES, bootstrap_ci, cluster_count
 from musicbench.stats import holm
 from musicbench.store import CellRecord
 
 PAPER_GAIN_POINTS = 9.15
 ALPHA = 0.05
-BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_DRAWS = BOOTSTRAP_RESAMPLES
 
 
 @dataclass
@@ -80,6 +88,7 @@ class Average:
     diff: float  # points
     ci_low: float
     ci_high: float
+    works: int | None = None  # the works the bootstrap resampled; None: it resampled clips
 
     @property
     def verdict(self) -> str:
@@ -114,22 +123,23 @@ def _clean(cells: dict[str, CellRecord]) -> dict[str, bool]:
 def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "pamt-control",
              baseline: str = "none", advtrain: str = "advtrain"
              ) -> tuple[list[Row], list[Average]]:
-    """Every paired comparison present in ``records`` (Holm-adjusted together) and the
-    claim's average per model row."""
+    """Every paired comparison present in ``records`` (Holm-adjusted together, clustered by
+    work where the clips carry work ids) and the claim's average per model row."""
     out: list[Row] = []
     averages: list[Average] = []
     for (dataset, model), defenses in _rows(records).items():
         adv = _advtrain_label(defenses, advtrain)
+        works = work_ids(*(r for cells in defenses.values() for r in cells.values()))
         if pamt in defenses and control in defenses:
             shared = sorted(defenses[pamt].keys() & defenses[control].keys())
             outcomes = {attack: (robust_outcomes(defenses[pamt][attack]),
                                  robust_outcomes(defenses[control][attack]))
                         for attack in shared}
             for attack, (a, b) in outcomes.items():
-                pair = pair_on_shared_clips(pamt, control, a, b)
+                pair = pair_on_shared_clips(pamt, control, a, b, works)
                 if pair is not None:
                     out.append(Row("pamt claim", dataset, model, attack, pair))
-            average = _average_on_shared_clips(dataset, model, outcomes)
+            average = _average_on_shared_clips(dataset, model, outcomes, works)
             if average is not None:
                 averages.append(average)
         base = defenses.get(baseline)
@@ -140,16 +150,17 @@ def evidence(records: list[CellRecord], *, pamt: str = "pamt", control: str = "p
                 for attack in sorted(cells.keys() & base.keys()):
                     pair = pair_on_shared_clips(defense, baseline,
                                                 robust_outcomes(cells[attack]),
-                                                robust_outcomes(base[attack]))
+                                                robust_outcomes(base[attack]), works)
                     if pair is not None:
                         out.append(Row("robustness gain", dataset, model, attack, pair))
-                pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base))
+                pair = pair_on_shared_clips(defense, baseline, _clean(cells), _clean(base),
+                                            works)
                 if pair is not None:
                     out.append(Row("clean cost", dataset, model, "", pair))
         if pamt in defenses and adv is not None:
             for attack in sorted(defenses[pamt].keys() & defenses[adv].keys()):
                 pair = pair_on_shared_clips(pamt, adv, robust_outcomes(defenses[pamt][attack]),
-                                            robust_outcomes(defenses[adv][attack]))
+                                            robust_outcomes(defenses[adv][attack]), works)
                 if pair is not None:
                     out.append(Row("pamt vs advtrain", dataset, model, attack, pair))
     for row, p in zip(out, holm([r.pair.p for r in out]), strict=True):
@@ -172,34 +183,36 @@ def model_averages(records: list[CellRecord], *, pamt: str = "pamt",
         for attack in sorted(defenses[pamt].keys() & defenses[control].keys()):
             group.setdefault(attack, (robust_outcomes(defenses[pamt][attack]),
                                       robust_outcomes(defenses[control][attack])))
-    averages = [_average_on_shared_clips(dataset, f"{name} (all rows, post hoc)", outcomes)
+    averages = [_average_on_shared_clips(dataset, f"{name} (all rows, post hoc)", outcomes,
+                                         work_ids(*(r for r in records if r.names[0] == dataset)))
                 for (dataset, name), outcomes in groups.items()
                 if len(labels[(dataset, name)]) > 1]
     return [a for a in averages if a is not None]
 
 
 def _average_on_shared_clips(dataset: str, model: str,
-                             outcomes: dict[str, tuple[dict[str, bool], dict[str, bool]]]
-                             ) -> Average | None:
+                             outcomes: dict[str, tuple[dict[str, bool], dict[str, bool]]],
+                             works: dict[str, str | None] | None = None) -> Average | None:
     """The claim's average over ``outcomes`` (attack -> per-clip robust outcomes of pamt and
-    of the control) on the clips every one of them holds; None when they share none."""
+    of the control) on the clips every one of them holds, its bootstrap resampling the clips'
+    ``works`` (clip id -> work id) where some hold several; None when they share no clip."""
     ids = sorted(set.intersection(*(set(a) & set(b) for a, b in outcomes.values()))
                  if outcomes else set())
     if not ids:
         return None
     diffs = np.array([[float(a[i]) - float(b[i]) for i in ids] for a, b in outcomes.values()])
-    return _average(dataset, model, tuple(outcomes), diffs)
+    clusters = None if works is None else [works.get(i) for i in ids]
+    return _average(dataset, model, tuple(outcomes), diffs, clusters)
 
 
-def _average(dataset: str, model: str, attacks: tuple[str, ...], diffs: np.ndarray) -> Average:
-    """``diffs``: [attacks, clips] of per-clip robust(pamt) − robust(control) in {-1, 0, 1}."""
+def _average(dataset: str, model: str, attacks: tuple[str, ...], diffs: np.ndarray,
+             clusters: list[str | None] | None = None) -> Average:
+    """``diffs``: [attacks, clips] of per-clip robust(pamt) − robust(control) in {-1, 0, 1};
+    ``clusters``: the clips' work ids (None: unknown)."""
     per_clip = diffs.mean(axis=0)  # [clips]: the clip's average gain over attacks
-    rng = np.random.default_rng(0)
-    draws = rng.integers(0, len(per_clip), size=(BOOTSTRAP_DRAWS, len(per_clip)))
-    boot = per_clip[draws].mean(axis=1)
-    low, high = np.quantile(boot, [0.025, 0.975])
+    low, high = bootstrap_ci(per_clip, clusters=clusters)
     return Average(dataset, model, attacks, len(per_clip), 100 * float(per_clip.mean()),
-                   100 * float(low), 100 * float(high))
+                   100 * low, 100 * high, cluster_count(clusters))
 
 
 def _pct(x: float) -> str:
@@ -209,23 +222,25 @@ def _pct(x: float) -> str:
 def render(rows: list[Row], averages: list[Average]) -> str:
     lines = ["## The claim's figure: average robust-accuracy gain of pamt over pamt-control", "",
              (f"Paper: +{PAPER_GAIN_POINTS} points. Per row: the mean over its attacks, with a "
-             f"95% paired bootstrap interval over clips ({BOOTSTRAP_DRAWS} draws)."), "",
+             f"95% paired bootstrap interval ({BOOTSTRAP_DRAWS} draws) over clips, or over "
+             "works where clips share works (n then gives the works)."), "",
              "| dataset | model | attacks | n clips | gain (points) [95% CI] | verdict |",
              "|---|---|---|---|---|---|"]
     for a in averages:
-        lines.append(f"| {a.dataset} | {a.model} | {', '.join(a.attacks)} | {a.n} | "
+        n = f"{a.n} ({a.works} works)" if a.works is not None else str(a.n)
+        lines.append(f"| {a.dataset} | {a.model} | {', '.join(a.attacks)} | {n} | "
                      f"{a.diff:+.1f} [{a.ci_low:+.1f}, {a.ci_high:+.1f}] | {a.verdict} |")
     lines += ["", "## Paired comparisons", "",
               (f"{len(rows)} paired comparisons, Holm-adjusted together (alpha {ALPHA}); "
-              "differences in points with 95% Newcombe intervals; robust accuracy over all the "
-              "row's clips."), "",
+              "differences in points; robust accuracy over all the row's clips. "
+              + methods_sentence([r.pair for r in rows])), "",
               ("| family | dataset | model | attack | a | b | n | a % | b % | a − b [95% CI] | "
-              "McNemar p | Holm p |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "p | Holm p |"), "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.pair
         lines.append(
             f"| {r.family} | {r.dataset} | {r.model} | {r.attack or 'clean'} | {p.a} | {p.b} | "
-            f"{p.n} | {_pct(p.rate_a)} | {_pct(p.rate_b)} | "
+            f"{clips_cell(p)} | {_pct(p.rate_a)} | {_pct(p.rate_b)} | "
             f"{difference_cells(p, r.p_holm, ALPHA)} |")
     return "\n".join(lines)
 
