@@ -8,10 +8,14 @@ Detecting Audio Adversarial Examples Against Automatic Speech Recognition", ISSP
 flooded (band-limited) noise into the input to detect adversarial examples.
 
 Here the defended model sees x + sigma * n, n ~ N(0, I), clamped to [-1, 1]; one draw per
-call per sample. The smoothed classifier of Cohen et al. (a majority vote over many draws) is
-what the harness's ``eval_draws`` measures; the harness attacks it with EOT (Athalye, Carlini
-& Wagner, ICML 2018): every gradient averages ``eot_samples`` draws. The noise comes from the
-generator the harness passes, on the audio's device. No library is needed for ``randn``.
+call per sample. This is only the noise of randomized smoothing, used as a plain randomized
+preprocessor: it is neither Cohen et al.'s smoothed classifier (the plurality class over many
+draws, abstaining when a hypothesis test cannot separate it from the runner-up) nor a
+certificate (no radius is computed). The harness judges a clip over ``eval_draws`` draws
+(fooled when wrong on more than half of them): no plurality vote, no abstain. It attacks the
+noisy model with EOT (Athalye, Carlini & Wagner, ICML 2018): every gradient averages
+``eot_samples`` draws. The noise comes from the generator the harness passes, on the audio's
+device. No library is needed for ``randn``.
 """
 
 from __future__ import annotations
