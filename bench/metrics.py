@@ -135,7 +135,7 @@ def variance_inflation(values: np.ndarray, index: np.ndarray, *, level: float = 
     v_independent = np.square(values - mean).sum() / n**2
     deff = n / works if v_independent == 0 else max(1.0, v_cluster / v_independent)
     q = 0.5 + level / 2
-    return deff * (float(t.ppf(q, works - 1)) / float(norm.ppf(q))) ** 2
+    return float(deff) * (float(t.ppf(q, works - 1)) / float(norm.ppf(q))) ** 2
 
 
 def proportion_interval(outcomes: np.ndarray, clusters: Sequence[str | None] | None = None,
