@@ -163,13 +163,16 @@ class CellRecord:
 
     def comparable(self) -> dict[str, Any]:
         """The record as plain data without what differs between two computations of the same
-        cell (wall times, seconds per clip, machine load and CPU count): two runs of one cell
-        (local or ray, whole or sharded) must give equal dicts."""
+        cell (wall times, seconds per clip, machine load and CPU count) or between store
+        schemas (a clip's work id: the dataset's, fingerprinted in the key, and None in stores
+        before schema 4): two runs of one cell (local or ray, whole or sharded) must give equal
+        dicts."""
         info = self.info.to_dict()
         info.pop("load_average", None)
         info.pop("cpus", None)
         return {"status": self.status, "error": self.error, "info": info,
-                "samples": [vars(s) for s in self.samples],
+                "samples": [{k: v for k, v in vars(s).items() if k != "work_id"}
+                            for s in self.samples],
                 "metrics": {k: (v.value, v.ci) for k, v in self.metrics.items()
                             if k != "seconds_per_clip"},
                 "audio": sorted(self.audio)}

@@ -70,3 +70,9 @@ def test_an_older_store_reads_work_ids_as_none_and_is_migrated_for_writing(tmp_p
     store.close()
     assert "work_id" in columns and schema == str(SCHEMA_VERSION) == "4"
     assert _read(path) == ["w0", None, "w1"]
+
+
+def test_a_record_without_work_ids_compares_equal_to_one_with_them():
+    # `musicbench verify` recomputes a cell of an older store: its clips now carry work ids
+    old, fresh = _record([None, None]), _record(["w0", "w0"])
+    assert old.comparable() == fresh.comparable()
