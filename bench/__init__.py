@@ -11,7 +11,7 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-RESULTS_VERSION = "5"
+RESULTS_VERSION = "6"
 """Version of the harness's result-bearing code (scoring, re-scoring, metrics, FAD; the modules
 in :data:`musicbench.sources.CORE_MODULES`). It is part of every cell key: bump it when a
 change to that code changes results. 2: FAD over every attacked clip, exact intervals.
@@ -21,7 +21,9 @@ accuracy = agreement with the undefended top-1; success judged over eval_draws.
 EOT only from their own entry; defense flags measured on real clips too.
 5: every batch of clips draws from its own streams (seeded by the cell's and the batch's first
 position) instead of streams continued across batches, so a cell split into clip shards gives
-the unsharded records; set metrics under a randomized defense draw from their own stream."""
+the unsharded records; set metrics under a randomized defense draw from their own stream.
+6: intervals of clips that share a work are clustered by work (Korn-Graubard; the means'
+bootstrap resamples works); black-box attacks get the defense's EOT draws by default."""
 
 __all__ = ["__version__", "RESULTS_VERSION"]
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from musicbench.compare import Pair, pair_on_shared_clips, success_outcomes
+import numpy as np
+
+from musicbench.compare import Pair, pair_on_shared_clips, success_outcomes, work_ids
 from musicbench.files import atomic_write_text
 from musicbench.interfaces.attack import ThreatModel
-from musicbench.metrics import clopper_pearson
+from musicbench.metrics import clopper_pearson, proportion_interval
 from musicbench.stats import holm
 from musicbench.store import CellRecord, Store
 
@@ -191,6 +193,10 @@ class WorstCase:
     # flags with a severity mark (:func:`severity`) of the cells this figure rests on, the
     # sanity gates of its threat model included, as "attack: flag"
     flags: list[str] = field(default_factory=list)
+    # per clip (in one order): survived every attack, and its work (None where unknown); the
+    # interval is clustered by work where clips share one
+    alive: list[bool] = field(default_factory=list)
+    works: list[str | None] = field(default_factory=list)
 
     @property
     def marks(self) -> str:
@@ -203,6 +209,8 @@ class WorstCase:
 
     @property
     def ci(self) -> tuple[float, float]:
+        if len(self.alive) == self.n:
+            return proportion_interval(np.array(self.alive, dtype=bool), self.works)
         return clopper_pearson(self.survivors, self.n)
 
 
@@ -335,7 +343,7 @@ def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                 f"{rows[best]['n_success']}/{rows[best]['n_attacked']}; here "
                 f"{white_name}, {100 * rows[best]['asr']:.1f}%; on the {paired.n} clips both "
                 f"attacked it fools {paired.only_a} that {white_name} does not, {white_name} "
-                f"{paired.only_b} that it does not, exact McNemar p {paired.p:.2g}, Holm p "
+                f"{paired.only_b} that it does not, {_test_name(paired)} p {paired.p:.2g}, Holm p "
                 f"{p_holm:.2g} over the board's {len(pairs)} black-box vs white-box "
                 f"comparison(s): {verdict}): gradient masking?")
     _flag_eps_monotonic(records, rows)
@@ -392,15 +400,22 @@ def _flag_gates(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
                     "worst case")
 
 
+def _test_name(pair: Pair) -> str:
+    """What a paired p is: the exact McNemar test, or its sign-flip version over works."""
+    return (f"sign-flip test over {pair.works} works" if pair.clustered
+            else "exact McNemar")
+
+
 _NO_SHARED_CLIP = Pair("", "", 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 1.0, 1.0)
 
 
 def _fooled_pair(a: CellRecord, b: CellRecord) -> Pair:
     """``a`` against ``b`` on the clips both attacked: who fooled which (``only_a``,
-    ``only_b``) and the exact McNemar p (:func:`musicbench.compare.pair_on_shared_clips`);
-    p = 1 with no clip in common."""
+    ``only_b``) and the paired p (:func:`musicbench.compare.pair_on_shared_clips`: exact
+    McNemar, or its sign-flip test over works where clips share one); p = 1 with no clip in
+    common."""
     pair = pair_on_shared_clips(a.spec.labels[3], b.spec.labels[3], success_outcomes(a),
-                                success_outcomes(b))
+                                success_outcomes(b), work_ids(a, b))
     return pair if pair is not None else _NO_SHARED_CLIP
 
 
@@ -485,13 +500,16 @@ def _summaries(
                      and not records[i].spec.run.contrast and not records[i].spec.run.sanity]
             if not cells:
                 continue
-            survive = _survivors([records[i] for i in cells if records[i].status == "ok"])
+            done = [records[i] for i in cells if records[i].status == "ok"]
+            survive = _survivors(done)
+            works = work_ids(*done)
             flagged = [f"{rows[i]['attack']}: {f}" for i in cells + checks.get(tm, [])
                        for f in rows[i]["flags"] if severity(f)]
             worst.append(WorstCase(tm, sum(survive.values()), len(survive),
                                    [rows[i]["attack"] for i in cells
                                     if not records[i].spec.run.role],
-                                   all(records[i].status == "ok" for i in cells), flagged))
+                                   all(records[i].status == "ok" for i in cells), flagged,
+                                   list(survive.values()), [works.get(c) for c in survive]))
         clean = next((rows[i] for i in ok if rows[i]["clean_accuracy"] is not None), None)
         out.append(Summary(
             dataset=d, model=m, defense=df,
@@ -707,8 +725,9 @@ def render_markdown(board: Leaderboard) -> str:
         return "↑" if board.higher_is_better.get(col, True) else "↓"
 
     lines = _header_lines(board.header)
-    lines += ["", "Accuracies and rates in %, with exact (Clopper–Pearson) 95% intervals in "
-              "brackets; perceptual metrics are means over the successful clips (`n ok`), with a "
+    lines += ["", "Accuracies and rates in %, with 95% intervals in brackets: exact "
+              "(Clopper–Pearson) where every clip is of its own work, clustered by work "
+              "(Korn–Graubard, docs/metrics.md) where clips share one; perceptual metrics are means over the successful clips (`n ok`), with a "
               "bootstrap interval in the JSON. FAD is over every attacked clip (`n att`), so it "
               "compares across the attacks of one model and defense. A **threat model** is what "
               "an attack may change (an L∞/L2 radius, an SNR budget, a region, or nothing bounds "

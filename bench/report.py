@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from musicbench.errors import MusicbenchError
+from musicbench.interfaces.attack import ThreatModel
 from musicbench.leaderboard import (
     METRIC_COLUMNS,
     METRIC_TITLES,
@@ -409,7 +410,10 @@ def every_cell_tables(board: Leaderboard) -> list[str]:
             "robust acc ↑", "FAD ↓"] + [metric_title(m, board) for m in board.metrics] + [
             "queries ↓", "adaptive", "flags"]
     out = ["<h2>Every cell</h2>"]
-    for tm in board.threat_models:
+    # every threat model of the board's cells: the headline's, and those of unbounded attacks
+    # and of the large-radius gates, which have no worst case
+    every = {ThreatModel.from_dict(r["threat_model"]) for r in board.rows}
+    for tm in sorted(every, key=ThreatModel.sort_key):
         rows = [cell_row_html(r, board) for r in board.rows
                 if r["threat_model"]["label"] == tm.label]
         out += [f"<h3>{esc(tm.label)}</h3>", table(head, rows, "cells")]
@@ -572,7 +576,9 @@ def cost_groups(board: Leaderboard) -> dict[tuple[str, str, str], list[dict[str,
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     contrasts = set(board.contrasts)
     for row in board.rows:
-        if row["status"] == "ok" and row["asr"] is not None and row["attack"] not in contrasts:
+        # contrasts and the harness's sanity gates are not attacks a reader would ship
+        if row["status"] == "ok" and row["asr"] is not None and row["attack"] not in contrasts \
+                and not row["role"]:
             groups.setdefault((row["dataset"], row["model"], row["defense"]), []).append(row)
     return groups
 
@@ -581,7 +587,7 @@ def plot_cost_vs_success(board: Leaderboard, root: Path, plt: Any) -> list[str]:
     """Perceptual cost against success, one figure per (dataset, model, defense) with at least
     two attacks: each attack a point at its ASR (exact 95% interval as a horizontal bar) and
     its LSD, SNR and FAD; the marker says the threat model (points of different threat models
-    share axes, never a worst case). Contrast cells are left out."""
+    share axes, never a worst case). Contrast cells and sanity gates are left out."""
     groups = cost_groups(board)
     markers = "osD^vP*Xh"
     threat_marker = {tm.label: markers[i % len(markers)]

@@ -43,7 +43,7 @@ SAMPLE_COLUMNS: dict[str, str] = {
     "attack": "string", "sample_id": "string", "position": "Int64", "label": "Int64",
     "clean_pred": "Int64", "clean_correct": "boolean", "attacked": "boolean",
     "adv_pred": "Int64", "success": "boolean", "robust": "boolean", "queries": "Int64",
-    "steps": "Int64", "clean_wrong": "Float64", "adv_wrong": "Float64",
+    "steps": "Int64", "clean_wrong": "Float64", "adv_wrong": "Float64", "work_id": "string",
 }
 """The fixed columns of :attr:`Results.samples`; per-clip metrics add ``Float64`` columns
 (NaN on clips that were not attacked). ``robust`` = right after the attack (clean-wrong
@@ -150,7 +150,8 @@ def _samples(record: CellRecord) -> list[dict[str, Any]]:
                "attacked": s.attacked, "adv_pred": s.adv_pred, "success": s.success,
                # a clip a survivor cascade did not attack again was fooled before it
                "robust": s.attacked and not s.success, "queries": s.queries,
-               "steps": s.steps, "clean_wrong": s.clean_wrong, "adv_wrong": s.adv_wrong}
+               "steps": s.steps, "clean_wrong": s.clean_wrong, "adv_wrong": s.adv_wrong,
+               "work_id": s.work_id}
         row.update(s.metrics)
         rows.append(row)
     return rows

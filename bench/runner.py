@@ -759,7 +759,9 @@ def _cell_metrics(
     correct = np.array([s.clean_correct for s in samples], dtype=bool)
     success = np.array([s.success for s in samples], dtype=bool)
     attacked = np.array([s.attacked for s in samples], dtype=bool)
-    summary = classification_summary(correct, success, attacked=attacked)
+    # clips of one work are not independent: intervals resample works where they share one
+    summary = classification_summary(correct, success, attacked=attacked,
+                                     clusters=[s.work_id for s in samples])
     info.n, info.n_attacked, info.n_success = (summary["n"], summary["n_attacked"],
                                                summary["n_success"])
     out = {
@@ -775,8 +777,9 @@ def _cell_metrics(
     # successful ones. NaN when the attack never succeeded.
     for name in sample_metric_names:
         vals = np.array([s.metrics.get(name, math.nan) for s in succeeded], dtype=np.float64)
-        out[name] = (MetricValue(float(np.mean(vals)), bootstrap_ci(vals)) if vals.size
-                     else MetricValue(math.nan))
+        works = [s.work_id for s in succeeded]
+        out[name] = (MetricValue(float(np.mean(vals)), bootstrap_ci(vals, clusters=works))
+                     if vals.size else MetricValue(math.nan))
     out["mean_queries"] = MetricValue(
         float(np.mean([s.queries for s in attacked])) if attacked else math.nan)
     out["seconds_per_clip"] = MetricValue(attack_seconds / len(attacked) if attacked else math.nan)

@@ -80,14 +80,15 @@ def test_every_reference_resolves_offline(report: Path, run_dir: Path):
     kept = _kept(run_dir)
     assert kept >= 6  # up to 2 per cell (the fooled ones)
     assert model.tags["audio"] == 3 * kept  # clean, adversarial, difference
-    assert model.tags["img"] == kept + 6  # a spectrogram per clip, a per-clip figure per cell
+    # a spectrogram per clip, a per-clip figure per cell (6, and the noise row's 2 gates)
+    assert model.tags["img"] == kept + 8
 
 
 def test_tables_hold_every_cell_with_marks(report: Path, run_dir: Path):
     index = report.read_text()
     model = (report.parent / "toy-tones--toy-model.html").read_text()
     cells = load(run_dir).cells
-    assert len(cells) == 6
+    assert len(cells) == 6 + 2  # and the sanity gates of the noise row (fgsm 10x, identity)
     for key in cells.key:
         assert f"toy-tones--toy-model.html#cell-{key}" in index
         assert f'id="cell-{key}"' in model
@@ -219,7 +220,7 @@ def test_cost_against_success_has_a_point_per_attack_and_svg_copies(report: Path
     board, _ = _load(run_dir)
     groups = cost_groups(board)
     assert len(groups) == 2  # one figure per defense
-    for rows in groups.values():  # every attack but the oblivious contrast
+    for rows in groups.values():  # every attack but the oblivious contrast and the gates
         assert sorted(r["attack"] for r in rows) == ["fgsm", "pgd"]
     index = report.read_text(encoding="utf-8")
     assert "Perceptual cost against success" in index
