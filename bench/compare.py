@@ -41,7 +41,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,9 @@ class Comparison:
     varying: str  # "attack" | "defense"
     fixed: str  # the defense label (attacks vary) or the attack label (defenses vary)
     pairs: list[Pair] = field(default_factory=list)
+    # per compared label, the flags with a severity mark its cell carries on the board
+    # (gradient masking, an attack too weak: musicbench.leaderboard.severity)
+    flags: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def quantity(self) -> str:
@@ -337,8 +340,21 @@ def compare(out: Path, labels: Sequence[str], *, model: str, dataset: str | None
                 f"cell {' / '.join(record.names)} did not finish (status {record.status}"
                 + (f": {reason[0]}" if reason else "") + "); rerun the run to finish it")
         cells[label] = record
-    return compare_cells(cells, labels, source=str(out), dataset=dataset, model=model,
-                         varying=varying, fixed=fixed)
+    comparison = compare_cells(cells, labels, source=str(out), dataset=dataset, model=model,
+                               varying=varying, fixed=fixed)
+    return replace(comparison, flags=_marked_flags(records, cells))
+
+
+def _marked_flags(records: list[Any], cells: dict[str, Any]) -> dict[str, list[str]]:
+    """The flags with a severity mark of each compared cell, as the leaderboard raises them
+    over the whole board (its paired and sanity-gate flags need the other cells)."""
+    from musicbench.leaderboard import _add_flags, cell_row, marked, severity
+
+    rows = [cell_row(r) for r in records]
+    _add_flags(records, rows)
+    by_key = {r.key: row for r, row in zip(records, rows, strict=True)}
+    return {label: [marked(f) for f in by_key[record.key]["flags"] if severity(f)]
+            for label, record in cells.items()}
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -367,7 +383,8 @@ def render_json(comparison: Comparison) -> str:
            "interval": INTERVAL_CLUSTERED if c.clustered else INTERVAL,
            "test": TEST_CLUSTERED if c.clustered else TEST, "clustering": clustering(c.pairs),
            "correction": CORRECTION, "comparisons": c.comparisons,
-           "pairs": [{k: _finite(v) for k, v in asdict(p).items()} for p in c.pairs]}
+           "pairs": [{k: _finite(v) for k, v in asdict(p).items()} for p in c.pairs],
+           "flags": c.flags}
     return json.dumps(doc, indent=2)
 
 
@@ -417,7 +434,18 @@ def columns(comparison: Comparison) -> list[str]:
 def render_markdown(comparison: Comparison) -> str:
     lines = [comparison.header(), "", "| " + " | ".join(columns(comparison)) + " |",
              "|" + "---|" * len(columns(comparison))]
-    lines += ["| " + " | ".join(cells_of(p)) + " |" for p in comparison.pairs]
+    from musicbench.leaderboard import flag_marks
+
+    marks = {label: flag_marks(flags) for label, flags in comparison.flags.items()}
+    for p in comparison.pairs:
+        cells = cells_of(p)
+        cells[:2] = [f"{label} {marks[label]}" if marks.get(label) else label
+                     for label in cells[:2]]
+        lines.append("| " + " | ".join(cells) + " |")
+    flagged = [f"- {label}: {f}" for label, flags in comparison.flags.items() for f in flags]
+    if flagged:
+        lines += ["", "🔴: the cell's figure overstates robustness; ⚠: its attack was too weak "
+                  "for the figure to be evidence (the leaderboard's flags):", *flagged]
     return "\n".join(lines) + "\n"
 
 

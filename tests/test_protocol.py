@@ -267,3 +267,17 @@ def test_only_one_attack_of_a_cascade_keeps_the_attacks_before_it(toy_plugins):
     plain = parse_config(CONFIG.format(run=""))
     assert [r.spec.label for r in resolve_only(plain, toy_plugins, ["attack=fgsm"])["attack"]
             ] == ["fgsm"]
+
+
+def test_compare_carries_the_boards_severity_marks(tmp_path):
+    from conftest import run_toy_config
+
+    from musicbench.compare import compare, render_json, render_markdown
+
+    _, out = run_toy_config(tmp_path, CONFIG.format(run=""))
+    comparison = compare(out, ["pgd", "cw-weak"], model="toy-model", defense="toy-noise")
+    (failed,) = comparison.flags["cw-weak"]  # the deliberately weak C&W fooled nothing
+    assert failed.startswith(f"{WEAK} attack failed on ")
+    text = render_markdown(comparison)
+    assert f"| cw-weak {WEAK} |" in text and f"- cw-weak: {failed}" in text
+    assert '"cw-weak": [' in render_json(comparison)
