@@ -1,4 +1,5 @@
-"""What the harness measures of a preprocessing defense before it attacks it.
+"""What the harness measures of a preprocessing defense (and of a model's randomness) before
+it attacks it.
 
 A defense declares ``randomized`` and ``differentiable``; an evaluation that trusts a wrong
 declaration overstates robustness (a randomized defense attacked without EOT, a rounding one
@@ -16,7 +17,8 @@ cells of a run. Declaring *more* than measured (randomized but constant on the p
 non-differentiable but with gradients: a hard mask whose gradient ignores where the mask
 switches) only costs compute or picks BPDA, and is allowed. Where BPDA is used, the
 surrogate's fidelity is measured too; one far from the defense is a warning
-(:meth:`DefenseBehaviour.warnings`).
+(:meth:`DefenseBehaviour.warnings`). :func:`measure_model` measures whether a model's own
+forward is random (dropout left on), for EOT over its draws.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from musicbench.errors import DefenseContractError
-from musicbench.interfaces import Preprocessor
+from musicbench.interfaces import Preprocessor, TargetModel
 
 PROBE_SECONDS = 1.0
 """Length of the probe signal the flags are measured on."""
@@ -414,6 +416,76 @@ def _surrogate_fidelity(defense: Preprocessor, audio: torch.Tensor, out: torch.T
     fidelity = (off[changed] / change[changed]).median()
     error = (off[changed] / size[changed].clamp_min(1e-12)).median()
     return float(fidelity), float(error)
+
+
+@dataclass(frozen=True)
+class ModelBehaviour:
+    """Measured randomness of a loaded model's own forward (a plain model, or a training
+    defense's defended model): AutoAttack checks a model for randomness before it runs, since
+    an attack without EOT overstates the robustness of a model that draws at every call
+    (Athalye et al. 2018, section 4.3). JSON-able (``dataclasses.asdict``)."""
+
+    name: str
+    randomized: bool
+    """Two forward passes on one input, from different states of the global RNG, differ
+    (dropout left on in ``module()``, a stochastic layer)."""
+    reproducible: bool
+    """The same global RNG state gives the same output (the model draws from nothing else:
+    not numpy, not a generator of its own)."""
+    train_mode: bool
+    """``module().training`` after loading (dropout and batch norm in training behaviour)."""
+
+    @property
+    def attack_randomized(self) -> bool:
+        """Attack with EOT over the model's draws and judge over draws
+        (:class:`~musicbench.victim.Victim`'s ``randomized_model``)."""
+        return self.randomized or not self.reproducible
+
+    def flags(self) -> list[str]:
+        """What a run's cells on this model should carry."""
+        out = []
+        if self.randomized:
+            why = " (module() is in train mode: dropout left on?)" if self.train_mode else ""
+            out.append(f"model '{self.name}' is randomized: two forward passes on one input "
+                       f"differ{why}; attacked with EOT over its draws and judged over draws")
+        if not self.reproducible:
+            out.append(f"model '{self.name}' gives different outputs for the same global RNG "
+                       "state: it draws randomness from elsewhere (numpy, a generator of its "
+                       "own), so its results are not reproducible")
+        return out
+
+
+def measure_model(model: TargetModel, device: torch.device | str = "cpu",
+                  audio: torch.Tensor | None = None) -> ModelBehaviour:
+    """Whether ``model`` (loaded, on ``device``) is randomized: its scores (``forward``, or
+    ``embed`` for a retrieval model, over windows as the Victim scores) on the probe at the
+    model's rate, and on ``audio[B, T]`` (real clips of the run) when given, from
+    :data:`PROBE_DRAWS` seeded states of the global RNG (forked: the caller's RNG is left as
+    it was), and once more from the first state. Cost: ``2 * (PROBE_DRAWS + 1)`` forward
+    passes of a few clips.
+    """
+    from musicbench.victim import seeded_global_rng
+    from musicbench.windows import score_windows
+
+    fn = model.embed if model.task == "retrieval" else model.forward
+    inputs = [probe_audio(model.sample_rate, device)]
+    if audio is not None and audio.numel():
+        inputs.append(audio.to(device=device, dtype=torch.float32))
+    randomized, reproducible = False, True
+
+    def run(seed: int, x: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        with seeded_global_rng(gen, x.device):
+            return score_windows(fn, x, model.input_samples).float()
+
+    with torch.no_grad():
+        for x in inputs:
+            outs = [run(seed, x) for seed in range(PROBE_DRAWS)]
+            randomized = randomized or any(_differ(outs[0], o) for o in outs[1:])
+            reproducible = reproducible and not _differ(outs[0], run(0, x))
+    module = model.module()
+    return ModelBehaviour(name=model.name, randomized=randomized, reproducible=reproducible,
+                          train_mode=bool(getattr(module, "training", False)))
 
 
 def checked_output(defense: Preprocessor, audio: torch.Tensor,

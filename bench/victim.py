@@ -3,7 +3,9 @@
 It binds a model to its task, defines margin / loss / success the same way for every attack,
 counts forward queries and gradient calls per sample, enforces a query budget, refuses gradients
 to black-box attacks, and applies preprocessing defenses adaptively (EOT for randomized ones,
-BPDA through ``surrogate`` for non-differentiable ones).
+BPDA through ``surrogate`` for non-differentiable ones), and EOT over a randomized model's own
+draws (dropout left on, a stochastic layer: measured by
+:func:`musicbench.defense_checks.measure_model`).
 """
 
 from __future__ import annotations
@@ -61,11 +63,18 @@ class Victim:
         graph through the model raises :class:`GradientRefusedError`.
     :param budget: per-sample query budget (None: unlimited); exceeding it raises
         :class:`QueryBudgetExceededError` before the model is run.
-    :param eot_samples: draws of a randomized defense averaged in every call (EOT, Athalye
-        et al. 2018), each counted as a query; 1 for a deterministic defense.
+    :param eot_samples: draws of a randomized defense (or model) averaged in every call (EOT,
+        Athalye et al. 2018), each counted as a query; 1 for a deterministic defense.
     :param bpda: gradients pass through ``defense.surrogate`` while values come from
         ``defense.forward`` (BPDA, Athalye et al. 2018): non-differentiable defenses.
-    :param generator: randomness of randomized defenses (its own stream, never the attack's).
+    :param generator: randomness of randomized defenses (its own stream, never the attack's),
+        and of a randomized model: each forward pass of the model then runs on the global RNG
+        forked and seeded from this stream, so its draws are reproducible and never the
+        attack's.
+    :param randomized_model: the model's own forward is random (two calls on one input
+        differ: dropout left on, a stochastic layer; a training defense's defended model
+        included): every call averages ``eot_samples`` draws of it, as of a randomized
+        defense, and the :class:`Scorer` judges over fresh draws.
     :param amp: ``"bf16"``: the model's forward passes run under bfloat16 autocast (scores
         come back as float32); ``""``: float32 throughout. The defense always runs in float32.
     :param confidence: a clip counts as fooled only once its true score is at least this far
@@ -92,6 +101,7 @@ class Victim:
         generator: torch.Generator | None = None,
         confidence: float = 0.0,
         amp: str = "",
+        randomized_model: bool = False,
     ):
         if model.task not in ("classification", "retrieval"):
             raise NotImplementedError(f"model '{model.name}' has unknown task '{model.task}'")
@@ -103,6 +113,7 @@ class Victim:
         self.eot_samples = max(1, int(eot_samples))
         self.bpda = bool(bpda) and defense is not None
         self.generator = generator
+        self.randomized_model = bool(randomized_model)
         self.labels = model.labels
         self.sample_rate = model.sample_rate
         self.task = model.task
@@ -123,7 +134,12 @@ class Victim:
         """Queries one row of a call costs each clip: the draws of a randomized defense the
         harness averages (EOT), else 1. Black-box attacks plan their budget with it (or with
         :func:`musicbench.api.remaining_budget`, which does)."""
-        return self.eot_samples if self.defense is not None else 1
+        return self.eot_samples if self._draws_vary else 1
+
+    @property
+    def _draws_vary(self) -> bool:
+        """Two calls may differ: a defense that may draw, or a randomized model."""
+        return self.defense is not None or self.randomized_model
 
     @property
     def model(self) -> TargetModel:
@@ -172,18 +188,23 @@ class Victim:
 
     # -- the model behind the defense ---------------------------------------------------------
 
+    def _stream(self, device: torch.device) -> torch.Generator:
+        """The defense's (and a randomized model's) generator, on ``device``."""
+        gen = self.generator
+        if gen is None:  # a Victim built without one (library use): a fixed stream
+            gen = self.generator = torch.Generator(device=device).manual_seed(0)
+        elif not same_device(gen.device, device):
+            raise MusicbenchError(
+                f"the defense's generator is on {gen.device} but the audio on {device}: "
+                "build generators on the audio's device (never reseeded silently: the "
+                "defense's draws must stay the stream they were given)")
+        return gen
+
     def _defended(self, audio: torch.Tensor, grad: bool) -> torch.Tensor:
         defense = self.defense
         if defense is None:
             return audio
-        gen = self.generator
-        if gen is None:  # a Victim built without one (library use): a fixed stream
-            gen = self.generator = torch.Generator(device=audio.device).manual_seed(0)
-        elif not same_device(gen.device, audio.device):
-            raise MusicbenchError(
-                f"the defense's generator is on {gen.device} but the audio on {audio.device}: "
-                "build generators on the audio's device (never reseeded silently: the "
-                "defense's draws must stay the stream they were given)")
+        gen = self._stream(audio.device)
         if grad and self.bpda:
             self.used_bpda = True
             surrogate = defense.surrogate(audio)
@@ -206,7 +227,7 @@ class Victim:
                 "this victim serves a black-box attack and refuses gradients; "
                 "query scores without requires_grad"
             )
-        draws = self.eot_samples if self.defense is not None else 1
+        draws = self.eot_samples if self._draws_vary else 1
         if draws > 1:
             self.used_eot = True
         if count:
@@ -214,16 +235,24 @@ class Victim:
         outs = [self._scores_once(self._defended(audio, grad)) for _ in range(draws)]
         return torch.stack(outs)
 
+    def _model_draw(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Where the model runs: for a randomized model (it draws from the global RNG, as
+        dropout does), the global RNG forked and seeded from this victim's stream, so each
+        draw is reproducible and neither consumes nor shifts anyone else's randomness."""
+        if not self.randomized_model:
+            return contextlib.nullcontext()
+        return seeded_global_rng(self._stream(device), device)
+
     def _scores_once(self, audio: torch.Tensor) -> torch.Tensor:
         model = self._model
         window = model.input_samples
         if model.task == "classification":
-            with autocast(self.amp, audio.device):
+            with self._model_draw(audio.device), autocast(self.amp, audio.device):
                 return score_windows(model.forward, audio, window).float()
         if self.references is None:
             raise ValueError(f"retrieval model '{model.name}': this victim has no "
                              "reference set to score against")
-        with autocast(self.amp, audio.device):
+        with self._model_draw(audio.device), autocast(self.amp, audio.device):
             emb = score_windows(model.embed, audio, window).float()
         return work_similarities(F.normalize(emb, dim=-1), self.references)
 
@@ -326,9 +355,10 @@ class Scorer:
         defense: Preprocessor | None = None,
         generator: torch.Generator | None = None,
         amp: str = "",
+        randomized_model: bool = False,
     ):
         self._victim = Victim(model, references=references, defense=defense,
-                              generator=generator, amp=amp)
+                              generator=generator, amp=amp, randomized_model=randomized_model)
 
     @torch.no_grad()
     def scores(self, audio: torch.Tensor) -> torch.Tensor:
@@ -343,8 +373,8 @@ class Scorer:
     @torch.no_grad()
     def judge(self, audio: torch.Tensor, target: torch.Tensor, draws: int = 1) -> Judgement:
         """Judge ``audio[B, T]`` against ``target[B]`` over ``draws`` independent draws of
-        the defense (each call of a randomized defense draws anew from this scorer's
-        generator): the fraction of draws on which the model is wrong, and the most frequent
+        the defense (each call of a randomized defense, or of a randomized model, draws anew
+        from this scorer's generator): the fraction of draws on which the model is wrong, and the most frequent
         top-1."""
         margins, preds = [], []
         for _ in range(max(1, int(draws))):
@@ -371,7 +401,7 @@ class Scorer:
         victim = self._victim
         model = victim._model
         defended = victim._defended(audio, False)
-        with autocast(victim.amp, audio.device):
+        with victim._model_draw(audio.device), autocast(victim.amp, audio.device):
             emb = score_windows(model.embed, defended, model.input_samples).float()
         return F.normalize(emb, dim=-1)
 
@@ -387,6 +417,23 @@ def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator, device: torch.device):
+    """Run the block on torch's global RNG (CPU, and ``device`` if CUDA) forked and seeded
+    with a seed drawn from ``generator``: what a model that draws from the global RNG
+    (dropout) draws is then a function of ``generator``'s stream, and the global RNG is as it
+    was afterwards."""
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+    device = torch.device(device)
+    cuda = ([device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda" else [])
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:  # only the forked device: the others' states stay as they are
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
 def begin_batch(victim: Victim, batch: int) -> None:
     """Reset ``victim``'s per-sample counters for a new batch (the harness, before every
     attack call: an attack cannot reset its own budget)."""
@@ -398,7 +445,8 @@ def judge(victim: Victim) -> Scorer:
     random stream: what the harness re-scores an attack's output with. Core use only (not in
     :mod:`musicbench.api`): an attack that scores through it breaks its contract."""
     return Scorer(victim._model, references=victim.references, defense=victim.defense,
-                  generator=victim.generator, amp=victim.amp)
+                  generator=victim.generator, amp=victim.amp,
+                  randomized_model=victim.randomized_model)
 
 
 def eot_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -501,3 +501,92 @@ def test_contrast_cells_stay_out_of_worst_cases_and_flags(adaptive_run):
     for summary in board.summary:
         for worst in summary.worst_case:
             assert not {"pgd-naive", "pgd-oblivious"} & set(worst.attacks), worst.attacks
+
+
+# -- randomized models (a training defense's defended model included) ------------------------
+
+
+class _DropoutModel(TinyClassifier):
+    """Dropout on the logits, left on: every forward pass draws from the global RNG."""
+
+    def forward(self, audio):
+        return torch.nn.functional.dropout(super().forward(audio), p=0.5, training=True)
+
+
+class _OwnGeneratorModel(TinyClassifier):
+    """Draws from a generator of its own, which advances at every call: not reproducible
+    from the global RNG."""
+
+    def load(self, ctx=None):
+        super().load(ctx)
+        self._gen = torch.Generator().manual_seed(0)
+
+    def forward(self, audio):
+        logits = super().forward(audio)
+        return logits + torch.randn(logits.shape, generator=self._gen)
+
+
+def test_a_model_whose_forward_draws_is_measured_randomized():
+    from musicbench.defense_checks import measure_model
+
+    plain = measure_model(_model())
+    assert not plain.randomized and plain.reproducible and not plain.flags()
+    dropout = _DropoutModel()
+    dropout.load()
+    state = torch.random.get_rng_state()
+    behaviour = measure_model(dropout, audio=tone_batch(2, 5000))
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG untouched
+    assert behaviour.randomized and behaviour.reproducible and behaviour.attack_randomized
+    assert "is randomized" in behaviour.flags()[0]
+    own = _OwnGeneratorModel()
+    own.load()
+    drawn = measure_model(own)
+    assert not drawn.reproducible and drawn.attack_randomized
+    assert any("not reproducible" in f for f in drawn.flags())
+
+
+def test_eot_averages_a_randomized_models_draws_reproducibly():
+    model = _DropoutModel()
+    model.load()
+    x = tone_batch(3, model.input_samples)
+    y = torch.zeros(3, dtype=torch.long)
+
+    def loss_and_grad(seed: int, eot: int):
+        victim = Victim(model, eot_samples=eot, randomized_model=True,
+                        generator=torch.Generator().manual_seed(seed))
+        begin_batch(victim, 3)
+        xg = x.clone().requires_grad_(True)
+        loss = victim.loss(xg, y)
+        (grad,) = torch.autograd.grad(loss.sum(), xg)
+        return loss.detach(), grad, victim
+
+    state = torch.random.get_rng_state()
+    loss, grad, victim = loss_and_grad(0, 6)
+    assert victim.queries.tolist() == [6, 6, 6] and victim.used_eot
+    assert victim.queries_per_row == 6
+    assert torch.equal(state, torch.random.get_rng_state())
+    again, grad_again, _ = loss_and_grad(0, 6)
+    assert torch.equal(loss, again) and torch.equal(grad, grad_again)  # the stream decides
+    other, _, _ = loss_and_grad(1, 6)
+    assert not torch.equal(loss, other)
+    # without the flag the model is called once per row, as before
+    plain = Victim(model, eot_samples=6)
+    begin_batch(plain, 3)
+    plain.scores(x)
+    assert plain.queries.tolist() == [1, 1, 1]
+
+
+def test_a_randomized_model_is_judged_over_fresh_draws():
+    from musicbench.victim import judge
+
+    model = _DropoutModel()
+    model.load()
+    x = tone_batch(6, model.input_samples, seed=2)
+    victim = Victim(model, randomized_model=True, generator=torch.Generator().manual_seed(0))
+    scorer = judge(victim)
+    with torch.no_grad():
+        y = Scorer(model).predict(x)
+    verdict = scorer.judge(x, y, draws=15)
+    fractions = verdict.wrong_fraction
+    assert torch.all((fractions * 15).round() == fractions * 15)
+    assert bool(((fractions > 0) & (fractions < 1)).any()), fractions  # draws disagree
