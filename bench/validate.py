@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from musicbench.cache import cache_dir
-from musicbench.defense_checks import checked_output, measure
+from musicbench.defense_checks import (
+    SURROGATE_ERROR_MAX,
+    SURROGATE_FIDELITY_MAX,
+    checked_output,
+    measure,
+    measure_model,
+)
 from musicbench.environment import resolve_device
 from musicbench.errors import ConfigError, GradientRefusedError, UnknownNameError, did_you_mean
 from musicbench.hookspecs import REGISTER_HOOKS
@@ -25,6 +31,13 @@ from musicbench.plugins import PluginSystem, get_plugins
 from musicbench.testing import TinyClassifier, tone_batch
 from musicbench.victim import ReferenceSet, Victim, begin_batch, judge
 from musicbench.workspace import Workspace
+
+MEASUREMENT_DATASET = "m21-styles"
+"""The dataset ``musicbench validate`` measures a defense on besides the probe (built in,
+rendered locally on first use, 16 kHz: the default run's dataset)."""
+
+DEFAULT_CLIPS = "<default>"
+"""``validate_plugin(clips=...)``'s default (see there)."""
 
 
 class CheckFailed(Exception):
@@ -117,8 +130,20 @@ def validate_plugin(
     plugins: PluginSystem | None = None,
     params: dict[str, Any] | None = None,
     sample_rate: int = 16_000,
+    clips: str | None = DEFAULT_CLIPS,
 ) -> ValidationReport:
-    """Run the conformance checks of ``name`` (a defense is bound to ``sample_rate``)."""
+    """Run the conformance checks of ``name`` (a defense is bound to ``sample_rate``).
+
+    ``clips``: the dataset whose first two test clips a defense's flags are measured on
+    besides the probe, as a run measures them on its own dataset's
+    (:func:`musicbench.planner.measurement_clips`); resampled when its rate is not
+    ``sample_rate``. By default :data:`MEASUREMENT_DATASET` when checking against the
+    installed plugins (``plugins`` None: what ``musicbench validate`` does), and the probe
+    only with a plugin system of the caller's own (tests with a private cache, where
+    rendering m21-styles would take minutes: name a dataset to measure on real clips). None,
+    or a dataset the plugin system lacks: the probe only (the check's name says which)."""
+    if clips == DEFAULT_CLIPS:
+        clips = MEASUREMENT_DATASET if plugins is None else None
     plugins = plugins or get_plugins()
     kind = find_kind(plugins, name, kind)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
@@ -133,7 +158,7 @@ def validate_plugin(
         report.check("instantiates", lambda: ws.make(kind, name, params))
         return report
     if kind == "defense":
-        _defense(ws, name, params or {}, report, sample_rate)
+        _defense(ws, name, params or {}, report, sample_rate, clips)
     else:
         checks[kind](ws, name, params or {}, report)
     return report
@@ -215,8 +240,14 @@ def _model(ws: Workspace, name: str, params: dict[str, Any], report: ValidationR
     x = tone_batch(2, model.input_samples, seed=3, device=device)
     victim = make_victim()
     with torch.no_grad():
-        a, b = judge(victim).scores(x), judge(victim).scores(x)
-    report.check("deterministic", lambda: require(torch.equal(a, b), "two forwards differ"))
+        a = judge(victim).scores(x)
+
+    def deterministic() -> None:
+        # The run's measurement (musicbench.defense_checks.measure_model): a randomized model
+        # is attacked with EOT there; a plugin should not be one by accident.
+        behaviour = measure_model(model, device, x)
+        require(not behaviour.flags(), "; ".join(behaviour.flags()))
+    report.check("deterministic (the same measurement as a run's)", deterministic)
 
     def batch_independent() -> None:
         # A module left in train mode scores a clip by its batch (batch norm's batch statistics,
@@ -380,11 +411,15 @@ def _nonempty(ds, split: str):  # noqa: ANN001
 
 
 def _defense(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport,
-             sample_rate: int = 16_000) -> None:
+             sample_rate: int = 16_000, clips: str | None = None) -> None:
     """A preprocessor binds and loads at ``sample_rate``; keeps the output contract; is
     reproducible under a fixed generator; and its declared flags are not weaker than what the
     harness measures (DESIGN.md section 6): a defense that varies between draws must declare
-    ``randomized``, one without useful input gradients must not declare ``differentiable``."""
+    ``randomized``, one without useful input gradients must not declare ``differentiable``.
+    The flags are measured as a run measures them (:func:`measure`, on the probe and on the
+    first two test clips of ``clips``); the BPDA surrogate's fidelity is printed, and a
+    surrogate far from the defense is a warning (:meth:`DefenseBehaviour.warnings`), not a
+    failure."""
     made = report.check("instantiates", lambda: ws.make("defense", name, params))
     if made is None or made.kind != "preprocessor":
         return
@@ -405,8 +440,9 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
     report.check("keeps shape, finite, in [-1, 1]; input untouched", contract)
     report.check("reproducible for a fixed generator state",
                  lambda: require(torch.equal(out(0), out(0)), "two calls with one seed differ"))
-    behaviour = report.check("flags measured on a probe",
-                             lambda: measure(defense, sample_rate, ws.device))
+    real, source = _measurement_clips(ws, clips, sample_rate)
+    behaviour = report.check(f"flags measured on the probe{source}",
+                             lambda: measure(defense, sample_rate, ws.device, real))
     if behaviour is None:
         return
 
@@ -414,9 +450,11 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
         problems = [m for m in behaviour.mismatches() if flag in m]
         require(not problems, "; ".join(problems))
     note = " ".join(f"(note: {n})" for n in behaviour.notes())
-    if behaviour.gradient_fd_ratio is not None:
-        note = (f"(finite differences along the gradient: {behaviour.gradient_fd_ratio:.3g} × "
-                f"the autograd slope) {note}").strip()
+    if behaviour.gradient_fd_ratios:
+        ratios = ", ".join(f"{r:.3g} at step {h}" for h, r in behaviour.gradient_fd_ratios.items())
+        note = (f"(finite differences along the gradient over the autograd slope: {ratios}; "
+                f"zero gradient on {behaviour.zero_gradient_fraction:.1%} of the samples) "
+                f"{note}").strip()
     report.check(f"declared randomized = {defense.randomized} holds", lambda: declared("random"))
     report.check(f"declared differentiable = {defense.differentiable} holds" +
                  (f" {note}" if note else ""), lambda: declared("differentiable"))
@@ -430,6 +468,39 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
             require(g is not None and bool(torch.isfinite(g).all()) and bool(g.abs().sum() > 0),
                     "the surrogate has no finite, nonzero input gradient: BPDA would be blind")
         report.check("BPDA surrogate keeps the shape and has input gradients", surrogate)
+        if behaviour.surrogate_fidelity is not None:
+            warn = (" — WARNING: BPDA gradients may ignore what the defense does to the clip"
+                    if behaviour.warnings() else "")
+            report.check(
+                "BPDA surrogate fidelity ‖f(x) − g(x)‖ / ‖f(x) − x‖ = "
+                f"{behaviour.surrogate_fidelity:.2f} (identity: 1; flagged above "
+                f"{SURROGATE_FIDELITY_MAX:g}), off by {behaviour.surrogate_error:.1%} of the "
+                f"defense's output (flagged above {SURROGATE_ERROR_MAX:.0%}){warn}", lambda: None)
+
+
+def _measurement_clips(ws: Workspace, name: str | None, sample_rate: int
+                       ) -> tuple[torch.Tensor | None, str]:
+    """The first two test clips of dataset ``name`` at ``sample_rate`` (what a run measures a
+    defense on, :func:`musicbench.planner.measurement_clips`) and how to name them in a
+    check; (None, "") without them."""
+    if not name or name not in ws.plugins.registry("dataset"):
+        return None, ""
+    from musicbench.planner import measurement_clips
+
+    try:
+        dataset = ws.dataset(name, {})
+    except Exception as exc:  # noqa: BLE001 - the dataset's problem, not the defense's
+        return None, f" only (no clips of {name}: {type(exc).__name__}: {exc})"
+    audio = measurement_clips(dataset)
+    if audio is None:
+        return None, ""
+    where = f" and {audio.shape[0]} test clips of {name}"
+    if dataset.sample_rate != sample_rate:
+        import julius
+
+        audio = julius.resample_frac(audio, dataset.sample_rate, sample_rate)
+        where += f" (resampled from {dataset.sample_rate} Hz)"
+    return audio, where
 
 
 def _metric(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:

@@ -376,7 +376,8 @@ def test_a_rate_dependent_bad_parameter_exits_before_any_work(tmp_path, toy_plug
 @pytest.mark.parametrize("name, ok", [("toy-noise", True), ("toy-round", True),
                                       ("lying-noise", False), ("lying-round", False)])
 def test_validate_holds_a_defense_to_its_declared_flags(name, ok, toy_plugins):
-    report = validate_plugin(name, kind="defense", plugins=toy_plugins, device="cpu")
+    report = validate_plugin(name, kind="defense", plugins=toy_plugins, device="cpu",
+                             clips="toy-tones")
     assert report.ok == ok, [(c.name, c.detail) for c in report.checks if not c.ok]
 
 

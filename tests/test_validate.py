@@ -191,3 +191,36 @@ def test_run_reports_a_rejected_parameter_in_one_line_and_exits_2(broken_site, t
     assert len(lines) == 1, lines
     assert lines[0] == ("error: [models.picky]: PickyParams.__post_init__ rejected the values: "
                         "KeyError: 'turbo'")
+
+
+# -- defenses: the run's measurement, on real clips ------------------------------------------
+# (toy-tones stands in for m21-styles, the default, which each test's private cache would
+# have to render first)
+
+
+def test_validate_measures_a_defense_on_real_clips_and_prints_the_surrogates_fidelity(
+        toy_plugins):
+    """The same measurement as a run (probe and two test clips) and the BPDA surrogate's
+    fidelity (a warning when far, never a failure)."""
+    report = validate_plugin("mp3", kind="defense", device="cpu", plugins=toy_plugins,
+                             clips="toy-tones")
+    names = [c.name for c in report.checks]
+    assert report.ok, [(c.name, c.detail) for c in report.checks if not c.ok]
+    assert "flags measured on the probe and 2 test clips of toy-tones" in names
+    (fidelity,) = [n for n in names if n.startswith("BPDA surrogate fidelity")]
+    assert "‖f(x) − g(x)‖ / ‖f(x) − x‖ = " in fidelity and "of the defense's output" in fidelity
+
+
+def test_validate_fails_a_staircase_that_declares_itself_differentiable(toy_plugins):
+    from test_masking_evasion import SteepStaircase
+
+    class _Staircases:
+        @hookimpl
+        def register_defenses(self, register):
+            register("staircase", SteepStaircase)
+
+    toy_plugins.add_plugin(_Staircases(), "staircases", provider="tests")
+    report = validate_plugin("staircase", kind="defense", device="cpu", plugins=toy_plugins,
+                             clips="toy-tones")
+    failed = [c for c in report.checks if not c.ok]
+    assert len(failed) == 1 and "zero almost everywhere" in failed[0].detail
