@@ -15,7 +15,8 @@ def register_defenses(register):
     register("quantize", "musicbench_plugins.defenses.quantize:Quantize",
              summary="bit-depth reduction, BPDA through the identity (Yang et al. 2019)")
     register("mp3", "musicbench_plugins.defenses.mp3:MP3",
-             summary="MP3 encode/decode, BPDA through a low-pass (Das et al. 2018)")
+             summary="MP3 encode/decode, BPDA through the codec's per-bin gain (Das et al. "
+                     "2018)")
     register("noise", "musicbench_plugins.defenses.noise:GaussianNoise",
              summary="additive Gaussian noise, randomized smoothing's input (Cohen et al. 2019)")
     register("time-shift", "musicbench_plugins.defenses.time_shift:TimeShift",
