@@ -136,5 +136,7 @@ def test_a_failing_cell_is_recorded_with_traceback_and_others_go_on(tmp_path, to
     assert bad.status == "failed" and "outside [-1, 1]" in bad.error
     assert "Traceback" in bad.traceback
     board = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "**failed**" in board and "(a cell failed: upper bound)" in board
+    # out-of-range is unbounded: no worst case to bound (test_leaderboard_flags has the
+    # bounded case's "(a cell failed: upper bound)")
+    assert "**failed**" in board
 

@@ -191,3 +191,22 @@ def test_load_average_is_read_where_the_os_has_one():
         assert isinstance(value, float) and value >= 0.0
     else:
         assert value is None
+
+
+def test_a_failed_cell_makes_its_threat_models_worst_case_an_upper_bound():
+    import dataclasses
+
+    from musicbench.leaderboard import Leaderboard
+
+    ok = record("pgd", "white-box", [True] * 4 + [False] * 4)
+    failed = dataclasses.replace(record("apgd", "white-box", [True] * 8), status="failed",
+                                 samples=[], metrics={}, error="RuntimeError: boom")
+    rows = _rows([ok, failed])
+    summary, tms, attacks = _summaries([ok, failed], rows)
+    (worst,) = summary[0].worst_case
+    assert not worst.complete and worst.survivors == 4
+    header = {"date": "", "musicbench": "0", "git_revision": "abc", "revisions": {"abc": 2},
+              "torch": "2", "device": "cpu", "seed": 0, "config": "c", "planned": 2,
+              "stored": 2, "dataset_fingerprints": {}, "samples": {}}
+    text = render_markdown(Leaderboard(header, rows, summary, attacks, tms, {}, []))
+    assert "(a cell failed: upper bound)" in text and "**failed**: RuntimeError: boom" in text
