@@ -9,8 +9,8 @@ Two dishonest defenses of a few lines, each declared deterministic and different
   BPDA through the identity breaks it. The first check probed 8 output samples at random; all
   landed on plateaus, were skipped, and the defense "held".
 - :class:`SoftShatter`: ``x + a·sin(2πx/P)`` with P between the finite-difference step (1e-4)
-  and the attack's radius (0.002). At 1e-4 its gradient describes it (ratio 0.90); at the
-  radius the oscillation averages out and the gradient's sign is wrong on half the samples.
+  and the attack's radius (0.002). At 1e-4 its gradient describes it (ratio 0.89); at the
+  radius the oscillation averages out and the gradient's sign is wrong on most samples.
 """
 
 from __future__ import annotations
@@ -160,3 +160,18 @@ def builtin_behaviours() -> dict[str, DefenseBehaviour]:
         label = name + "".join(f"-{v}" for v in params.values())
         out[label] = measure(make(plugins, name, params), SR, audio=_clips())
     return out
+
+
+def test_a_preprocessor_that_shrinks_its_gradient_fails_the_finite_difference_check():
+    """The identity in value, its gradient divided by 10: a shrink the vanishing-gradient flag
+    lets pass (docs/defenses.md) shows here as a slope ratio of 10."""
+
+    class Shrink(Preprocessor):
+        name = "shrink"
+
+        def forward(self, audio, generator):
+            return audio.detach() + (audio - audio.detach()) / 10
+
+    behaviour = measure(_bound(Shrink()), SR)
+    assert behaviour.gradient_fd_ratio == pytest.approx(10, rel=1e-3)
+    assert behaviour.shattered and behaviour.attack_with_bpda
