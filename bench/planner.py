@@ -22,7 +22,7 @@ import musicbench
 from musicbench.batch_probe import AUTO_BATCH, probed_batch_size
 from musicbench.cells import CellRun, CellSpec, ComponentRef
 from musicbench.config import KINDS, TABLES, ComponentSpec, RunConfig, RunSettings, model_samples
-from musicbench.defense_checks import DefenseBehaviour, measure
+from musicbench.defense_checks import DefenseBehaviour, measure, measure_model
 from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
@@ -245,10 +245,14 @@ def plan_cells(
                                    "skipped": [list(p) for p in prepared.problems()]}
     _warn_short_splits(pairs, datasets, settings, quick=quick)
     models: dict[str, ComponentRef] = {}
+    random_models: set[str] = set()  # labels of models whose own forward draws (dropout on)
     for ds, model in pairs:
         loaded = ws.model(model.name, model.params_dict())
         if model.spec.label not in models:
             models[model.spec.label] = model.ref(weights=loaded.weights_digest())
+            clips_here = measurement_clips(datasets[ds.spec.label])
+            if measure_model(loaded, ws.device, clips_here).attack_randomized:
+                random_models.add(model.spec.label)
         _check_labels(model, loaded, datasets[ds.spec.label])
     rates = {model.spec.label: ws.model(model.name, model.params_dict()).sample_rate
              for _, model in pairs}
@@ -280,7 +284,8 @@ def plan_cells(
             for attack, attack_ref, threat, threat_model in attacks:
                 if not _selected(attack.spec, model.spec.attacks):
                     continue
-                how = evaluation(settings, defense.resolved.spec, attack.spec, threat, behaviour)
+                how = evaluation(settings, defense.resolved.spec, attack.spec, threat, behaviour,
+                                 model_randomized=model.spec.label in random_models)
                 if how is None:
                     repeats.append(f"{defense.resolved.spec.label} / {attack.spec.label}")
                     continue
@@ -425,7 +430,8 @@ def _defense_ref(defense: _PlannedDefense, ws: Workspace, model: Resolved,
 
 
 def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentSpec,
-               threat: str, behaviour: DefenseBehaviour | None) -> dict[str, Any] | None:
+               threat: str, behaviour: DefenseBehaviour | None, *,
+               model_randomized: bool = False) -> dict[str, Any] | None:
     """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6),
     or None when the cell would only repeat another.
 
@@ -441,13 +447,18 @@ def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentS
     a defense with nothing to adapt to such a cell would repeat its adaptive twin exactly, so
     it is not planned. ``adaptive = "oblivious"``: the attack crafts on the undefended model
     (the transfer setting defense papers report); the harness still judges through the
-    defense."""
+    defense. A model whose own forward draws (``model_randomized``, measured by
+    :func:`musicbench.defense_checks.measure_model`: dropout left on) is attacked and judged
+    like a randomized defense."""
     adaptive = settings.adaptive if attack.adaptive is None else attack.adaptive
     oblivious, naive = adaptive == "oblivious", adaptive is False
     white = threat == "white-box"
     if behaviour is None:  # a training defense (a model like any other), or a broken one
-        return None if naive else {"oblivious": oblivious}
-    randomized = behaviour.attack_randomized
+        if not model_randomized:
+            return None if naive else {"oblivious": oblivious}
+        # the identity's behaviour: only the model's draws to adapt to
+        behaviour = DefenseBehaviour("", False, True, False, True, True)
+    randomized = behaviour.attack_randomized or model_randomized
     eot = attack.eot_samples or defense.eot_samples or settings.eot_samples
     uses_eot = (randomized or defense.eot_samples is not None) and eot > 1
     uses_bpda = white and (behaviour.attack_with_bpda or bool(defense.bpda))

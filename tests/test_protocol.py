@@ -281,3 +281,25 @@ def test_compare_carries_the_boards_severity_marks(tmp_path):
     text = render_markdown(comparison)
     assert f"| cw-weak {WEAK} |" in text and f"- cw-weak: {failed}" in text
     assert '"cw-weak": [' in render_json(comparison)
+
+
+def test_a_model_that_draws_is_attacked_with_eot_and_judged_over_draws(toy_plugins, tmp_path):
+    """AutoAttack checks a model for randomness before it runs; so does the harness: a model
+    with dropout left on gets EOT and judgement over draws, with no defense to cause them."""
+    from conftest import run_toy_config
+
+    text = CONFIG.format(run="").replace('[[models]]\nname = "toy-model"',
+                                         '[[models]]\nname = "dropout-model"')
+    config = parse_config(text)
+    from musicbench.cache import cache_dir
+
+    ws = Workspace(toy_plugins, cache_dir=cache_dir(), device=torch.device("cpu"))
+    specs = plan_cells(resolve(config, toy_plugins), ws, config.run, quick=False).specs
+    pgd = next(s for s in specs if s.defense.name == "none" and s.attack.label == "pgd")
+    assert (pgd.run.eot_samples, pgd.run.eval_draws) == (2, 3)
+    outcome, _ = run_toy_config(tmp_path, text)
+    cell = next(r for r in outcome.records
+                if r.spec.defense.name == "none" and r.spec.attack.label == "pgd")
+    assert cell.status == "ok" and cell.info.adaptive == "eot"
+    assert any("'dropout-model' is randomized" in f for f in cell.info.flags)
+    assert all(s.clean_wrong is not None for s in cell.samples)  # judged over draws

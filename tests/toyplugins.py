@@ -240,10 +240,20 @@ class TrainModeModel(ToyModel):
         self.net = torch.nn.Sequential(self.net, torch.nn.BatchNorm1d(3)).train()
 
 
+class DropoutModel(ToyModel):
+    """A classifier that leaves dropout on (a randomized model: the harness must measure it
+    and attack it with EOT, judging over draws)."""
+
+    def load(self, ctx=None):
+        super().load(ctx)
+        self.net = torch.nn.Sequential(torch.nn.Dropout(0.3), self.net).train()
+
+
 @hookimpl
 def register_models(register):
     register("toy-model", ToyModel, summary="random-weight classifier for tests")
     register("train-mode-model", TrainModeModel, summary="left in train mode (tests)")
+    register("dropout-model", DropoutModel, summary="dropout left on (tests)")
     register("toy-embedder", ToyEmbedder, summary="spectral-average retrieval toy for tests")
 
 
