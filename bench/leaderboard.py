@@ -33,7 +33,7 @@ JSON_FIELDS = (
     "fad_clips", "mean_queries", "seconds_per_clip", "adaptive", "eot_samples", "eval_draws",
     "clean_accuracy_undefended", "input_gradient_median", "flags", "error", "map_clean",
     "map_adv", "mr1_clean", "mr1_adv", "revision", "key", "role", "after",
-    "median_l2", "median_snr_db",
+    "median_l2", "median_snr_db", "surrogate_fidelity",
 )
 """Field names scripts rely on; change only with a version bump (additions are compatible)."""
 
@@ -53,7 +53,7 @@ non-adaptive or defense-oblivious attacker)."""
 MASKING_SIGNS = ("vanishing gradients", "gradient masking:", "shattered",
                  "robustness overstated", "beyond chance): gradient masking")
 WEAKNESS_SIGNS = ("attack too weak", "not converged", "attack failed", "does not fall with ε",
-                  "rises with ε")
+                  "rises with ε", "accounts for little of what the defense does")
 
 
 def severity(flag: str) -> str:
@@ -165,6 +165,10 @@ def cell_row(record: CellRecord) -> dict[str, Any]:
         "after": list(spec.run.after),
         "median_l2": _median_of_successes(record, "l2"),
         "median_snr_db": _median_of_successes(record, "snr"),
+        # BPDA's fidelity, ‖f(x) − g(x)‖ / ‖f(x) − x‖ (defense f, surrogate g), where the cell
+        # attacked through the surrogate (docs/defenses.md)
+        "surrogate_fidelity": ((info.defense_behaviour or {}).get("surrogate_fidelity")
+                               if spec.run.bpda else None),
     }
 
 
@@ -619,6 +623,9 @@ def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
         "loaded": {" / ".join(r.names): load for r in records
                    if (load := loaded(r)) is not None},
         "cpus": next((r.info.cpus for r in records if r.info.cpus), None),
+        "surrogates": {r.spec.defense.label: fidelity for r in records
+                       if r.spec.run.bpda and (fidelity := (r.info.defense_behaviour or {})
+                                               .get("surrogate_fidelity")) is not None},
     }
 
 
@@ -702,6 +709,11 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
         lines.append(f"- timed on a loaded machine (1-minute load average up to "
                      f"{max(busy.values()):.1f} on {h.get('cpus')} CPUs): {which}; their "
                      "s/clip is inflated")
+    if h.get("surrogates"):
+        lines.append("- BPDA surrogates' fidelity, ‖f(x) − g(x)‖ / ‖f(x) − x‖ (0: the "
+                     "defense itself, 1: no better than the identity; docs/defenses.md): "
+                     + ", ".join(f"`{name}` {value:.2f}"
+                                 for name, value in h["surrogates"].items()))
     if h["stored"] < h["planned"]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")

@@ -328,7 +328,8 @@ def _prepare(spec: CellSpec, ws: Workspace, info: CellInfo, *, attack: bool,
              str(model.sample_rate), spec.dataset.fingerprint or ""),
             lambda: measure(defense, model.sample_rate, device, measurement_clips(dataset)))
         info.defense_behaviour = dataclasses.asdict(behaviour)
-        info.flags += behaviour.mismatches()
+        # a surrogate far from the defense weakens only the cells that attack through it
+        info.flags += behaviour.mismatches() + (behaviour.warnings() if spec.run.bpda else [])
         _as_planned(spec, behaviour)
         if spec.run.role == "identity-bpda":
             preprocessor = IdentitySurrogate(defense)

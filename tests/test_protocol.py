@@ -303,3 +303,21 @@ def test_a_model_that_draws_is_attacked_with_eot_and_judged_over_draws(toy_plugi
     assert cell.status == "ok" and cell.info.adaptive == "eot"
     assert any("'dropout-model' is randomized" in f for f in cell.info.flags)
     assert all(s.clean_wrong is not None for s in cell.samples)  # judged over draws
+
+
+def test_the_bpda_surrogates_fidelity_reaches_header_and_json():
+    from musicbench.leaderboard import _header, _header_lines
+
+    cell = record("pgd", "white-box", [True] * 8, defense="mp3",
+                  defense_behaviour={"surrogate_fidelity": 0.37})
+    cell = _as(cell, "", bpda=True)
+    plain = record("fgsm", "white-box", [True] * 8, defense="mp3",
+                   defense_behaviour={"surrogate_fidelity": 0.37})  # exact gradients
+    rows = _flags([cell, plain])
+    assert rows[0]["surrogate_fidelity"] == 0.37 and rows[1]["surrogate_fidelity"] is None
+    run = {"environment": {}, "settings": {"device": "cpu"}, "finished": "", "started": "",
+           "argv": [], "config_source": "c"}
+    lines = _header_lines(_header([run], [cell, plain], 2))
+    assert any("BPDA surrogates' fidelity" in line and "`mp3` 0.37" in line for line in lines)
+    assert severity("BPDA surrogate of defense 'mp3' accounts for little of what the defense "
+                    "does (...)") == WEAK
