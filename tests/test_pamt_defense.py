@@ -170,10 +170,15 @@ def test_a_run_with_pamt_and_control_defenses(tmp_path, toy_site):
     result = cli("run", str(config), "--out", str(out), sites=(toy_site,))
     assert result.returncode == 0, result.stderr
     store = Store(out / "results.sqlite", readonly=True)
-    records = store.cells()
+    every = store.cells()
     store.close()
-    assert len(records) == 3 and all(r.status == "ok" for r in records), \
-        [(r.spec.defense.name, r.status, r.error) for r in records]
+    assert all(r.status == "ok" for r in every), [(r.spec.defense.name, r.status, r.error)
+                                                  for r in every]
+    records = [r for r in every if not r.spec.run.role]  # the sanity gates aside
+    assert len(records) == 3
+    # each trained defense's row gets the gates of its gradient attack (10x, converged)
+    assert {r.spec.run.role for r in every if r.spec.run.role} == {"large-radius",
+                                                                   "convergence"}
     by = {r.spec.defense.name: r for r in records}
     assert [s.sample_id for s in by["pamt"].samples] == \
         [s.sample_id for s in by["none"].samples]

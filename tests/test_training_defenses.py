@@ -172,8 +172,11 @@ def test_train_command_then_a_run_with_advtrain_shares_clips_with_the_undefended
     store = Store(out / "results.sqlite", readonly=True)
     records = store.cells()
     store.close()
-    assert len(records) == 4 and all(r.status == "ok" for r in records)
+    # two cells a row, and the advtrain row's sanity gates on pgd (10x the radius, and a
+    # stronger run on its survivors; a training defense gets no identity-BPDA cell)
+    assert len(records) == 4 + 2 and all(r.status == "ok" for r in records)
     by = {(r.spec.defense.name, r.spec.attack.label): r for r in records}
+    assert by[("advtrain", "pgd, converged")].spec.run.role == "convergence"
     defended, plain = by[("advtrain", "pgd")], by[("none", "pgd")]
     assert [s.sample_id for s in defended.samples] == [s.sample_id for s in plain.samples]
     assert defended.spec.defense.weights and defended.spec.defense.weights != \
