@@ -232,9 +232,9 @@ class _Recorder(Victim):
 
     rows: list[torch.Tensor]
 
-    def loss_and_margin(self, audio, target, *, index=None):
+    def scores_and_margin(self, audio, target, *, index=None):
         self.rows = [*getattr(self, "rows", []), audio.clone()]
-        return super().loss_and_margin(audio, target, index=index)
+        return super().scores_and_margin(audio, target, index=index)
 
 
 def test_square_counts_its_queries_and_never_exceeds_the_budget(tiny):
@@ -258,7 +258,8 @@ def test_square_starts_striped_and_updates_one_contiguous_window(tiny):
     x, y = x[:1], y[:1]
     eps, block = 0.002, 16
     victim = _Recorder(model, allow_gradients=False)
-    run(Square(SquareParams(eps=eps, budget=12, init_block=block)), victim, x, y)
+    run(Square(SquareParams(eps=eps, budget=12, init_block=block, fill="constant",
+                            side="length")), victim, x, y)
     clean, start, *rest = [r[0] for r in victim.rows]
     assert torch.equal(clean, x[0])
     delta = start - x[0]
@@ -294,3 +295,52 @@ def test_square_is_deterministic_under_a_seed_and_stays_in_bound(tiny):
     c = run(att, Victim(model, allow_gradients=False), loud, y, seed=1)
     assert torch.equal(a.adv, b.adv) and not torch.equal(a.adv, c.adv)
     assert (a.adv - loud).abs().max() <= 0.01 + 1e-7 and a.adv.abs().max() <= 1.0
+
+
+# -- Square on a waveform: what a square is ----------------------------------------------------
+
+def test_a_tone_square_puts_its_power_at_one_frequency_and_a_band_square_in_its_band():
+    from musicbench_plugins.attacks.square import fill_pattern
+    from musicbench_plugins.models.frontends import hz_to_mel
+
+    gen = torch.Generator().manual_seed(0)
+    width, sr = 4096, 16_000
+    tone = fill_pattern("tone", 8, width, 0.1, sr, gen, torch.device("cpu"), torch.float32)
+    assert set(tone.unique().tolist()) <= {-1.0, 1.0}
+    power = torch.fft.rfft(tone, dim=1).abs().square()
+    peak = power.argmax(1, keepdim=True)
+    near = (torch.arange(power.shape[1]) - peak).abs() <= 3
+    # a square wave: 8/π² ≈ 81 % of its power in the fundamental (spread by the window)
+    assert ((power * near).sum(1) / power.sum(1) > 0.7).all()
+    band = fill_pattern("band", 8, width, 0.1, sr, gen, torch.device("cpu"), torch.float32)
+    power = torch.fft.rfft(band, dim=1).abs().square()
+    mel = hz_to_mel(torch.fft.rfftfreq(width, 1 / sr))
+    centroid = (power * mel).sum(1) / power.sum(1)
+    spread = ((power * (mel - centroid[:, None]).abs()).sum(1) / power.sum(1))
+    top = float(hz_to_mel(torch.tensor(sr / 2)))
+    assert (spread < 0.15 * top).all()  # concentrated around one place of the mel axis
+    const = fill_pattern("constant", 8, width, 0.1, sr, gen, torch.device("cpu"), torch.float32)
+    assert (const == const[:, :1]).all()
+
+
+def test_square_area_windows_span_the_square_root_of_p():
+    from musicbench_plugins.attacks.square import side_fraction
+
+    assert side_fraction(0.25, "area") == 0.5 and side_fraction(0.25, "length") == 0.25
+
+
+def test_square_tone_proposals_change_one_window_of_the_scheduled_width(tiny):
+    model, x, y = tiny
+    x, y = x[:1], y[:1]
+    eps, budget, p_init = 0.002, 12, 0.3
+    victim = _Recorder(model, allow_gradients=False)
+    run(Square(SquareParams(eps=eps, budget=budget, p_init=p_init)), victim, x, y)
+    clean, start, *rest = [r[0] for r in victim.rows]
+    previous = start
+    for i, cand in enumerate(rest):
+        changed = (cand != previous).nonzero().squeeze(1)
+        width = round((window_fraction(i, budget, p_init) ** 0.5) * x.shape[1])
+        assert 0 < int(changed[-1] - changed[0]) + 1 <= width  # inside one window
+        assert torch.allclose((cand - x[0]).abs(), torch.full_like(cand, eps), atol=1e-6)
+        if Scorer(model).margin(cand[None], y) < Scorer(model).margin(previous[None], y):
+            previous = cand
