@@ -13,16 +13,16 @@ def register_attacks(register):
     register("cw", "musicbench_plugins.attacks.cw:CW",
              summary="Carlini & Wagner L2 with binary search over c (Carlini & Wagner 2017)")
     register("apgd", "musicbench_plugins.attacks.apgd:APGD",
-             summary="Auto-PGD: momentum, step halving at checkpoints, CE or DLR loss, "
-                     "restarts; L-inf or L2 (Croce & Hein 2020)")
+             summary="Auto-PGD: momentum, step halving at checkpoints, CE, DLR or targeted "
+                     "DLR (APGD-T) loss, restarts; L-inf or L2 (Croce & Hein 2020)")
     register("nes", "musicbench_plugins.attacks.nes:NES",
              summary="black-box NES gradient estimates + L-inf PGD steps (Ilyas et al. 2018)")
     register("zoo", "musicbench_plugins.attacks.zoo:ZOO",
              summary="black-box ZOO-ADAM, finite differences over random coordinate blocks "
                      "(Chen et al. 2017)")
     register("square", "musicbench_plugins.attacks.square:Square",
-             summary="black-box Square Attack, L-inf random search on contiguous windows "
-                     "(Andriushchenko et al. 2020)")
+             summary="black-box Square Attack, L-inf random search; a square on a waveform "
+                     "is a tone over a window (Andriushchenko et al. 2020)")
     register("maia-wb", "musicbench_plugins.attacks.maia_wb:MAIAWB",
              summary="MAIA white-box: Grad-CAM regions re-inpainted under gradient steps "
                      "(Liu et al. 2025)")
