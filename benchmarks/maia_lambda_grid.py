@@ -135,6 +135,14 @@ def stack(examples: Any) -> torch.Tensor:
 def run_point(ws: Workspace, model_name: str, clips: Clips, params: dict[str, Any], seed: int,
               batch: int) -> Point:
     """``maia-wb`` with ``params`` on every clip, through ``Attack.__call__``."""
+    hit, mean, seconds = attack_clips(ws, model_name, clips, params, seed, batch)
+    return Point(len(hit), int(hit.sum()), mean["lsd"], mean["snr"], seconds)
+
+
+def attack_clips(ws: Workspace, model_name: str, clips: Clips, params: dict[str, Any],
+                 seed: int, batch: int) -> tuple[torch.Tensor, dict[str, float], float]:
+    """``maia-wb`` with ``params`` on every clip: per-clip success ``bool[N]``, the mean LSD
+    and SNR over the fooled clips (NaN when none), and the attack's seconds."""
     attack = ws.make("attack", "maia-wb", params)
     attack.prepare(ws.ctx)
     victim = Victim(ws.model(model_name), **clips.victim_kwargs)
@@ -152,7 +160,7 @@ def run_point(ws: Workspace, model_name: str, clips: Clips, params: dict[str, An
     hit = torch.cat(success) if success else torch.zeros(0, dtype=torch.bool)
     mean = {name: float(torch.cat(v)[hit].mean()) if bool(hit.any()) else math.nan
             for name, v in values.items()}
-    return Point(len(hit), int(hit.sum()), mean["lsd"], mean["snr"], seconds)
+    return hit, mean, seconds
 
 
 def choose(results: dict[tuple[float, float], list[Point]]) -> tuple[float, float]:

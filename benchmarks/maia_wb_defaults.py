@@ -54,13 +54,12 @@ from musicbench.cache import cache_dir
 from musicbench.metrics import clopper_pearson
 from musicbench.plugins import get_plugins
 from musicbench.stats import mcnemar_exact_p
-from musicbench.victim import Victim
 from musicbench.workspace import Workspace
 from musicbench_plugins.attacks.maia_masks import natural_gap_seconds
 from musicbench_plugins.attacks.maia_wb import MAIAWBParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling maia_lambda_grid
-from maia_lambda_grid import TARGETS, Clips, Point, fmt, macro, valid_clips
+from maia_lambda_grid import TARGETS, Clips, Point, attack_clips, fmt, macro, valid_clips
 
 DEFAULTS = {f.name: f.default for f in fields(MAIAWBParams) if f.default is not MISSING}
 """The current defaults, read from the code (the value each sweep keeps unless beaten)."""
@@ -97,22 +96,7 @@ class Run:
 def run_setting(ws: Workspace, model_name: str, clips: Clips, params: dict[str, Any], seed: int,
                 batch: int) -> Run:
     """``maia-wb`` with ``params`` on every attacked clip, through ``Attack.__call__``."""
-    attack = ws.attack("maia-wb", params)
-    victim = Victim(ws.model(model_name), **clips.victim_kwargs)
-    metrics = {name: ws.make("metric", name) for name in ("lsd", "snr")}
-    generator = torch.Generator(device=ws.device).manual_seed(seed)
-    hits, values = [], {name: [] for name in metrics}
-    t0 = time.perf_counter()
-    for i in range(0, len(clips.audio), batch):
-        x, y = clips.audio[i:i + batch], clips.targets[i:i + batch]
-        result = attack(victim, x, y, generator=generator)
-        hits.append(result.success.cpu())
-        for name, metric in metrics.items():
-            values[name].append(metric.compute(x, result.adv, victim.sample_rate).double().cpu())
-    seconds = time.perf_counter() - t0
-    hit = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
-    mean = {name: float(torch.cat(v)[hit].mean()) if bool(hit.any()) else math.nan
-            for name, v in values.items()}
+    hit, mean, seconds = attack_clips(ws, model_name, clips, params, seed, batch)
     return Run(hit.tolist(), mean["lsd"], mean["snr"], seconds)
 
 
