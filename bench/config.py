@@ -6,6 +6,7 @@ Plugin names and parameters are checked against the registries by :mod:`musicben
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -118,6 +119,25 @@ class RunSettings:
         check_number("shard_clips", self.shard_clips, at_least=-1, at_most=MAX_SAMPLES,
                      integer=True)
         check_device_name(self.device)
+        check_run_name(self.name)
+
+
+MAX_RUN_NAME = 100  # characters; "-quick" and a file system's 255-byte names leave room
+
+
+def check_run_name(name: str) -> None:
+    """``[run] name`` names the folder ``runs/<name>`` a run writes when no ``--out`` is given,
+    so it must be one safe path component: ASCII letters, digits, ``-``, ``_`` and ``.``, not
+    empty and not ``.`` or ``..`` (``../../x`` or ``/etc`` would write outside ``runs/``, and
+    ``""`` and ``"."`` would share one store). Raises ``ValueError`` otherwise."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or name in (".", "..") \
+            or len(name) > MAX_RUN_NAME:
+        raise ValueError(
+            f"name must be one folder name of 1 to {MAX_RUN_NAME} letters, digits, '-', '_' "
+            f"and '.' (not '.' or '..'; it names runs/<name>), got {name!r}")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
