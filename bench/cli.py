@@ -295,14 +295,22 @@ def verify(
     device: Annotated[Optional[str], typer.Option(
         "--device", help="cpu | cuda | cuda:N (default: the device the run used)")] = None,
 ) -> None:
-    """Recompute cells of a stored run at this revision and compare them clip by clip with
-    the store: exit 0 when every recomputed cell is identical, 1 when one differs or none
-    could be recomputed (the cells' keys differ here: the verdict says which parts)."""
+    """Check a stored run: every cell's figures derived again from its stored clips, its spec
+    against its key, then cells recomputed at this revision and compared clip by clip with
+    the store. Exit 0 when every cell is consistent and every recomputed one identical, 1 when
+    a cell is inconsistent, edited or differs, or none could be recomputed (the cells' keys
+    differ here: the verdict says which parts), 2 on a bad argument."""
+    import math
+
     from musicbench.plugins import get_plugins
     from musicbench.ui import RichProgress
-    from musicbench.verify import remedies
+    from musicbench.verify import FAILURES, remedies
     from musicbench.verify import verify as verify_run
 
+    if not math.isfinite(rtol):
+        print_error(f"--rtol must be a finite number >= 0, got {rtol}; 0 compares bit for "
+                    "bit, ~1e-5 allows another kind of CPU")
+        raise typer.Exit(code=2)
     try:
         with RichProgress() as progress:
             checks = verify_run(out, get_plugins(), cells=cells, everything=everything,
@@ -322,10 +330,11 @@ def verify(
                       escape("; ".join(check.details)))
     stderr.print(table)
     counts = {v: sum(c.verdict == v for c in checks) for v in
-              ("identical", "differs", "key differs", "not recomputed", "not planned")}
+              ("identical", *FAILURES, "key differs", "not recomputed", "not planned")}
     stderr.print(", ".join(f"{n} {v}" for v, n in counts.items() if n))
-    if counts["differs"] or not counts["identical"]:
-        if not counts["differs"] and counts["key differs"]:
+    failed = sum(counts[v] for v in FAILURES)
+    if failed or not counts["identical"]:
+        if not failed and counts["key differs"]:
             print_note("no cell of this store is reproducible here: "
                        + "; ".join(remedies(checks)))
         raise typer.Exit(code=1)

@@ -195,6 +195,23 @@ def _num(x: float | None) -> float | None:
     return None if math.isnan(x) else x
 
 
+NAN_TEXT = "NaN"
+"""How a NaN end of an interval is written to the ``metrics`` table: SQLite would turn a NaN
+REAL into NULL, and an interval of two NULLs reads as no interval at all (an SNR of inf has the
+interval (NaN, NaN), which must read back as it was written)."""
+
+
+def _interval_end(x: float) -> float | str:
+    """One end of an interval as the ``metrics`` table keeps it (NaN as :data:`NAN_TEXT`)."""
+    x = float(x)
+    return NAN_TEXT if math.isnan(x) else x
+
+
+def _real(x: float | str | None) -> float:
+    """A real read from the ``metrics`` table: NULL (a NaN value) and :data:`NAN_TEXT` as NaN."""
+    return math.nan if x is None or isinstance(x, str) else float(x)
+
+
 class Store:
     """Opens (creating if needed) ``<out>/results.sqlite``."""
 
@@ -363,7 +380,8 @@ class Store:
             c.executemany(
                 "INSERT INTO metrics VALUES (?,?,?,?,?)",
                 [(record.key, name, _num(mv.value),
-                  _num(mv.ci[0]) if mv.ci else None, _num(mv.ci[1]) if mv.ci else None)
+                  _interval_end(mv.ci[0]) if mv.ci else None,
+                  _interval_end(mv.ci[1]) if mv.ci else None)
                  for name, mv in record.metrics.items()],
             )
             c.executemany(
@@ -420,10 +438,9 @@ class Store:
                     r[10], metrics, r[12], r[13], r[14]))
         for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"):
             if r[0] in by_key:
-                value = math.nan if r[2] is None else r[2]
-                ci = None
-                if r[3] is not None or r[4] is not None:
-                    ci = (math.nan if r[3] is None else r[3], math.nan if r[4] is None else r[4])
+                value = _real(r[2])
+                # two NULLs: no interval (or a NaN one written before NAN_TEXT existed)
+                ci = None if r[3] is None and r[4] is None else (_real(r[3]), _real(r[4]))
                 by_key[r[0]].metrics[r[1]] = MetricValue(value, ci)
         for r in self.conn.execute("SELECT cell_key, sample_id, kind, path FROM audio"):
             if r[0] in by_key:

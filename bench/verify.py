@@ -10,12 +10,20 @@ out). A cell whose key differs here cannot be compared: its key says why (the ha
 results version, a plugin's version, parameters or weights), and the verdict names the parts,
 so the reader knows to check out the board's revision instead.
 
+Before any of that, every stored cell is checked against itself, which is cheap: its figures
+(clean accuracy, ASR, robust accuracy and their intervals, the per-clip metrics' means, the
+clip counts) are derived again from its stored clips by the runner's own function, and its
+stored spec must still hash to the key it is stored under. A cell that fails either was edited
+(``inconsistent``, ``edited``), and so is one that the stored config plans otherwise at the
+same harness and plugin versions (its config was edited).
+
 Recomputing is as costly as the cell was; by default only the cheapest cell (by its stored
 seconds) is recomputed, ``cells`` or ``everything`` ask for more.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,24 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.cache import cache_dir
-from musicbench.cells import CELL_KINDS, CellSpec
+from musicbench.cells import CELL_KINDS, CellInfo, CellSpec
 from musicbench.config import parse_config
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.executors import fooled_in
 from musicbench.interfaces.context import NullProgress, Progress
 from musicbench.leaderboard import planned_run
-from musicbench.planner import plan_cells, resolve_only
+from musicbench.planner import harness_version, plan_cells, resolve_only
 from musicbench.plugins import PluginSystem
-from musicbench.runner import run_cell
-from musicbench.store import CellRecord
+from musicbench.runner import _cell_metrics, run_cell
+from musicbench.store import CellRecord, Store
 from musicbench.workspace import Workspace
 
 
 @dataclass
 class CellCheck:
-    """One stored cell: ``verdict`` is ``identical``, ``differs``, ``key differs`` (this
-    revision plans another cell for its labels), ``not recomputed`` (same key, not chosen) or
-    ``not planned`` (the config here has no cell of its labels); ``details`` say what."""
+    """One stored cell: ``verdict`` is ``identical``, ``differs``, ``inconsistent`` (its
+    stored figures are not those of its stored clips), ``edited`` (its stored spec no longer
+    hashes to its key, or the stored config plans it otherwise at the same versions),
+    ``key differs`` (this revision plans another cell for its labels), ``not recomputed``
+    (same key, not chosen) or ``not planned`` (the config here has no cell of its labels);
+    ``details`` say what. :data:`FAILURES` are the verdicts that fail a store."""
 
     labels: tuple[str, str, str, str]
     key: str
@@ -50,6 +61,12 @@ class CellCheck:
     """For ``key differs``: ``cache`` (weights or data this machine's cache built otherwise)
     and/or ``code`` (the harness, a plugin's version or parameters, a run setting)."""
 
+
+FAILURES = ("differs", "inconsistent", "edited")
+"""Verdicts that fail a store whatever the other cells say."""
+
+RATES = ("clean_accuracy", "asr", "robust_accuracy")
+"""Figures whose definition every results version shares: re-derived in every cell."""
 
 CACHED_FIELDS = ("weights", "fingerprint")
 """Parts of a component's key that the cache decides, not the code."""
@@ -87,20 +104,39 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
 
     checks: dict[str, CellCheck] = {}
     reproducible: list[tuple[CellRecord, CellSpec]] = []
+    edited = _edited_specs(out)
     for record in stored:
-        spec = here.get(record.spec.labels)
+        labels, key = record.spec.labels, record.key
+        if key in edited:
+            checks[key] = CellCheck(labels, key, "edited", [edited[key]])
+            continue
+        # a failure whatever follows; recomputing the cell (if chosen) says more
+        found = rederive_differences(record, rtol=rtol)
+        spec = here.get(labels)
         if spec is None:
-            if not only:  # with --only, cells outside it are simply not asked about
-                checks[record.key] = CellCheck(record.spec.labels, record.key, "not planned",
-                                               ["this revision plans no cell of these labels"])
+            if found:
+                checks[key] = CellCheck(labels, key, "inconsistent", found)
+            elif not only:  # with --only, cells outside it are simply not asked about
+                checks[key] = CellCheck(labels, key, "not planned",
+                                        ["this revision plans no cell of these labels"])
             continue
-        if spec.key != record.key:
+        if spec.key != key:
             parts = key_differences(record.spec, spec)
-            checks[record.key] = CellCheck(record.spec.labels, record.key, "key differs",
-                                           [text for _, text in parts],
-                                           {cause for cause, _ in parts})
+            texts = [text for _, text in parts]
+            if found:
+                checks[key] = CellCheck(labels, key, "inconsistent",
+                                        found + [f"not recomputed: {t}" for t in texts])
+            elif _same_versions(record.spec, spec):
+                why = ("the stored config plans this cell otherwise at the harness and "
+                       "plugin versions it was computed at: its config or its spec was edited "
+                       "(or this machine measured a defense otherwise)")
+                checks[key] = CellCheck(labels, key, "edited", [why, *texts])
+            else:
+                checks[key] = CellCheck(labels, key, "key differs", texts,
+                                        {cause for cause, _ in parts})
             continue
-        checks[record.key] = CellCheck(record.spec.labels, record.key, "not recomputed")
+        checks[key] = CellCheck(labels, key, "inconsistent" if found else "not recomputed",
+                                found)
         reproducible.append((record, spec))
 
     # cheapest first: attack time (a run's first cell also pays for shared work)
@@ -114,9 +150,72 @@ def verify(out: Path, plugins: PluginSystem, *, cells: int = 1, everything: bool
             # a cell of a survivor cascade attacks what the stored cells before it left
             fresh = run_cell(spec, ws, environment, fooled_in(stored, spec.run.after))
         found = record_differences(record, fresh, rtol=rtol)
-        checks[record.key] = CellCheck(record.spec.labels, record.key,
-                                       "differs" if found else "identical", found)
+        check = checks[record.key]
+        if check.verdict == "inconsistent":
+            check.details += [f"recomputed: {text}" for text in found or ["identical"]]
+        else:
+            checks[record.key] = CellCheck(record.spec.labels, record.key,
+                                           "differs" if found else "identical", found)
     return list(checks.values())
+
+
+def rederive_differences(record: CellRecord, *, rtol: float = 0.0) -> list[str]:
+    """Every way a stored cell's figures differ from those derived again from its stored clips
+    by the runner's own :func:`musicbench.runner._cell_metrics` (a survivor cascade's clips
+    not attacked, intervals clustered by work, as the runner did): the clip counts and the
+    rates in every cell; their intervals, the per-clip metrics' means and intervals and the
+    mean queries only in cells of this revision's harness version (another results version
+    may have computed them otherwise). Set-level metrics (FAD) need the audio: only
+    recomputing checks them. Empty when they agree."""
+    info = CellInfo()
+    names = sorted({name for s in record.samples if s.attacked for name in s.metrics})
+    try:
+        derived = _cell_metrics(record.samples, names, record.attack_seconds,
+                                record.info.pseudo_labels, info)
+    except ValueError as exc:  # e.g. an attacked clip that is clean-wrong
+        return [f"its clips contradict each other: {exc}"]
+    out = [f"info {name}: {getattr(record.info, name)!r} stored, {getattr(info, name)!r} "
+           "from its clips" for name in ("n", "n_attacked", "n_success")
+           if getattr(record.info, name) != getattr(info, name)]
+    full = record.spec.musicbench == harness_version()
+    for name in [*RATES, *names, "mean_queries"] if full else RATES:
+        mine = derived[name]
+        kept = record.metrics.get(name)
+        if kept is None:
+            out.append(f"figure {name}: not stored, {mine.value!r} from its clips")
+            continue
+        a, b = _figure(kept.value, kept.ci), _figure(mine.value, mine.ci)
+        if not (_same(a[0], b[0], rtol) and (not full or _same(a[1], b[1], rtol))):
+            out.append(f"figure {name}: {kept.value!r} {kept.ci!r} stored, {mine.value!r} "
+                       f"{mine.ci!r} from its clips")
+    return out
+
+
+def _edited_specs(out: Path) -> dict[str, str]:
+    """Stored cells whose spec no longer hashes to the key they are stored under, by the key
+    their spec hashes to (what :class:`CellRecord` reports): what was edited."""
+    db = out if out.suffix == ".sqlite" else out / "results.sqlite"
+    store = Store(db, readonly=True)
+    try:
+        rows = store.conn.execute("SELECT key, spec FROM cells WHERE status='ok'").fetchall()
+    finally:
+        store.close()
+    found = {}
+    for key, text in rows:
+        hashed = CellSpec.from_dict(json.loads(text)).key
+        if hashed != key:
+            found[hashed] = (f"its stored spec hashes to {hashed}, not to the key {key} it is "
+                             "stored under: the spec was edited after the cell was computed")
+    return found
+
+
+def _same_versions(stored: CellSpec, here: CellSpec) -> bool:
+    """Same harness, and every component at the same version, provider, weights and data: a
+    key that differs then differs by what the config says (parameters, run settings)."""
+    fixed = ("name", "version", "provider", *CACHED_FIELDS)
+    return stored.musicbench == here.musicbench and all(
+        getattr(stored, kind).key_data()[f] == getattr(here, kind).key_data()[f]
+        for kind in CELL_KINDS for f in fixed)
 
 
 def key_differences(stored: CellSpec, here: CellSpec) -> list[tuple[str, str]]:
@@ -166,12 +265,21 @@ def record_differences(stored: CellRecord, fresh: CellRecord, *, rtol: float = 0
         a, b = was["metrics"].get(name), now["metrics"].get(name)
         if a is None or b is None:
             out.append(f"figure {name}: only {'recomputed' if a is None else 'stored'}")
-        elif not _same(a, b, rtol):
+        elif not _same(_figure(*a), _figure(*b), rtol):
             out.append(f"figure {name}: {a[0]!r} {a[1]!r} stored, {b[0]!r} {b[1]!r} recomputed")
     if was["info"]["flags"] != now["info"]["flags"]:
         out.append(f"flags: {was['info']['flags']!r} stored, {now['info']['flags']!r} "
                    "recomputed")
     return out
+
+
+def _figure(value: float | None, ci: tuple[float, float] | None
+            ) -> tuple[float | None, tuple[float, float] | None]:
+    """A figure as compared: an interval of NaNs is no interval (stores written before NaN
+    ends were kept read such an interval back as none)."""
+    if ci is not None and all(isinstance(x, float) and math.isnan(x) for x in ci):
+        ci = None
+    return value, ci
 
 
 def _same(a: Any, b: Any, rtol: float) -> bool:

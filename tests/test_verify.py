@@ -4,18 +4,44 @@ not reproduce is not recomputed, and the parts of its key that differ are named.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from test_planning import BASE
 from typer.testing import CliRunner
 
 import musicbench
 import musicbench.plugins
+from musicbench.cells import CellSpec
 from musicbench.cli import app
 from musicbench.session import RunOptions, execute
 from musicbench.verify import verify
 
 CONFIG = BASE.format(run="", datasets="")  # fgsm and pgd (random start) on toy-model
+
+
+def rekey(db_path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Store every cell as if computed under the spec ``edit`` makes of its own: the spec
+    and the key it hashes to, everywhere the key is written (a store made elsewhere)."""
+    db = sqlite3.connect(db_path)
+    moved = {}
+    for key, text in db.execute("SELECT key, spec FROM cells").fetchall():
+        spec = json.loads(text)
+        edit(spec)
+        spec["key"] = new = CellSpec.from_dict(spec).key
+        moved[key] = new
+        db.execute("UPDATE cells SET key = ?, spec = ? WHERE key = ?",
+                   (new, json.dumps(spec, sort_keys=True), key))
+        for table in ("samples", "metrics", "audio"):
+            db.execute(f"UPDATE {table} SET cell_key = ? WHERE cell_key = ?", (new, key))
+    for run_id, plan in db.execute("SELECT id, plan FROM runs").fetchall():
+        db.execute("UPDATE runs SET plan = ? WHERE id = ?",
+                   (json.dumps([moved.get(k, k) for k in json.loads(plan)]), run_id))
+    db.commit()
+    db.close()
 
 
 def _run(tmp_path, plugins):
@@ -48,12 +74,16 @@ def test_a_store_recomputed_here_is_identical_and_tampering_is_found(tmp_path, t
     db.commit()
     db.close()
     (pgd,) = [c for c in verify(out, toy_plugins, everything=True) if c.labels[3] == "pgd"]
-    assert pgd.verdict == "differs"
-    assert any(d.startswith(f"1 of 6 clips differ (first: {clip}: success") for d in pgd.details)
-    assert any(d.startswith("figure asr:") for d in pgd.details)
+    # its figures are no longer those of its clips, and recomputing it names the clip
+    assert pgd.verdict == "inconsistent"
+    assert any(d.startswith("figure asr:") and d.endswith("from its clips")
+               for d in pgd.details)
+    assert any(d.startswith(f"recomputed: 1 of 6 clips differ (first: {clip}: success")
+               for d in pgd.details)
+    assert any(d.startswith("recomputed: figure asr:") for d in pgd.details)
 
     result = CliRunner().invoke(app, ["verify", str(out), "--all"])
-    assert result.exit_code == 1 and "differs" in result.output
+    assert result.exit_code == 1 and "inconsistent" in result.output
 
 
 def test_a_cell_this_revision_plans_differently_is_named_not_recomputed(tmp_path, toy_plugins,
@@ -85,10 +115,9 @@ def test_weights_that_differ_from_the_cache_are_named_with_the_remedy(tmp_path, 
                                                                       monkeypatch):
     monkeypatch.setattr(musicbench.plugins, "get_plugins", lambda **_: toy_plugins)
     out = _run(tmp_path, toy_plugins)
-    db = sqlite3.connect(out / "results.sqlite")
-    db.execute("UPDATE cells SET spec = json_set(spec, '$.model.weights', 'feedfacefeedface')")
-    db.commit()
-    db.close()
+    # as if computed with other weights: spec and key agree (an edited spec alone is
+    # `edited`, tests/test_verify_rederive.py)
+    rekey(out / "results.sqlite", lambda spec: spec["model"].update(weights="feedfacefeedface"))
     checks = verify(out, toy_plugins)
     assert {c.verdict for c in checks} == {"key differs"}
     assert checks[0].details[0].startswith("model toy-model: weights 'feedfacefeedface' stored")
