@@ -66,7 +66,8 @@ FAILURES = ("differs", "inconsistent", "edited")
 """Verdicts that fail a store whatever the other cells say."""
 
 RATES = ("clean_accuracy", "asr", "robust_accuracy")
-"""Figures whose definition every results version shares: re-derived in every cell."""
+"""Figures whose definition every results version shares (but clean accuracy under pseudo
+labels, NaN before results version 3): re-derived in every cell."""
 
 CACHED_FIELDS = ("weights", "fingerprint")
 """Parts of a component's key that the cache decides, not the code."""
@@ -163,7 +164,8 @@ def rederive_differences(record: CellRecord, *, rtol: float = 0.0) -> list[str]:
     """Every way a stored cell's figures differ from those derived again from its stored clips
     by the runner's own :func:`musicbench.runner._cell_metrics` (a survivor cascade's clips
     not attacked, intervals clustered by work, as the runner did): the clip counts and the
-    rates in every cell; their intervals, the per-clip metrics' means and intervals and the
+    rates in every cell (clean accuracy under pseudo labels only at this results version);
+    their intervals, the per-clip metrics' means and intervals and the
     mean queries only in cells of this revision's harness version (another results version
     may have computed them otherwise). Set-level metrics (FAD) need the audio: only
     recomputing checks them. Empty when they agree."""
@@ -178,7 +180,9 @@ def rederive_differences(record: CellRecord, *, rtol: float = 0.0) -> list[str]:
            "from its clips" for name in ("n", "n_attacked", "n_success")
            if getattr(record.info, name) != getattr(info, name)]
     full = record.spec.musicbench == harness_version()
-    for name in [*RATES, *names, "mean_queries"] if full else RATES:
+    rates = [r for r in RATES
+             if full or not (r == "clean_accuracy" and record.info.pseudo_labels)]
+    for name in [*rates, *names, "mean_queries"] if full else rates:
         mine = derived[name]
         kept = record.metrics.get(name)
         if kept is None:
