@@ -659,9 +659,22 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-    return lines
+    """A markdown table; every header and cell goes through :func:`escape_cell`, so a label
+    (any user's string) can neither add a column, split a row nor inject HTML."""
+    return (["| " + " | ".join(escape_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+            + ["| " + " | ".join(escape_cell(c) for c in row) + " |" for row in body])
+
+
+_CELL_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"})
+
+
+def escape_cell(text: str) -> str:
+    """``text`` as one markdown table cell: ``&``, ``<``, ``>`` and ``|`` as HTML entities
+    (``&`` too, so the escaping is injective: a label spelt ``&lt;`` stays itself), every
+    line break (``\\n``, ``\\r``, and whatever else :meth:`str.splitlines` splits at) as one
+    space. An entity rather than ``\\|`` for the pipe: a cell ending in a backslash would turn
+    ``\\|`` back into a column separator."""
+    return " ".join(str(text).translate(_CELL_ENTITIES).splitlines())
 
 
 def _header_lines(h: dict[str, Any]) -> list[str]:

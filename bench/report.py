@@ -19,8 +19,11 @@ published alone. Needs matplotlib and pandas: ``pip install "musicbench[report]"
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,7 +121,22 @@ def slug(text: str) -> str:
 
 
 def model_page(dataset: str, model: str) -> str:
-    return f"{slug(dataset)}--{slug(model)}.html"
+    """The file name of a (dataset, model) page, distinct for distinct pairs, also on a file
+    system that ignores case: ``<dataset>--<model>.html`` where both are lower-case ASCII
+    letters, digits, ``-_.`` and the split is unambiguous (no ``--`` in the dataset, which
+    does not end in ``-``); otherwise their ASCII slugs (40 characters at most) and ``~`` and
+    12 hex digits of the SHA-256 of the exact pair (``cnn<a`` and ``cnn>a`` share a slug, not
+    a page). A ``~`` never occurs in a plain name, so the two forms never meet."""
+    if _PLAIN_PAGE.fullmatch(dataset) and _PLAIN_PAGE.fullmatch(model) \
+            and "--" not in dataset and not dataset.endswith("-"):
+        return f"{dataset}--{model}.html"
+    digest = hashlib.sha256(json.dumps([dataset, model]).encode()).hexdigest()[:12]
+    stems = ["".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_"
+                     for ch in label[:40]) for label in (dataset, model)]
+    return f"{stems[0]}--{stems[1]}~{digest}.html"
+
+
+_PLAIN_PAGE = re.compile(r"[a-z0-9._-]{1,80}")
 
 
 # -- audio and pictures --------------------------------------------------------------------

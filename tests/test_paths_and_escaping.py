@@ -49,3 +49,92 @@ def test_a_traversing_run_name_exits_2_and_writes_nothing(tmp_path: Path) -> Non
 def _toml(text: str) -> str:
     return '"' + "".join(c if c.isalnum() or c in "-_./ " else f"\\u{ord(c):04x}"
                          for c in text) + '"'
+
+
+# -- 2. labels in markdown tables and report page names --------------------------------------
+
+HOSTILE = {"fgsm": "<script>alert(1)</script>|x", "pgd": "<img src=x onerror=alert(1)>\nrow"}
+
+
+def _hostile_config() -> str:
+    text = CONFIG
+    for name, label in HOSTILE.items():
+        text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nlabel = {_toml(label)}\n')
+    # two models whose labels differ only in a character a file name cannot hold
+    return text.replace('[[models]]\nname = "toy-model"\n',
+                        '[[models]]\nname = "toy-model"\nlabel = "cnn<a"\n\n'
+                        '[[models]]\nname = "toy-model"\nlabel = "cnn>a"\nseed = 1\n')
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory) -> Path:
+    from conftest import run_toy_config
+
+    _, out = run_toy_config(tmp_path_factory.mktemp("hostile"), _hostile_config())
+    return out
+
+
+def _tables(markdown: str) -> list[list[str]]:
+    tables, current = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_markdown_tables_escape_pipes_html_and_newlines_in_every_cell_and_header(
+        hostile_run: Path) -> None:
+    board = (hostile_run / "leaderboard.md").read_text()
+    tables = _tables(board)
+    assert len(tables) >= 3
+    for table in tables:
+        columns = {line.count("|") for line in table}
+        assert len(columns) == 1, table  # no label added a column or split a row
+        for line in table:
+            assert "<" not in line and ">" not in line, line
+    every_cell = "\n".join(tables[-1])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#124;x" in every_cell
+    assert "&lt;img src=x onerror=alert(1)&gt; row" in every_cell
+    assert "cnn&lt;a" in every_cell and "cnn&gt;a" in every_cell
+    by_attack = "\n".join(tables[1])  # the labels are this table's column headers
+    assert by_attack.splitlines()[0].count("&lt;script&gt;") == 1
+
+
+def test_escape_cell_is_injective_on_what_it_escapes() -> None:
+    from musicbench.leaderboard import escape_cell
+
+    assert escape_cell("&lt;") != escape_cell("<")
+    assert escape_cell("a|b") == "a&#124;b" and escape_cell("a\\|b") == "a\\&#124;b"
+    assert escape_cell("x\r\ny\nz\u2028w") == "x y z w"
+
+
+@pytest.mark.parametrize("pairs", [
+    [("x", "cnn<a"), ("x", "cnn>a")],
+    [("x", "CNN"), ("x", "cnn")],  # one file on a file system that ignores case
+    [("a--b", "c"), ("a", "b--c")],
+    [("a-", "b"), ("a", "-b")],
+    [("x", "a_b"), ("x", "a b"), ("x", "a/b")],
+])
+def test_report_page_names_are_distinct_for_distinct_labels(pairs) -> None:
+    from musicbench.report import model_page
+
+    names = [model_page(*p) for p in pairs]
+    assert len({n.lower() for n in names}) == len(pairs), names
+    for name in names:
+        assert "/" not in name and "\\" not in name and name.endswith(".html")
+    assert model_page("toy-tones", "toy-model") == "toy-tones--toy-model.html"
+
+
+def test_the_report_writes_one_page_per_model_when_labels_share_a_slug(
+        hostile_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from musicbench.report import model_page, write_report
+
+    index = write_report(hostile_run, tmp_path / "report")
+    pages = sorted(p.name for p in index.parent.glob("*.html") if p.name != "index.html")
+    assert pages == sorted({model_page("toy-tones", m) for m in ("cnn<a", "cnn>a")})
+    for model, page in (("cnn<a", "cnn&lt;a"), ("cnn>a", "cnn&gt;a")):
+        assert f"/ {page}</h1>" in (index.parent / model_page("toy-tones", model)).read_text()
