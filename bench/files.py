@@ -14,6 +14,12 @@ its holder dies, even by ``kill -9``, so a lock is never stale. On NFS, Linux em
 then the lock holds across cluster nodes; on a mount with ``nolock`` or ``local_lock=all``/
 ``flock``, and on Lustre without ``-o flock``, it holds only between processes on one node.
 Where ``fcntl`` does not exist (Windows), locking is skipped.
+
+Paths: whatever musicbench writes is a regular file or nothing yet, in a folder
+(:func:`check_output_file`, :func:`check_output_folder`; ``-o /dev/null`` is refused rather
+than replaced), and a path read from a store is followed only inside its run folder's
+``audio/`` (:func:`stored_audio_path`): a store is data, and data must not choose where the
+harness writes.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import socket
+import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from musicbench.errors import ConfigError
 
 try:
     import fcntl
@@ -57,18 +68,143 @@ def default_dir_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+class UnsafePathError(ConfigError):
+    """A path musicbench was asked to write, or read from a store, is not one it may use: an
+    output that exists and is not a regular file (a device, a folder, a pipe), an output folder
+    that is a file, or a stored path that leads out of its run folder. Raised before anything is
+    written; the CLI exits 2."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _existing_mode(path: Path) -> int | None:
+    """``path``'s mode, following symbolic links (``None``: nothing there, or a dangling link,
+    which ``os.replace`` replaces as it would a file)."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None  # a parent is a file: _check_parent says so
+    except OSError as exc:
+        raise UnsafePathError(f"cannot check {path}: {exc.strerror or exc}") from None
+
+
+def _check_parent(path: Path, what: str) -> None:
+    """The nearest existing folder above ``path`` is a folder (what ``mkdir -p`` needs)."""
+    for parent in path.absolute().parents:
+        mode = _existing_mode(parent)
+        if mode is None:
+            continue
+        if not stat.S_ISDIR(mode):
+            raise UnsafePathError(f"cannot write {what} {path}: {parent} is {_kind(mode)}, "
+                                  "not a folder")
+        return
+
+
+def check_output_file(path: Path | str, what: str = "the output") -> Path:
+    """Refuse (:class:`UnsafePathError`, exit 2) to write ``path`` unless it is a regular file
+    or does not exist yet, and its folder is a folder or can be made. Writing replaces the
+    file (:func:`atomic_write_text`), so ``-o /dev/null`` would replace the device node with a
+    file, as root the system's: call this before any work."""
+    path = Path(path)
+    mode = _existing_mode(path)
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UnsafePathError(f"cannot write {what} to {path}: it is {_kind(mode)}, and "
+                              "musicbench writes only regular files (it would replace it); "
+                              "name a file, or write to stdout without -o")
+    _check_parent(path, what)
+    return path
+
+
+def check_output_folder(path: Path | str, what: str = "the output folder") -> Path:
+    """Refuse (:class:`UnsafePathError`, exit 2) unless ``path`` is a folder or does not exist
+    yet and could be made (the nearest existing folder above it is a folder)."""
+    path = Path(path)
+    mode = _existing_mode(path)
+    if mode is not None and not stat.S_ISDIR(mode):
+        raise UnsafePathError(f"{what} {path} is {_kind(mode)}, not a folder; name a folder "
+                              "(it is created if missing)")
+    _check_parent(path, what)
+    return path
+
+
+def stored_audio_path(folder: Path | str, rel: str, *, cell: str) -> Path:
+    """``folder / rel`` for an audio path ``rel`` read from the store of run folder
+    ``folder``, which a store only ever writes as ``audio/<cell>/<file>``: relative, no
+    ``..``, under ``audio/``, and still inside ``folder/audio`` once symbolic links are
+    resolved. Anything else (a store edited by hand, or written to attack whoever merges or
+    reports it: ``../important.txt``) raises :class:`UnsafePathError` naming the cell and
+    the path."""
+    folder = Path(folder)
+    path = None
+    if isinstance(rel, str) and rel and "\x00" not in rel:
+        pure = PurePosixPath(rel)
+        if not pure.is_absolute() and len(pure.parts) >= 2 and pure.parts[0] == "audio" \
+                and ".." not in pure.parts:
+            path = folder / rel
+            if (folder / "audio").resolve() not in path.resolve().parents:
+                path = None  # a symbolic link out of the folder
+    if path is None:
+        raise UnsafePathError(
+            f"cell {cell}: stored audio path {rel!r} is not inside {folder / 'audio'} (a store "
+            "writes audio/<cell>/<file> only: this one was edited, or is not musicbench's); "
+            "nothing written")
+    return path
+
+
+def check_stored_audio(entries: Iterable[tuple[str, str, str, str]], folder: Path | str
+                       ) -> None:
+    """:func:`stored_audio_path` for every ``(cell key, sample id, kind, path)`` of a store
+    in run folder ``folder``, and every one that exists is a regular file (a named pipe
+    would hang whoever reads it)."""
+    for cell, _, _, rel in entries:
+        path = stored_audio_path(folder, rel, cell=cell)
+        mode = _existing_mode(path)
+        if mode is not None and not stat.S_ISREG(mode):
+            raise UnsafePathError(f"cell {cell}: stored audio file {path} is {_kind(mode)}, "
+                                  "not a regular file; nothing written")
+
+
+def atomic_copy(source: Path | str, target: Path | str) -> Path:
+    """Copy ``source`` to ``target`` as :func:`atomic_write_text` writes, so a symbolic link
+    at ``target`` is replaced, never followed, and a kill leaves the old file or the whole new
+    one. Keeps ``source``'s times, with the umask's mode."""
+    with open(source, "rb") as src:
+        return _replace_with(Path(target), lambda f: shutil.copyfileobj(src, f),
+                             times_of=Path(source))
+
+
 def atomic_write_text(path: Path | str, text: str, *, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` so that readers (and a kill at any moment) see either the old
     file or the whole new one: a temp file in the same folder, flushed and fsync'ed, then
-    ``os.replace``. The new file gets the umask's mode, like ``open(path, "w")``."""
-    path = Path(path)
+    ``os.replace``. The new file gets the umask's mode, like ``open(path, "w")``. A ``path``
+    that exists and is not a regular file (``/dev/null``) raises :class:`UnsafePathError`
+    (:func:`check_output_file`) instead of being replaced."""
+    data = text.encode(encoding)
+    return _replace_with(check_output_file(path), lambda f: f.write(data))
+
+
+def _replace_with(path: Path, fill: Callable[[BinaryIO], object], *,
+                  times_of: Path | None = None) -> Path:
+    """``fill`` a temp file beside ``path``, fsync it, give it the umask's mode (and the
+    times of ``times_of``), then ``os.replace`` it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding=encoding, newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
+        if times_of is not None:
+            shutil.copystat(times_of, tmp)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:

@@ -15,12 +15,13 @@ refused, because a leaderboard's header describes one config.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from musicbench.cells import CellSpec
 from musicbench.errors import ConfigError
+from musicbench.files import (atomic_copy, check_output_file, check_output_folder,
+                              check_stored_audio, stored_audio_path)
 from musicbench.store import Store
 
 
@@ -48,11 +49,17 @@ def merge(into: Path, sources: list[Path]) -> MergeReport:
     only read (one may still be running: its cell in flight is simply not there yet).
 
     Raises :class:`ConfigError` (nothing written) for a missing source, a source that is the
-    destination, or stores of different configs."""
+    destination, stores of different configs, a destination that is not a folder (or whose
+    store or leaderboard is not a regular file), or a stored audio path that leads out of its
+    run folder's ``audio/`` (:func:`musicbench.files.stored_audio_path`)."""
     from musicbench.leaderboard import write_leaderboard
     from musicbench.session import run_lock
 
     into = Path(into)
+    check_output_folder(into, "the merge destination")
+    for name in ("results.sqlite", "leaderboard.md"):
+        check_output_file(into / name, "the merged store" if name.endswith("sqlite")
+                          else "the merged leaderboard")
     dbs = [store_path(s) for s in sources]
     for db in dbs:
         if not db.exists():
@@ -63,6 +70,8 @@ def merge(into: Path, sources: list[Path]) -> MergeReport:
             raise ConfigError(f"{db} is the destination itself")
     readers = [Store(db, readonly=True) for db in dbs]
     try:
+        for db, reader in zip(dbs, readers, strict=True):
+            _check_audio_paths(reader, db.parent, into)
         configs = {_latest_config(r) for r in readers}
         if into.joinpath("results.sqlite").exists():
             existing = Store(into / "results.sqlite", readonly=True)
@@ -88,6 +97,17 @@ def merge(into: Path, sources: list[Path]) -> MergeReport:
     finally:
         for r in readers:
             r.close()
+
+
+def _check_audio_paths(reader: Store, source: Path, into: Path) -> None:
+    """Every audio path ``reader`` stores is inside ``source/audio`` and would be copied to a
+    regular file (or a new one) inside ``into/audio``; else :class:`UnsafePathError` naming
+    the cell and the path, before anything is written (a stored ``../important.txt`` would
+    otherwise overwrite a file beside the destination)."""
+    entries = reader.conn.execute("SELECT cell_key, sample_id, kind, path FROM audio").fetchall()
+    check_stored_audio(entries, source)
+    for cell, _, _, rel in entries:
+        check_output_file(stored_audio_path(into, rel, cell=cell), f"cell {cell}'s audio")
 
 
 def _latest_config(store: Store) -> str | None:
@@ -123,11 +143,10 @@ def _merge_one(target: Store, reader: Store, db: Path, into: Path, report: Merge
         if status.get(record.key) == "ok":
             there += 1
             continue
-        for _, _, rel in record.audio:
-            source_file = db.parent / rel
+        for _, _, rel in record.audio:  # each checked by _check_audio_paths
+            source_file = stored_audio_path(db.parent, rel, cell=record.key)
             if source_file.exists():
-                (into / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source_file, into / rel)
+                atomic_copy(source_file, stored_audio_path(into, rel, cell=record.key))
                 report.audio_files += 1
         replaced += status.get(record.key) is not None
         copied += 1

@@ -743,13 +743,16 @@ def write_report(out: str | Path, directory: str | Path | None = None) -> Path:
     """Write the report of the run in ``out`` to ``directory`` (default ``out/report``);
     returns the index page's path."""
     plt = _plotting()
-    from musicbench.files import atomic_write_text
+    from musicbench.files import atomic_write_text, check_output_folder, check_stored_audio
     from musicbench.results import load
 
     out = Path(out)
     run_dir = out.parent if out.suffix == ".sqlite" else out
-    root = Path(directory) if directory is not None else run_dir / "report"
+    root = check_output_folder(Path(directory) if directory is not None else run_dir / "report",
+                               "the report folder")
     board, records = _load(out)
+    # a stored path leading out of run_dir/audio (an edited store) is refused, nothing written
+    check_stored_audio([(key, *a) for key, r in records.items() for a in r.audio], run_dir)
     samples = load(out).samples
     root.mkdir(parents=True, exist_ok=True)
     for dataset, model in sorted({(r["dataset"], r["model"]) for r in board.rows}):

@@ -16,7 +16,8 @@ from musicbench.config import RunConfig, load_config, with_options
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.errors import ConfigError, OutputInUseError
 from musicbench.executors import EXECUTORS
-from musicbench.files import LockBusy, describe_holder, file_lock
+from musicbench.files import (LockBusy, check_output_file, check_output_folder, describe_holder,
+                             file_lock)
 from musicbench.interfaces import Progress
 from musicbench.interfaces.context import NullProgress
 from musicbench.planner import plan_cells, resolve_only
@@ -56,9 +57,16 @@ class RunOutcome:
 
 
 def output_dir(config: RunConfig, options: RunOptions) -> Path:
-    if options.out is not None:
-        return options.out
-    return Path("runs") / (config.run.name + ("-quick" if options.quick else ""))
+    """``--out``, or ``runs/<[run] name>[-quick]`` (the name is one safe folder name,
+    :func:`musicbench.config.check_run_name`). Raises :class:`~musicbench.files.UnsafePathError`
+    (exit 2, before any work) unless it is a folder or can be made one, and the store and
+    leaderboard a run writes in it are regular files or absent."""
+    out = options.out if options.out is not None else \
+        Path("runs") / (config.run.name + ("-quick" if options.quick else ""))
+    check_output_folder(out, "the output folder")
+    check_output_file(out / "results.sqlite", "the results store")
+    check_output_file(out / "leaderboard.md", "the leaderboard")
+    return out
 
 
 def execute(

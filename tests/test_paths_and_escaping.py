@@ -138,3 +138,129 @@ def test_the_report_writes_one_page_per_model_when_labels_share_a_slug(
     assert pages == sorted({model_page("toy-tones", m) for m in ("cnn<a", "cnn>a")})
     for model, page in (("cnn<a", "cnn&lt;a"), ("cnn>a", "cnn&gt;a")):
         assert f"/ {page}</h1>" in (index.parent / model_page("toy-tones", model)).read_text()
+
+
+# -- 3. stored audio paths stay inside their run folder --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    from conftest import run_toy_config
+
+    _, out = run_toy_config(tmp_path_factory.mktemp("plain"), CONFIG)
+    return out
+
+
+def _edited_copy(run: Path, dest: Path, path: str) -> tuple[Path, str]:
+    """A copy of ``run`` at ``dest`` whose first stored audio path reads ``path``; returns the
+    folder and the edited cell's key."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(run, dest)
+    conn = sqlite3.connect(dest / "results.sqlite")
+    with conn:
+        rowid, key = conn.execute("SELECT rowid, cell_key FROM audio LIMIT 1").fetchone()
+        conn.execute("UPDATE audio SET path = ? WHERE rowid = ?", (path, rowid))
+    conn.close()
+    return dest, key
+
+
+@pytest.mark.parametrize("stored", ["../important.txt", "audio/../../important.txt",
+                                    "results.sqlite", "/tmp/important.txt"])
+def test_merge_refuses_a_stored_audio_path_out_of_its_folder_and_writes_nothing(
+        plain_run: Path, tmp_path: Path, stored: str) -> None:
+    from musicbench.merge import merge
+
+    source, key = _edited_copy(plain_run, tmp_path / "parts" / "src", stored)
+    (tmp_path / "parts" / "important.txt").write_text("the attacker's")
+    victim = tmp_path / "important.txt"
+    victim.write_text("precious")
+    with pytest.raises(ConfigError, match=key) as err:
+        merge(tmp_path / "merged", [source])
+    assert repr(stored) in str(err.value)
+    assert victim.read_text() == "precious" and not (tmp_path / "merged").exists()
+    result = cli("merge", str(tmp_path / "merged"), str(source))
+    assert result.returncode == 2 and key in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_text() == "precious" and not (tmp_path / "merged").exists()
+
+
+def test_merge_replaces_a_symlink_in_the_destination_never_writes_through_it(
+        plain_run: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from musicbench.merge import merge
+
+    conn = sqlite3.connect(plain_run / "results.sqlite")
+    rel = conn.execute("SELECT path FROM audio LIMIT 1").fetchone()[0]
+    conn.close()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link = tmp_path / "merged" / rel
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victim)
+    with pytest.raises(ConfigError, match="not inside"):
+        merge(tmp_path / "merged", [plain_run])
+    assert victim.read_text() == "precious" and not (tmp_path / "merged" / "results.sqlite"
+                                                      ).exists()
+
+
+def test_report_refuses_a_stored_audio_path_out_of_its_folder(plain_run: Path,
+                                                              tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from musicbench.report import write_report
+
+    source, key = _edited_copy(plain_run, tmp_path / "run", "../../etc/passwd")
+    with pytest.raises(ConfigError, match=key):
+        write_report(source, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    result = cli("report", str(source), "-o", str(tmp_path / "report"))
+    assert result.returncode == 2 and "../../etc/passwd" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
+
+
+# -- 4. outputs are regular files in folders ---------------------------------------------------
+
+
+def test_leaderboard_o_refuses_a_device_or_pipe_and_leaves_it_as_it_was(
+        plain_run: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from musicbench.files import check_output_file
+
+    with pytest.raises(ConfigError, match="character device"):
+        check_output_file("/dev/null")  # checked, never written
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target, kind in ((fifo, "named pipe"), (tmp_path, "a folder")):
+        result = cli("leaderboard", str(plain_run), "-o", str(target), "--allow-dirty")
+        assert result.returncode == 2, result.stderr
+        assert kind in result.stderr and "Traceback" not in result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    notdir = tmp_path / "file"
+    notdir.write_text("")
+    result = cli("leaderboard", str(plain_run), "-o", str(notdir / "board.md"), "--allow-dirty")
+    assert result.returncode == 2 and "not a folder" in result.stderr, result.stderr
+
+
+def test_run_and_merge_refuse_an_output_folder_that_is_a_file_or_holds_a_pipe(
+        plain_run: Path, tmp_path: Path, toy_site: Path) -> None:
+    import os
+
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    not_a_folder = tmp_path / "out"
+    not_a_folder.write_text("mine")
+    result = cli("run", str(config), "--out", str(not_a_folder), sites=(toy_site,))
+    assert result.returncode == 2 and "not a folder" in result.stderr, result.stderr
+    assert not_a_folder.read_text() == "mine"
+    piped = tmp_path / "piped"
+    piped.mkdir()
+    os.mkfifo(piped / "leaderboard.md")
+    result = cli("run", str(config), "--out", str(piped), sites=(toy_site,))
+    assert result.returncode == 2 and "named pipe" in result.stderr, result.stderr
+    assert sorted(p.name for p in piped.iterdir()) == ["leaderboard.md"]  # no work done
+    result = cli("merge", str(not_a_folder), str(plain_run))
+    assert result.returncode == 2 and "not a folder" in result.stderr, result.stderr
+    assert not_a_folder.read_text() == "mine"
