@@ -108,9 +108,12 @@ def _f(x: Any) -> float | None:
 
 
 def _ci(mv: Any) -> list[float | None] | None:
+    """A figure's interval for JSON: None where it has none (an interval of NaNs, stored as
+    such since the store keeps NaN, included)."""
     if mv is None or mv.ci is None:
         return None
-    return [_f(mv.ci[0]), _f(mv.ci[1])]
+    ends = [_f(mv.ci[0]), _f(mv.ci[1])]
+    return None if ends == [None, None] else ends
 
 
 def cell_row(record: CellRecord) -> dict[str, Any]:
