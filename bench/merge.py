@@ -20,8 +20,13 @@ from pathlib import Path
 
 from musicbench.cells import CellSpec
 from musicbench.errors import ConfigError
-from musicbench.files import (atomic_copy, check_output_file, check_output_folder,
-                              check_stored_audio, stored_audio_path)
+from musicbench.files import (
+    atomic_copy,
+    check_output_file,
+    check_output_folder,
+    check_stored_audio,
+    stored_audio_path,
+)
 from musicbench.store import Store
 
 

@@ -16,8 +16,13 @@ from musicbench.config import RunConfig, load_config, with_options
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.errors import ConfigError, OutputInUseError
 from musicbench.executors import EXECUTORS
-from musicbench.files import (LockBusy, check_output_file, check_output_folder, describe_holder,
-                             file_lock)
+from musicbench.files import (
+    LockBusy,
+    check_output_file,
+    check_output_folder,
+    describe_holder,
+    file_lock,
+)
 from musicbench.interfaces import Progress
 from musicbench.interfaces.context import NullProgress
 from musicbench.planner import plan_cells, resolve_only
