@@ -735,7 +735,7 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
                      "not run yet**")
     for name, fp in h["dataset_fingerprints"].items():
         asked = (h.get("samples_short") or {}).get(name)
-        lines.append(f"- dataset `{name}`: {h['samples'].get(name, '—')} clips"
+        lines.append(f"- dataset `{escape_cell(name)}`: {h['samples'].get(name, '—')} clips"
                      + (f" (**fewer than the {asked} asked**: its test split holds no more)"
                         if asked else "") + f", fingerprint `{fp}`")
         skipped = h.get("skipped", {}).get(name) or []
@@ -788,7 +788,7 @@ def render_markdown(board: Leaderboard) -> str:
                 text += " (a cell failed: upper bound)"
             if w.marks:
                 text += f" {w.marks}"
-                notes += [f"- {w.marks} {s.model} / {s.defense}, {tm.label}: {f}"
+                notes += [escape_cell(f"- {w.marks} {s.model} / {s.defense}, {tm.label}: {f}")
                           for f in w.flags]
             cells.append(text)
         body.append(cells)
@@ -802,6 +802,8 @@ def render_markdown(board: Leaderboard) -> str:
         names = listed[tm]
         shown = [a for a, t in board.attacks if t == tm and a in board.contrasts]
         gates = [a for a, t in board.attacks if t == tm and a in board.gates]
+        # labels are the config's text: escaped like table cells outside the tables too
+        names, shown, gates = ([escape_cell(a) for a in group] for group in (names, shown, gates))
         lines.append(f"- {tm.label}: {', '.join(names) or '—'}" + (
             f"; the harness's gates on defended rows: {'; '.join(gates)}" if gates else "") + (
             f" (contrasts, not in the worst case: {', '.join(shown)})" if shown else ""))

@@ -264,3 +264,20 @@ def test_run_and_merge_refuse_an_output_folder_that_is_a_file_or_holds_a_pipe(
     result = cli("merge", str(not_a_folder), str(plain_run))
     assert result.returncode == 2 and "not a folder" in result.stderr, result.stderr
     assert not_a_folder.read_text() == "mine"
+
+
+def test_labels_are_escaped_outside_the_tables_too():
+    from test_leaderboard_flags import record
+
+    from musicbench.leaderboard import Leaderboard, _add_flags, _summaries, cell_row, render_markdown
+
+    cells = [record("<script>x</script>", "white-box", [True] * 8)]
+    rows = [cell_row(r) for r in cells]
+    _add_flags(cells, rows)
+    summary, tms, attacks = _summaries(cells, rows)
+    header = {"date": "", "musicbench": "0", "git_revision": "abc", "revisions": {"abc": 1},
+              "torch": "2", "device": "cpu", "seed": 0, "config": "c", "planned": 1,
+              "stored": 1, "dataset_fingerprints": {"<b>d": "f"}, "samples": {}}
+    text = render_markdown(Leaderboard(header, rows, summary, attacks, tms, {}, []))
+    assert "<script>" not in text and "<b>" not in text
+    assert "- L∞ ε=0.002: &lt;script&gt;x&lt;/script&gt;" in text
