@@ -269,7 +269,13 @@ def test_run_and_merge_refuse_an_output_folder_that_is_a_file_or_holds_a_pipe(
 def test_labels_are_escaped_outside_the_tables_too():
     from test_leaderboard_flags import record
 
-    from musicbench.leaderboard import Leaderboard, _add_flags, _summaries, cell_row, render_markdown
+    from musicbench.leaderboard import (
+        Leaderboard,
+        _add_flags,
+        _summaries,
+        cell_row,
+        render_markdown,
+    )
 
     cells = [record("<script>x</script>", "white-box", [True] * 8)]
     rows = [cell_row(r) for r in cells]
