@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from musicbench.errors import ConfigError, MusicbenchError
+from musicbench.errors import ConfigError, MusicbenchError, StoreDamagedError
 from musicbench.ui import print_error, print_note, stderr
 
 app = typer.Typer(
@@ -28,7 +28,10 @@ DeviceOpt = Annotated[
 
 
 def _fail_config(exc: ConfigError) -> None:
-    print_error(exc)
+    if isinstance(exc, StoreDamagedError):  # one line naming the store, however long its path
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    else:
+        print_error(exc)
     raise typer.Exit(code=2)
 
 
@@ -197,9 +200,16 @@ def leaderboard(
     if not db.exists():
         print_error(f"no results at {db}; run `musicbench run --out {out}`")
         raise typer.Exit(code=2)
-    store = Store(db, readonly=True)
+    try:
+        store = Store(db, readonly=True)
+    except StoreDamagedError as exc:
+        _fail_config(exc)
+        return
     try:
         board = build(store)
+    except StoreDamagedError as exc:
+        _fail_config(exc)
+        return
     except FileNotFoundError as exc:
         print_error(exc)
         raise typer.Exit(code=2) from None
@@ -244,6 +254,9 @@ def report(
 
     try:
         index = write_report(out, directory)
+    except StoreDamagedError as exc:
+        _fail_config(exc)
+        return
     except FileNotFoundError as exc:
         print_error(exc)
         raise typer.Exit(code=2) from None
@@ -558,5 +571,8 @@ def main() -> None:
     try:
         app()
     except MusicbenchError as exc:  # raised outside a command's own handling
-        print_error(exc)
+        if isinstance(exc, StoreDamagedError):
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        else:
+            print_error(exc)
         sys.exit(2 if isinstance(exc, ConfigError) else 1)

@@ -37,6 +37,24 @@ class OutputInUseError(ConfigError):
     (exit code 2, like a config error: the command line must change, or wait)."""
 
 
+class StoreDamagedError(ConfigError):
+    """A result store cannot be read: its file is damaged (truncated, overwritten, a table or
+    row broken) or was written by a newer musicbench. Nothing has been read from it; exit code
+    2, like a config error: the command must be pointed at another store (or another
+    musicbench).
+
+    The message is ``store PATH is damaged (WHAT): REMEDY``, one line."""
+
+    def __init__(self, path: object, what: str, remedy: str | None = None):
+        self.path = str(path)
+        self.what = what
+        self.remedy = remedy or (
+            "restore it from a copy (a published store is leaderboards/runs/*.sqlite; "
+            "`musicbench leaderboard --store-copy` writes one), or recompute it with "
+            "`musicbench run CONFIG --out NEW_FOLDER`")
+        super().__init__(f"store {self.path} is damaged ({what}): {self.remedy}")
+
+
 class UnknownNameError(ConfigError):
     """A plugin name that no registry holds; the message lists the closest matches."""
 

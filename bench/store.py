@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from musicbench.cells import CellInfo, CellSpec
+from musicbench.errors import StoreDamagedError
 
 if TYPE_CHECKING:
     from musicbench.shards import ShardResult
@@ -207,38 +208,172 @@ def _interval_end(x: float) -> float | str:
     return NAN_TEXT if math.isnan(x) else x
 
 
+def _json_ok(text: Any, kind: str) -> bool:
+    """Whether ``text`` is JSON of ``kind`` (``object`` or ``array``)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, dict if kind == "object" else list)
+
+
 def _real(x: float | str | None) -> float:
     """A real read from the ``metrics`` table: NULL (a NaN value) and :data:`NAN_TEXT` as NaN."""
     return math.nan if x is None or isinstance(x, str) else float(x)
 
 
+_TABLES = ("meta", "runs", "cells", "samples", "metrics", "shards", "audio")
+
+_JSON_COLUMNS = (("runs", "id", {"argv": "array", "settings": "object",
+                                 "environment": "object", "plan": "array"}),
+                 ("cells", "key", {"spec": "object", "info": "object", "environment": "object"}),
+                 ("samples", "cell_key", {"metrics": "object"}))
+"""(table, the column that names a row, its JSON columns and the JSON type each holds):
+checked when a store is opened read-only."""
+
+_DAMAGE_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ")
+_DAMAGE_MESSAGES = ("no such table", "no such column", "malformed")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an SQLite error means the file is damaged (not: locked, read-only, busy)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(_DAMAGE_ERRORS) or any(m in str(exc) for m in _DAMAGE_MESSAGES)
+
+
+class _StoreCursor(sqlite3.Cursor):
+    """A cursor whose SQLite errors that mean damage (raised while a statement runs or while
+    its rows are read) become :class:`StoreDamagedError` naming the store: a truncated or
+    overwritten file fails in any query, not only in the checks made when it is opened."""
+
+    store_path: str = "?"
+
+    @contextmanager
+    def _damage(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise StoreDamagedError(self.store_path, str(exc)) from exc
+            raise
+
+    def execute(self, *args: Any, **kwargs: Any) -> _StoreCursor:
+        with self._damage():
+            return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> _StoreCursor:
+        with self._damage():
+            return super().executemany(*args, **kwargs)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> _StoreCursor:
+        with self._damage():
+            return super().executescript(*args, **kwargs)
+
+    def fetchone(self) -> Any:
+        with self._damage():
+            return super().fetchone()
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> list[Any]:
+        with self._damage():
+            return super().fetchmany(*args, **kwargs)
+
+    def fetchall(self) -> list[Any]:
+        with self._damage():
+            return super().fetchall()
+
+    def __next__(self) -> Any:
+        with self._damage():
+            return super().__next__()
+
+
+class _StoreConnection(sqlite3.Connection):
+    """A connection whose cursors are :class:`_StoreCursor`; ``store_path`` names the store."""
+
+    store_path: str = "?"
+
+    def cursor(self, factory: Any = None) -> Any:  # the factory is always _StoreCursor
+        cur = super().cursor(_StoreCursor)
+        cur.store_path = self.store_path
+        return cur
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().executemany(*args, **kwargs)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().executescript(*args, **kwargs)
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite could write beside ``path`` (its ``-shm`` and ``-wal``) and to it."""
+    import os
+
+    return os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
+
+
+@contextmanager
+def _decoding(path: Path, what: str) -> Iterator[None]:
+    """Turn a malformed stored row (bad JSON, a missing or mistyped field) into
+    :class:`StoreDamagedError` naming ``what`` (the row)."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+        kind = type(exc).__name__
+        raise StoreDamagedError(path, f"{what}: {kind}: {exc}") from exc
+
+
 class Store:
-    """Opens (creating if needed) ``<out>/results.sqlite``."""
+    """Opens (creating if needed) ``<out>/results.sqlite``.
+
+    A store that cannot be read (a damaged file, a missing table, a malformed row, a schema of
+    a newer musicbench) raises :class:`~musicbench.errors.StoreDamagedError` naming it."""
 
     def __init__(self, path: Path, *, readonly: bool = False):
         """``readonly``: open an existing store without writing to it (leaderboards,
-        comparisons): a published store must not change by being read."""
+        comparisons): a published store must not change by being read. On storage this
+        process cannot write (a read-only mount, a folder without write permission) the store
+        is opened ``immutable``: SQLite then needs no ``-shm`` or ``-wal`` beside it."""
         self.path = Path(path)
         self.readonly = readonly
         if readonly:
-            self.conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
-                                        timeout=30)
+            resolved = self.path.resolve()
+            query = "mode=ro" if _writable(resolved) else "mode=ro&immutable=1"
+            uri = f"{resolved.as_uri()}?{query}"
+            self.conn = self._connect(uri, uri=True)
             self._check_schema()
+            self._check_readable()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30)
+        self.conn = self._connect(self.path)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(_SCHEMA)
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is not None and int(row[0]) in _MIGRATIONS:
-            self._migrate(int(row[0]))
+        version = self._version(row)
+        if version is not None and version in _MIGRATIONS:
+            self._migrate(version)
         elif row is None:
             with self.conn:
                 self.conn.execute(
                     "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
         self._check_schema()
+
+    def _connect(self, target: str | Path, **kwargs: Any) -> sqlite3.Connection:
+        conn = sqlite3.connect(target, timeout=30, factory=_StoreConnection, **kwargs)
+        conn.store_path = str(self.path)
+        return conn
+
+    def _version(self, row: tuple[Any, ...] | None) -> int | None:
+        if row is None:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise StoreDamagedError(self.path, f"schema version {row[0]!r} is not a number") \
+                from None
 
     def _migrate(self, version: int) -> None:
         with self.conn:
@@ -254,13 +389,46 @@ class Store:
         return {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
 
     def _check_schema(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in _TABLES if t not in tables]
+        if missing:
+            raise StoreDamagedError(self.path, f"table {', '.join(missing)} missing")
+        version = self._version(
+            self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone())
         readable = {SCHEMA_VERSION, *_MIGRATIONS} if self.readonly else {SCHEMA_VERSION}
-        if row is not None and int(row[0]) not in readable:
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreDamagedError(
+                self.path, f"schema {version}, written by a newer musicbench; this one reads "
+                f"schema {min(readable)} to {SCHEMA_VERSION}",
+                "upgrade musicbench (`pip install -U musicbench`) to read it")
+        if version is not None and version not in readable:
             raise RuntimeError(
-                f"{self.path} has schema {row[0]}; this musicbench writes schema "
+                f"{self.path} has schema {version}; this musicbench writes schema "
                 f"{SCHEMA_VERSION}. Use another --out folder."
             )
+
+    def _check_readable(self) -> None:
+        """SQLite's structural check, then every JSON field and every cell's spec and info
+        decoded: a damaged store fails here, naming what is wrong, not in a traceback later."""
+        problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreDamagedError(self.path, "; ".join(map(str, problems)))
+        for table, name, columns in _JSON_COLUMNS:
+            test = " OR ".join(f"json_valid({c}) = 0 OR json_type({c}) != '{kind}'"
+                               for c, kind in columns.items())
+            bad = self.conn.execute(f"SELECT {name}, {', '.join(columns)} FROM {table} "
+                                    f"WHERE {test} LIMIT 1").fetchone()
+            if bad is not None:
+                column, kind = next((c, k) for (c, k), v in
+                                    zip(columns.items(), bad[1:], strict=True)
+                                    if not _json_ok(v, k))
+                raise StoreDamagedError(
+                    self.path, f"{table} row {bad[0]}: {column} is not a JSON {kind}")
+        for key, spec, info in self.conn.execute("SELECT key, spec, info FROM cells"):
+            with _decoding(self.path, f"cell {key}"):
+                CellSpec.from_dict(json.loads(spec))
+                CellInfo.from_dict(json.loads(info))
 
     def close(self) -> None:
         self.conn.close()
@@ -306,8 +474,9 @@ class Store:
             " environment, plan FROM runs ORDER BY id"
         ):
             run = dict(zip(keys, row, strict=True))
-            for k in ("argv", "settings", "environment", "plan"):
-                run[k] = json.loads(run[k])
+            with _decoding(self.path, f"run {run['id']}"):
+                for k in ("argv", "settings", "environment", "plan"):
+                    run[k] = json.loads(run[k])
             out.append(run)
         return out
 
@@ -325,7 +494,8 @@ class Store:
             return {r[0] for r in rows}
         out = set()
         for key, env in rows:
-            rev = str(json.loads(env).get("git_revision", "unknown"))
+            with _decoding(self.path, f"cell {key}"):
+                rev = str(json.loads(env).get("git_revision", "unknown"))
             if not (rev.endswith("+dirty") or rev == "unknown"):
                 out.add(key)
         return out
@@ -420,19 +590,22 @@ class Store:
         ).fetchall()
         by_key: dict[str, CellRecord] = {}
         for r in rows:
-            by_key[r[0]] = CellRecord(
-                spec=CellSpec.from_dict(json.loads(r[1])), status=r[2], started=r[3],
-                finished=r[4], seconds=r[5], attack_seconds=r[6] or 0.0, peak_memory_mb=r[7],
-                info=CellInfo.from_dict(json.loads(r[8])), error=r[9], traceback=r[10],
-                environment=json.loads(r[11]),
-            )
+            with _decoding(self.path, f"cell {r[0]}"):
+                by_key[r[0]] = CellRecord(
+                    spec=CellSpec.from_dict(json.loads(r[1])), status=r[2], started=r[3],
+                    finished=r[4], seconds=r[5], attack_seconds=r[6] or 0.0,
+                    peak_memory_mb=r[7], info=CellInfo.from_dict(json.loads(r[8])),
+                    error=r[9], traceback=r[10], environment=json.loads(r[11]),
+                )
         present = self._sample_columns()  # an older store opened read-only lacks the newer
         columns = ", ".join(c if c in present else "NULL" for c in _SAMPLE_COLUMNS)
         for r in self.conn.execute(
             f"SELECT {columns} FROM samples ORDER BY cell_key, position"
         ):
             if r[0] in by_key:
-                metrics = {k: (math.nan if v is None else v) for k, v in json.loads(r[11]).items()}
+                with _decoding(self.path, f"cell {r[0]} clip {r[1]}"):
+                    metrics = {k: (math.nan if v is None else v)
+                               for k, v in json.loads(r[11]).items()}
                 by_key[r[0]].samples.append(SampleRecord(
                     r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], bool(r[8]), r[9],
                     r[10], metrics, r[12], r[13], r[14]))

@@ -1,0 +1,146 @@
+"""Damaged, read-only and newer stores (issue 26): `leaderboard`, `verify`, `merge` and `report`
+on a store cut short, with flipped bytes, a dropped table, a newer schema or a malformed row
+end in one line naming the store, what is wrong and what to do (exit 2), never a traceback;
+a run folder on storage this process cannot write is read without a ``-shm`` or ``-wal``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import run_toy_config
+from test_planning import BASE
+from typer.testing import CliRunner
+
+import musicbench.plugins
+from musicbench.cli import app
+from musicbench.errors import StoreDamagedError
+from musicbench.store import Store
+
+CONFIG = BASE.format(run="", datasets="")  # fgsm and pgd on toy-model
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A finished toy run's folder, never damaged itself: tests damage copies."""
+    outcome, out = run_toy_config(tmp_path_factory.mktemp("toy"), CONFIG)
+    assert not outcome.failed
+    return out
+
+
+def _sql(statement: str) -> Callable[[Path], None]:
+    def damage(db: Path) -> None:
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute(statement)
+        conn.close()
+    return damage
+
+
+def _truncate(db: Path) -> None:
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+
+
+def _flip(db: Path) -> None:
+    """Every b-tree page header after the first page inverted (the bytes a disk error or a
+    stray write would hit)."""
+    data = bytearray(db.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    for start in range(page, len(data), page):
+        data[start:start + 12] = bytes(b ^ 0xFF for b in data[start:start + 12])
+    db.write_bytes(bytes(data))
+
+
+DAMAGES: dict[str, Callable[[Path], None]] = {
+    "truncated": _truncate,
+    "flipped bytes": _flip,
+    "dropped table": _sql("DROP TABLE samples"),
+    "schema 99": _sql("UPDATE meta SET value = '99' WHERE key = 'schema'"),
+    "corrupted JSON": _sql("UPDATE cells SET info = '{\"seconds\": 1' "
+                           "WHERE key = (SELECT min(key) FROM cells)"),
+    "spec without fields": _sql("UPDATE cells SET spec = '{}' "
+                                "WHERE key = (SELECT min(key) FROM cells)"),
+    "clip metrics not a table": _sql("UPDATE samples SET metrics = '[1, 2]' "
+                                     "WHERE rowid = (SELECT min(rowid) FROM samples)"),
+}
+
+
+def _damaged_copy(toy_run: Path, tmp_path: Path, damage: str) -> Path:
+    folder = tmp_path / "damaged"
+    shutil.copytree(toy_run, folder)
+    for leftover in ("results.sqlite-wal", "results.sqlite-shm"):
+        assert not (folder / leftover).exists()
+    DAMAGES[damage](folder / "results.sqlite")
+    return folder
+
+
+def _command(name: str, folder: Path, tmp_path: Path) -> list[str]:
+    return {"leaderboard": ["leaderboard", str(folder)],
+            "verify": ["verify", str(folder)],
+            "merge": ["merge", str(tmp_path / "merged"), str(folder)],
+            "report": ["report", str(folder), "-o", str(tmp_path / "report")]}[name]
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_store_is_one_line_naming_it_with_exit_2(toy_run, tmp_path, toy_plugins,
+                                                          monkeypatch, damage):
+    monkeypatch.setattr(musicbench.plugins, "get_plugins", lambda **_: toy_plugins)
+    folder = _damaged_copy(toy_run, tmp_path, damage)
+    db = folder / "results.sqlite"
+    for command in ("leaderboard", "verify", "merge", "report"):
+        result = CliRunner().invoke(app, _command(command, folder, tmp_path))
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2, (command, result.output, result.exception)
+        assert isinstance(result.exception, SystemExit), (command, result.exception)
+        assert len(lines) == 1, (command, result.stderr)
+        if damage == "schema 99":
+            assert f"store {db} " in lines[0] and "written by a newer musicbench" in lines[0]
+            assert "upgrade musicbench" in lines[0]
+        else:
+            assert lines[0].startswith(f"error: store {db} is damaged ("), (command, lines)
+            assert "restore it from a copy" in lines[0]
+        assert not (tmp_path / "merged" / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("damage", ["corrupted JSON", "spec without fields", "dropped table"])
+def test_the_error_names_what_is_damaged(toy_run, tmp_path, damage):
+    folder = _damaged_copy(toy_run, tmp_path, damage)
+    with pytest.raises(StoreDamagedError) as caught:
+        Store(folder / "results.sqlite", readonly=True)
+    what = {"corrupted JSON": "info is not a JSON object", "spec without fields": "KeyError",
+            "dropped table": "table samples missing"}[damage]
+    assert what in caught.value.what and caught.value.path == str(folder / "results.sqlite")
+
+
+def test_a_damaged_store_is_named_when_a_run_resumes_into_it(toy_run, tmp_path):
+    folder = _damaged_copy(toy_run, tmp_path, "truncated")
+    with pytest.raises(StoreDamagedError, match="is damaged"):
+        Store(folder / "results.sqlite")
+
+
+def test_a_run_folder_on_read_only_storage_renders_its_leaderboard(toy_run, tmp_path,
+                                                                   monkeypatch):
+    """Root ignores permission bits, so storage this process cannot write is what
+    ``os.access`` says: the store must then be opened without a ``-shm`` or ``-wal``."""
+    folder = tmp_path / "readonly"
+    shutil.copytree(toy_run, folder)
+    sqlite3.connect(folder / "results.sqlite").execute("PRAGMA journal_mode").fetchone()
+    writable = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and str(folder) in os.fspath(path):
+            return False
+        return writable(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    expected = CliRunner().invoke(app, ["leaderboard", str(toy_run)])
+    before = sorted(p.name for p in folder.iterdir())
+    result = CliRunner().invoke(app, ["leaderboard", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected.stdout
+    assert sorted(p.name for p in folder.iterdir()) == before  # no -shm, no -wal written
