@@ -339,10 +339,21 @@ class Store:
         self.readonly = readonly
         if readonly:
             resolved = self.path.resolve()
-            query = "mode=ro" if _writable(resolved) else "mode=ro&immutable=1"
-            uri = f"{resolved.as_uri()}?{query}"
-            self.conn = self._connect(uri, uri=True)
-            self._check_schema()
+            wal = resolved.with_name(resolved.name + "-wal")
+            pending = wal.exists() and wal.stat().st_size > 0  # writes not yet in the file
+            # immutable: no locks, no -shm; it would not see a -wal's writes, so only without
+            immutable = not pending and not _writable(resolved)
+            query = "mode=ro&immutable=1" if immutable else "mode=ro"
+            self.conn = self._connect(f"{resolved.as_uri()}?{query}", uri=True)
+            try:
+                self._check_schema()
+            except sqlite3.OperationalError as exc:
+                if not pending or _writable(resolved):
+                    raise
+                raise StoreDamagedError(
+                    self.path, f"{exc}: its {wal.name} holds writes not yet in it, which "
+                    "SQLite reads only with a -shm beside it on storage it cannot write",
+                    "copy the run folder to writable storage and read the copy") from exc
             self._check_readable()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

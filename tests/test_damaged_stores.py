@@ -144,3 +144,24 @@ def test_a_run_folder_on_read_only_storage_renders_its_leaderboard(toy_run, tmp_
     assert result.exit_code == 0, result.output
     assert result.stdout == expected.stdout
     assert sorted(p.name for p in folder.iterdir()) == before  # no -shm, no -wal written
+
+
+def test_writes_still_in_the_wal_are_read_on_read_only_storage(toy_run, tmp_path, monkeypatch):
+    """A store whose writer is still open (or was killed) keeps cells in its ``-wal``: read-
+    only storage must not open it ``immutable``, which would not see them."""
+    folder = tmp_path / "live"
+    shutil.copytree(toy_run, folder)
+    writer = sqlite3.connect(folder / "results.sqlite")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    with writer:
+        writer.execute("UPDATE cells SET model = 'written-to-the-wal'")
+    assert (folder / "results.sqlite-wal").stat().st_size > 0
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: False if mode & os.W_OK
+                        and str(folder) in os.fspath(path) else writable(path, mode, *a, **k))
+    try:
+        store = Store(folder / "results.sqlite", readonly=True)
+        assert {labels[1] for labels in store.labels().values()} == {"written-to-the-wal"}
+        store.close()
+    finally:
+        writer.close()
