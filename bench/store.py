@@ -222,7 +222,9 @@ def _real(x: float | str | None) -> float:
     return math.nan if x is None or isinstance(x, str) else float(x)
 
 
-_TABLES = ("meta", "runs", "cells", "samples", "metrics", "shards", "audio")
+_TABLES = ("meta", "runs", "cells", "samples", "metrics", "audio")
+"""The tables every readable store has (``shards`` came later, without a schema version of its
+own: a store without it has no unfinished shards)."""
 
 _JSON_COLUMNS = (("runs", "id", {"argv": "array", "settings": "object",
                                  "environment": "object", "plan": "array"}),
@@ -232,7 +234,7 @@ _JSON_COLUMNS = (("runs", "id", {"argv": "array", "settings": "object",
 checked when a store is opened read-only."""
 
 _DAMAGE_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR_SHORT_READ")
-_DAMAGE_MESSAGES = ("no such table", "no such column", "malformed")
+_DAMAGE_MESSAGES = ("no such table", "no such column")
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
@@ -426,16 +428,16 @@ class Store:
         if problems != ["ok"]:
             raise StoreDamagedError(self.path, "; ".join(map(str, problems)))
         for table, name, columns in _JSON_COLUMNS:
-            test = " OR ".join(f"json_valid({c}) = 0 OR json_type({c}) != '{kind}'"
-                               for c, kind in columns.items())
-            bad = self.conn.execute(f"SELECT {name}, {', '.join(columns)} FROM {table} "
-                                    f"WHERE {test} LIMIT 1").fetchone()
-            if bad is not None:
-                column, kind = next((c, k) for (c, k), v in
-                                    zip(columns.items(), bad[1:], strict=True)
-                                    if not _json_ok(v, k))
-                raise StoreDamagedError(
-                    self.path, f"{table} row {bad[0]}: {column} is not a JSON {kind}")
+            # SQLite's JSON is stricter than Python's (no NaN, no Infinity): it only picks the
+            # rows that Python's json then judges
+            test = " OR ".join(f"CASE WHEN json_valid({c}) THEN json_type({c}) != '{kind}' "
+                               "ELSE 1 END" for c, kind in columns.items())
+            for row in self.conn.execute(f"SELECT {name}, {', '.join(columns)} FROM {table} "
+                                         f"WHERE {test}"):
+                for (column, kind), value in zip(columns.items(), row[1:], strict=True):
+                    if not _json_ok(value, kind):
+                        raise StoreDamagedError(
+                            self.path, f"{table} row {row[0]}: {column} is not a JSON {kind}")
         for key, spec, info in self.conn.execute("SELECT key, spec, info FROM cells"):
             with _decoding(self.path, f"cell {key}"):
                 CellSpec.from_dict(json.loads(spec))
@@ -582,6 +584,10 @@ class Store:
     def shards(self, cell_key: str) -> list[ShardResult]:
         """The kept shards of a cell, by first clip."""
         from musicbench.shards import ShardResult
+
+        if self.readonly and not self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='shards'").fetchone():
+            return []  # a store from before shards were kept
 
         rows = self.conn.execute("SELECT meta, arrays FROM shards WHERE cell_key=? ORDER BY lo",
                                  (cell_key,)).fetchall()
