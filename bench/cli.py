@@ -200,9 +200,14 @@ def leaderboard(
     if not db.exists():
         print_error(f"no results at {db}; run `musicbench run --out {out}`")
         raise typer.Exit(code=2)
-    try:
+    from musicbench.files import UnsafePathError, check_output_file
+
+    try:  # what would be replaced is checked before any work (a device node, a folder)
+        for path, what in ((output, "the leaderboard"), (store_copy, "the store copy")):
+            if path is not None:
+                check_output_file(path, what)
         store = Store(db, readonly=True)
-    except StoreDamagedError as exc:
+    except (StoreDamagedError, UnsafePathError) as exc:
         _fail_config(exc)
         return
     try:

@@ -242,6 +242,12 @@ def test_leaderboard_o_refuses_a_device_or_pipe_and_leaves_it_as_it_was(
     notdir.write_text("")
     result = cli("leaderboard", str(plain_run), "-o", str(notdir / "board.md"), "--allow-dirty")
     assert result.returncode == 2 and "not a folder" in result.stderr, result.stderr
+    # --store-copy too, checked before any work: nothing written to -o either
+    board = tmp_path / "board.md"
+    result = cli("leaderboard", str(plain_run), "-o", str(board), "--store-copy", str(fifo),
+                 "--allow-dirty")
+    assert result.returncode == 2 and "named pipe" in result.stderr, result.stderr
+    assert not board.exists() and stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_run_and_merge_refuse_an_output_folder_that_is_a_file_or_holds_a_pipe(
