@@ -21,6 +21,8 @@ TABLES = {"dataset": "datasets", "model": "models", "defense": "defenses", "atta
 DEFAULT_CONFIG = "<embedded default>"
 MAX_SAMPLES = 10_000_000  # clips per dataset (and kept audio files): past any test split
 MAX_BATCH = 65_536
+MAX_CONFIG_BYTES = 1 << 20
+"""A config is a few kB; past 1 MiB it is not one (``/dev/zero`` would fill the memory)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ def load_config(path: Path | None) -> RunConfig:
     if path is None:
         text, source = default_config_text(), DEFAULT_CONFIG
     else:
+        _check_config_file(Path(path))
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
@@ -246,12 +249,36 @@ def load_config(path: Path | None) -> RunConfig:
     return parse_config(text, source=source)
 
 
+def _check_config_file(path: Path) -> None:
+    """A config must be a regular file of at most :data:`MAX_CONFIG_BYTES`: a FIFO would hang
+    the read, a device (``/dev/zero``) never end it."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        raise ConfigError(f"config '{path}' is {kind}, not a TOML file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config '{path}' is {path.stat().st_size} bytes; a run config is a "
+                          f"few kB (at most {MAX_CONFIG_BYTES} bytes): is it the right file?")
+
+
 def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
     """Parse TOML ``text``; structure errors raise :class:`ConfigError` naming table and key."""
+    if text.startswith("\ufeff"):
+        raise ConfigError(f"{source} starts with a UTF-8 byte-order mark (BOM), which TOML does "
+                          "not allow: save it as UTF-8 without BOM")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{source} nests arrays or tables too deeply to be a run config") \
+            from None
     allowed = {"run", *TABLES.values()}
     for key in data:
         if key not in allowed:

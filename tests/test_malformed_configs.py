@@ -289,3 +289,40 @@ def test_samples_beyond_the_test_split_warn_and_the_header_says_so(tmp_path, toy
             "cells evaluate 12 clips") in said, said
     board = (out / "leaderboard.md").read_text()
     assert "- dataset `toy-tones`: 12 clips (**fewer than the 20 asked**" in board, board
+
+
+@pytest.mark.parametrize("case", ["device", "fifo", "folder", "huge", "bom", "deep"])
+def test_a_config_that_is_no_toml_file_is_a_config_error_naming_why(tmp_path, case):
+    """/dev/zero filled the memory, a FIFO hung, a BOM read as 'Invalid statement', deep
+    nesting raised RecursionError: each is now a ConfigError saying why (exit 2)."""
+    import os
+
+    from musicbench.config import load_config
+
+    path = tmp_path / "run.toml"
+    expected = {"device": "is a device", "fifo": "is a named pipe", "folder": "is a folder",
+                "huge": "bytes; a run config is a few kB", "bom": "byte-order mark",
+                "deep": "nests arrays or tables too deeply"}[case]
+    if case == "device":
+        path = Path("/dev/zero")
+    elif case == "fifo":
+        os.mkfifo(path)
+    elif case == "folder":
+        path = tmp_path
+    elif case == "huge":
+        path.write_text("# " + "x" * (1 << 20) + "\n")
+    elif case == "bom":
+        path.write_text("\ufeff[run]\nseed = 0\n", encoding="utf-8")
+    else:
+        path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_run_on_a_fifo_config_exits_2_at_once(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "run.toml")
+    result = cli("run", str(tmp_path / "run.toml"), "--out", str(tmp_path / "out"), timeout=60)
+    assert result.returncode == 2 and "named pipe" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
