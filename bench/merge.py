@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from musicbench.cells import CellSpec
 from musicbench.errors import ConfigError
@@ -115,6 +116,13 @@ def _check_audio_paths(reader: Store, source: Path, into: Path) -> None:
         check_output_file(stored_audio_path(into, rel, cell=cell), f"cell {cell}'s audio")
 
 
+def _run_identity(run: dict[str, Any]) -> str:
+    """What makes two run records the same run: when it started, its config, command and
+    plan (``settings`` differ once merged: they name the source)."""
+    return json.dumps([run["started"], run["config_source"], run["config_text"], run["argv"],
+                       run["plan"]], sort_keys=True)
+
+
 def _latest_config(store: Store) -> str | None:
     runs = store.runs()
     return runs[-1]["config_text"] if runs else None
@@ -124,7 +132,12 @@ def _merge_one(target: Store, reader: Store, db: Path, into: Path, report: Merge
     name = str(db)
     status = {key: s for key, s in target.conn.execute("SELECT key, status FROM cells")}
     run_ids: dict[int, int] = {}
+    # a run merged before (the same source merged twice) keeps its one record
+    known = {_run_identity(r): r["id"] for r in target.runs()}
     for run in reader.runs():
+        if _run_identity(run) in known:
+            run_ids[run["id"]] = known[_run_identity(run)]
+            continue
         settings = run["settings"] | {"merged_from": name}
         run_ids[run["id"]] = target.start_run(
             started=run["started"], config_source=run["config_source"],
@@ -132,7 +145,7 @@ def _merge_one(target: Store, reader: Store, db: Path, into: Path, report: Merge
             environment=run["environment"], plan=run["plan"])
         if run["finished"] is not None:
             target.finish_run(run_ids[run["id"]], run["finished"])
-    report.runs[name] = len(run_ids)
+    report.runs[name] = len(set(run_ids.values()) - set(known.values()))
     source_run = dict(reader.conn.execute("SELECT key, run_id FROM cells"))
     for key, stored in reader.conn.execute("SELECT key, spec FROM cells"):
         # the record's key is recomputed from its spec: a store edited by hand (or written by a

@@ -64,6 +64,8 @@ def test_only_runs_in_two_folders_merge_into_the_single_run(tmp_path, toy_plugin
     # merging again copies nothing: finished cells are kept as they are
     again = merge(tmp_path / "merged", [tmp_path / "a"])
     assert sum(again.copied.values()) == 0 and sum(again.already_there.values()) == 1
+    # ... and adds no second record of a run it already holds (issue 26)
+    assert sum(again.runs.values()) == 0 and _rows(tmp_path / "merged")[2] == 2
 
 
 def test_different_configs_and_missing_sources_are_refused(tmp_path, toy_plugins):
