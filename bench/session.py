@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 
 from musicbench.cache import cache_dir
-from musicbench.config import RunConfig, load_config, with_options
+from musicbench.config import RunConfig, RunSettings, load_config, with_options
 from musicbench.environment import describe_environment, resolve_device
 from musicbench.errors import ConfigError, OutputInUseError
 from musicbench.executors import EXECUTORS
@@ -104,6 +105,8 @@ def execute(
         from musicbench.ray_executor import preflight
 
         preflight(config.run)
+    else:
+        warn_ignored_ray_settings(config.run)
     out = output_dir(config, options)
     with run_lock(out):
         return _execute_locked(options, plugins, progress, argv, config, resolved, device,
@@ -208,6 +211,24 @@ def run_lock(out: Path) -> Iterator[None]:
             f"another musicbench run ({describe_holder(busy.holder)}) is using {out}; wait "
             "for it to finish (then rerunning resumes, nothing is computed twice) or pass "
             "another --out") from None
+
+
+def ignored_ray_settings(settings: RunSettings) -> list[str]:
+    """The ``ray_*`` keys set away from their defaults while the executor is not Ray (a
+    ``--ray-address`` without ``--executor ray``, say): they change nothing."""
+    default = RunSettings()
+    return [f.name for f in dataclasses.fields(RunSettings) if f.name.startswith("ray_")
+            and getattr(settings, f.name) != getattr(default, f.name)]
+
+
+def warn_ignored_ray_settings(settings: RunSettings) -> None:
+    """A yellow note naming :func:`ignored_ray_settings`, so they are not silently dropped."""
+    from musicbench.ui import print_note
+
+    ignored = ignored_ray_settings(settings)
+    if ignored:
+        print_note(f"warning: {', '.join(ignored)} set but executor is '{settings.executor}': "
+                   "ignored (set [run] executor = \"ray\" or pass --executor ray)", "yellow")
 
 
 def report_failed_plugins(plugins: PluginSystem) -> None:

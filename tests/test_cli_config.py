@@ -174,3 +174,14 @@ def test_model_samples_under_quick(own, quick, expected):
     config = parse_config(PER_MODEL_CONFIG)
     spec = replace(config.components["model"][0], samples=own)
     assert model_samples(spec, config.run, quick=quick) == expected
+
+
+def test_ray_settings_without_the_ray_executor_are_named_not_dropped_silently():
+    from musicbench.config import parse_config
+    from musicbench.session import ignored_ray_settings
+
+    base = '[[datasets]]\nname = "m21-styles"\n[[models]]\nname = "style-cnn"\n' \
+           '[[defenses]]\nname = "none"\n[[attacks]]\nname = "fgsm"\n'
+    local = parse_config('[run]\nray_address = "10.0.0.1:6379"\nray_workers = 2\n' + base)
+    assert ignored_ray_settings(local.run) == ["ray_address", "ray_workers"]
+    assert ignored_ray_settings(parse_config(base).run) == []
