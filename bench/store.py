@@ -600,10 +600,16 @@ class Store:
             "SELECT key, dataset, model, defense, attack FROM cells")}
 
     def cells(self, keys: list[str] | None = None) -> list[CellRecord]:
-        """Cell records (with samples and metrics), in ``keys`` order when given."""
+        """Cell records (with samples and metrics), in ``keys`` order when given. Only the rows
+        of ``keys`` are read then (a survivor cascade asks for a few cells of a large store
+        once per cell)."""
+        # (the keys as one JSON parameter: no limit on how many, one statement each)
+        where, args = ("", ()) if keys is None else (
+            " WHERE {} IN (SELECT value FROM json_each(?))", (json.dumps(list(keys)),))
         rows = self.conn.execute(
             "SELECT key, spec, status, started, finished, seconds, attack_seconds,"
             " peak_memory_mb, info, error, traceback, environment FROM cells"
+            + where.format("key"), args
         ).fetchall()
         by_key: dict[str, CellRecord] = {}
         for r in rows:
@@ -617,7 +623,8 @@ class Store:
         present = self._sample_columns()  # an older store opened read-only lacks the newer
         columns = ", ".join(c if c in present else "NULL" for c in _SAMPLE_COLUMNS)
         for r in self.conn.execute(
-            f"SELECT {columns} FROM samples ORDER BY cell_key, position"
+            f"SELECT {columns} FROM samples{where.format('cell_key')} ORDER BY cell_key, position",
+            args,
         ):
             if r[0] in by_key:
                 with _decoding(self.path, f"cell {r[0]} clip {r[1]}"):
@@ -626,13 +633,15 @@ class Store:
                 by_key[r[0]].samples.append(SampleRecord(
                     r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], bool(r[8]), r[9],
                     r[10], metrics, r[12], r[13], r[14]))
-        for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"):
+        for r in self.conn.execute("SELECT cell_key, name, value, ci_low, ci_high FROM metrics"
+                                   + where.format("cell_key"), args):
             if r[0] in by_key:
                 value = _real(r[2])
                 # two NULLs: no interval (or a NaN one written before NAN_TEXT existed)
                 ci = None if r[3] is None and r[4] is None else (_real(r[3]), _real(r[4]))
                 by_key[r[0]].metrics[r[1]] = MetricValue(value, ci)
-        for r in self.conn.execute("SELECT cell_key, sample_id, kind, path FROM audio"):
+        for r in self.conn.execute("SELECT cell_key, sample_id, kind, path FROM audio"
+                                   + where.format("cell_key"), args):
             if r[0] in by_key:
                 by_key[r[0]].audio.append((r[1], r[2], r[3]))
         if keys is None:
