@@ -453,15 +453,16 @@ def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentS
     adaptive = settings.adaptive if attack.adaptive is None else attack.adaptive
     oblivious, naive = adaptive == "oblivious", adaptive is False
     white = threat == "white-box"
-    if behaviour is None:  # a training defense (a model like any other), or a broken one
-        if not model_randomized:
-            return None if naive else {"oblivious": oblivious}
-        # the identity's behaviour: only the model's draws to adapt to
-        behaviour = DefenseBehaviour("", False, True, False, True, True)
-    randomized = behaviour.attack_randomized or model_randomized
+    # behaviour None: a training defense (a model like any other), or a broken one; there is
+    # no preprocessor to force EOT or BPDA on, only the model's own draws to adapt to
+    if behaviour is None and not model_randomized:
+        return None if naive else {"oblivious": oblivious}
+    preprocessor = behaviour is not None
+    randomized = model_randomized or (preprocessor and behaviour.attack_randomized)
     eot = attack.eot_samples or defense.eot_samples or settings.eot_samples
-    uses_eot = (randomized or defense.eot_samples is not None) and eot > 1
-    uses_bpda = white and (behaviour.attack_with_bpda or bool(defense.bpda))
+    forced_eot = preprocessor and defense.eot_samples is not None
+    uses_eot = (randomized or forced_eot) and eot > 1
+    uses_bpda = white and preprocessor and (behaviour.attack_with_bpda or bool(defense.bpda))
     if naive and not (uses_eot or uses_bpda):
         return None
     plain = naive or oblivious
