@@ -23,7 +23,8 @@ EOT only from their own entry; defense flags measured on real clips too.
 position) instead of streams continued across batches, so a cell split into clip shards gives
 the unsharded records; set metrics under a randomized defense draw from their own stream.
 6: intervals of clips that share a work are clustered by work (Korn-Graubard; the means'
-bootstrap resamples works); black-box attacks get the defense's EOT draws by default."""
+bootstrap resamples works); black-box attacks get the defense's EOT draws by default, and
+``score_rows``' margin objective is the margin of the draw-averaged scores."""
 
 __all__ = ["__version__", "RESULTS_VERSION"]
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from musicbench.victim import Victim
+from musicbench.victim import Victim, margin_from_logits
 
 Objective = Literal["margin", "cross-entropy"]
 
@@ -24,14 +24,25 @@ def score_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rows[R, T]``, each a copy of clip ``index[R]`` whose label is ``target[R]`` ->
     ``(value[R], margin[R])`` from one counted forward per row: ``value`` is the quantity the
-    attack lowers (the victim's margin, or minus its cross-entropy) and ``margin`` (> 0 while
-    the model is right) says which rows already succeed. At most ``chunk`` rows per forward
-    pass (memory only)."""
+    attack lowers and ``margin`` (> 0 while the model is right: the Victim's) says which rows
+    already succeed. At most ``chunk`` rows per forward pass (memory only).
+
+    ``value`` is taken of the scores averaged over the victim's EOT draws: for ``"margin"``
+    the margin of the draw-averaged scores (shifted by the victim's ``confidence``, as its
+    margin is), for ``"cross-entropy"`` minus the cross-entropy averaged over draws. What an
+    attack compares, accepts and estimates gradients from is ``value``; what stops a clip is
+    ``margin``, which under EOT is the largest over the draws (<= 0 only when the model is
+    wrong on every draw): a search on it would chase the luckiest draw. Without a randomized
+    defense (one draw) the two margins are the same number."""
     values, margins = [], []
     for start in range(0, rows.shape[0], chunk):
         sl = slice(start, start + chunk)
-        loss, margin = victim.loss_and_margin(rows[sl], target[sl], index=index[sl])
-        values.append(margin if objective == "margin" else -loss)
+        if objective == "margin":
+            scores, margin = victim.scores_and_margin(rows[sl], target[sl], index=index[sl])
+            values.append(margin_from_logits(scores, target[sl]) + victim.confidence)
+        else:
+            loss, margin = victim.loss_and_margin(rows[sl], target[sl], index=index[sl])
+            values.append(-loss)
         margins.append(margin)
     if not values:
         return rows.new_zeros(0), rows.new_zeros(0)

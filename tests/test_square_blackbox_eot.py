@@ -11,9 +11,10 @@ import torch
 from test_attack_contracts import FragileModel
 from torch import nn
 
+from musicbench.api import score_rows
 from musicbench.interfaces import Preprocessor, TargetModel
 from musicbench.victim import Scorer, Victim, begin_batch, margin_from_logits
-from musicbench_plugins.attacks.nes import NES, NESParams, averaged_rows
+from musicbench_plugins.attacks.nes import NES, NESParams
 from musicbench_plugins.attacks.square import Square, SquareParams
 from musicbench_plugins.attacks.zoo import ZOO, ZOOParams
 
@@ -99,13 +100,13 @@ def test_a_clip_wrong_on_some_draws_is_not_stopped_and_every_draw_is_counted(nam
     assert not res.success.any()
 
 
-def test_averaged_rows_takes_the_margin_of_the_draw_averaged_scores():
+def test_score_rows_takes_the_margin_of_the_draw_averaged_scores():
     model, _, victim, x, y = setup()
     begin_batch(victim, 2)
     index = torch.tensor([0, 0, 1])
     rows, target = x[index], y[index]
     gen = victim.generator.get_state()
-    value, margin = averaged_rows(victim, rows, target, index, "margin", chunk=3)
+    value, margin = score_rows(victim, rows, target, index, "margin", chunk=3)
     assert victim.queries.tolist() == [2 * DRAWS, DRAWS]
     victim.generator.set_state(gen)  # the same draws again, seen one by one
     draws = victim._logits_draws(rows, index, False)  # [D, R, K]
@@ -114,5 +115,5 @@ def test_averaged_rows_takes_the_margin_of_the_draw_averaged_scores():
     # one draw per row (no defense): the two margins agree
     plain = Victim(model, allow_gradients=False)
     begin_batch(plain, 2)
-    value, margin = averaged_rows(plain, rows, target, index, "margin", chunk=32)
+    value, margin = score_rows(plain, rows, target, index, "margin", chunk=32)
     assert torch.equal(value, margin)

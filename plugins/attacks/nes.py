@@ -26,7 +26,8 @@ Only forward queries are used: the Victim of a black-box attack refuses gradient
 counts each draw as a query (:attr:`Victim.queries_per_row`); the population of the last
 iteration is planned in rows with :func:`musicbench.api.remaining_budget`, so ``queries =
 rows × draws <= budget``. The gradient is estimated from the draw-averaged objective
-(:func:`averaged_rows`: the margin of the averaged scores, or the averaged cross-entropy);
+(:func:`musicbench.api.score_rows`: the margin of the averaged scores, or the averaged
+cross-entropy);
 a clip stops only on the Victim's margin of its current iterate, which under EOT is <= 0
 only when the model is wrong on every draw, so a clip that resampling alone makes wrong on
 some draws is never dropped (the harness judges the returned clip over its own draws).
@@ -40,37 +41,8 @@ import torch
 
 from musicbench.api import Objective, check_number, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
-from musicbench.victim import Victim, margin_from_logits
+from musicbench.victim import Victim
 from musicbench_plugins._limits import MAX_LINF_EPS, MAX_QUERIES, MAX_SIZE
-
-
-@torch.no_grad()
-def averaged_rows(victim: Victim, rows: torch.Tensor, target: torch.Tensor,
-                  index: torch.Tensor, objective: Objective, chunk: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows[R, T]`` (copies of clips ``index[R]``, labels ``target[R]``) ->
-    ``(value[R], margin[R])`` from one counted pass per row, as
-    :func:`musicbench.api.score_rows`, except that ``value`` is always taken of the scores
-    averaged over the victim's EOT draws: for ``"margin"`` the margin of the draw-averaged
-    scores (shifted by the victim's ``confidence``, as its margin is), for ``"cross-entropy"``
-    minus the cross-entropy averaged over draws. ``margin`` is the Victim's own (under EOT
-    the largest over the draws, <= 0 only when the model is wrong on every draw).
-
-    What a score-based attack compares, accepts and estimates gradients from is ``value``;
-    what stops a clip is ``margin``. Under a randomized defense the Victim's margin is the
-    pessimistic one, so a search on it would chase the luckiest draw; without a defense (one
-    draw) the two margins are the same number."""
-    if objective != "margin":
-        return score_rows(victim, rows, target, index, objective, chunk)
-    values, margins = [], []
-    for start in range(0, rows.shape[0], chunk):
-        sl = slice(start, start + chunk)
-        scores, margin = victim.scores_and_margin(rows[sl], target[sl], index=index[sl])
-        values.append(margin_from_logits(scores, target[sl]) + victim.confidence)
-        margins.append(margin)
-    if not values:
-        return rows.new_zeros(0), rows.new_zeros(0)
-    return torch.cat(values), torch.cat(margins)
 
 
 @dataclass(frozen=True)
@@ -162,8 +134,8 @@ class NES(Attack):
             x = adv[active].unsqueeze(1)
             rows = torch.cat([x + p.sigma * u, x - p.sigma * u], 1).clamp_(-1, 1)
             index = active.repeat_interleave(2 * pairs)
-            f, _ = averaged_rows(victim, rows.reshape(b * 2 * pairs, length), target[index],
-                                 index, p.objective, p.query_chunk)
+            f, _ = score_rows(victim, rows.reshape(b * 2 * pairs, length), target[index],
+                              index, p.objective, p.query_chunk)
             f = f.reshape(b, 2, pairs)
             del rows
             # Gradient of the objective (lowered) from antithetic differences.

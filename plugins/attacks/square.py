@@ -73,7 +73,7 @@ Only forward queries: the Victim of a black-box attack refuses gradients.
 counts each draw (:attr:`Victim.queries_per_row`): the p schedule runs over the rows the
 budget buys (:func:`musicbench.api.remaining_budget`), so ``queries = rows × draws <=
 budget``. Proposals are compared on the margin of the draw-averaged scores
-(:func:`musicbench_plugins.attacks.nes.averaged_rows`), never on one draw; a clip stops only
+(:func:`musicbench.api.score_rows`), never on one draw; a clip stops only
 when the Victim's margin is <= 0, i.e. the model was wrong on every draw of that row, so a
 clip that resampling alone makes wrong on some draws runs on (the harness judges the returned
 clip over its own draws). A candidate wrong on every draw is taken even if its averaged
@@ -96,9 +96,9 @@ from musicbench.api import (
     Victim,
     check_number,
     remaining_budget,
+    score_rows,
 )
 from musicbench_plugins._limits import MAX_LINF_EPS, MAX_QUERIES, MAX_SIZE
-from musicbench_plugins.attacks.nes import averaged_rows
 from musicbench_plugins.models.frontends import hz_to_mel, mel_to_hz
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -236,7 +236,7 @@ class Square(Attack):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
             """(margin of the draw-averaged scores: what is compared; the Victim's margin:
             what stops a clip)."""
-            return averaged_rows(victim, rows, target[index], index, "margin", p.query_chunk)
+            return score_rows(victim, rows, target[index], index, "margin", p.query_chunk)
 
         # The p schedule runs over the rows the budget buys: against a randomized defense
         # every scored row costs victim.queries_per_row queries (EOT draws).

@@ -60,7 +60,6 @@ import torch
 from musicbench.api import check_number, remaining_budget, score_rows
 from musicbench.interfaces import Attack, AttackResult, Bound
 from musicbench.victim import Victim
-from musicbench_plugins.attacks.nes import averaged_rows
 from musicbench_plugins._limits import (
     MAX_LEARNING_RATE,
     MAX_LINF_EPS,
@@ -205,8 +204,8 @@ class ZOO(Attack):
             rows = torch.cat([x + bump, x - bump], 1).clamp_(-1, 1).reshape(b * 2 * k, length)
             del bump
             index = active.repeat_interleave(2 * k)
-            value, _ = averaged_rows(victim, rows, target[index], index, "margin",
-                                     p.query_chunk)
+            value, _ = score_rows(victim, rows, target[index], index, "margin",
+                                  p.query_chunk)
             del rows
             f = value.clamp(min=-p.kappa).reshape(b, 2, k)
             zc = z[active].gather(1, coords)
