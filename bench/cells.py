@@ -71,7 +71,7 @@ class CellRun:
     # weights, new cells
     metric_weights: tuple[tuple[str, str], ...] = ()
     amp: str = ""  # "bf16": forward passes under bfloat16 autocast
-    # The survivor cascade and the sanity gates (docs/defenses.md "Standard protocol"): keys
+    # The survivor cascade and the sanity gates (docs/protocol.md): keys
     # of the cells of the row whose fooled clips this cell does not attack again (AutoAttack's
     # rule: each attack runs only on the clips every earlier one left correct), and the part
     # the harness planned this cell to play: "" (a config entry), "large-radius" (the first

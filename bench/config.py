@@ -80,7 +80,7 @@ class RunSettings:
     # model) the attacks run in config order, each only on the clips every earlier one left
     # correct; the last cell's robust accuracy is the worst case, at a fraction of the cost.
     cascade: bool = False
-    # Sanity gates on every row with a defense (docs/defenses.md "Standard protocol"): the
+    # Sanity gates on every row with a defense (docs/protocol.md): the
     # first gradient attack of each bounded threat model again at 10x its radius, through the
     # identity with BPDA (differentiable preprocessors), and on the survivors with 5 restarts,
     # 2x steps and 2x EOT draws. false only for demonstrations: the header says so.

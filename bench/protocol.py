@@ -2,7 +2,7 @@
 
 A row is the cells of one (dataset, model, defense), in config order. Two things are planned
 here rather than written in configs, so that no defense is judged by the goodwill of whoever
-wrote its config (docs/defenses.md, "Standard protocol"):
+wrote its config (docs/protocol.md):
 
 - **Survivor cascade** (``[run] cascade = true``; AutoAttack's rule, Croce & Hein 2020):
   within one threat model the attacks run in config order and each attacks only the clips
