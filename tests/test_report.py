@@ -161,9 +161,14 @@ def test_pages_load_in_headless_chromium(report: Path, run_dir: Path):
         assert audio_ok == audio and images_ok == images, (page.name, audio, audio_ok,
                                                             images, images_ok)
         if page == report:
-            assert dom.count("<table") == 3  # worst case, by attack, every cell (one L∞ ε)
-    kept = _kept(run_dir)  # the model page's players and pictures all loaded
-    assert audio == 3 * kept and images == kept + 6
+            # worst case, by attack, and every cell: one table per threat model, the run's
+            # L∞ 0.01 and the harness's own 10×ε sanity gate at 0.1 (docs/protocol.md)
+            tables = load(run_dir).cells.threat_model.nunique()
+            assert tables == 2 and dom.count("<table") == 2 + tables
+            assert "10×ε" in dom
+    kept = _kept(run_dir)  # the model page's players and pictures all loaded: three players
+    # and a spectrogram a kept clip, a per-clip figure a cell (6 of the grid, 2 sanity gates)
+    assert audio == 3 * kept and images == kept + len(load(run_dir).cells) == kept + 8
 
 
 def test_chromium_check_sees_a_broken_report(report: Path, tmp_path: Path):
