@@ -105,14 +105,38 @@ class ShardResult:
 
     @staticmethod
     def from_payload(meta_json: str, blob: bytes) -> ShardResult:
-        meta = json.loads(meta_json)
-        samples = [SampleRecord(**s) for s in meta.pop("samples")]
-        keys = [tuple(k) for k in meta.pop("audio_keys")]
+        """The shard :meth:`to_payload` wrote. A malformed payload raises what decoding it
+        does (``ValueError``, ``KeyError``, ``TypeError``, ``zipfile.BadZipFile``, ...):
+        :meth:`musicbench.store.Store.shards` names the row."""
+        meta, samples, keys = ShardResult._decode_meta(meta_json)
         with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
             tensors = {name: torch.from_numpy(arrays[name].copy())
                        for name in ShardResult._TENSORS}
             audio = {k: arrays[f"audio_{i}"].copy() for i, k in enumerate(keys)}
         return ShardResult(**meta, samples=samples, audio_data=audio, **tensors)
+
+    @staticmethod
+    def check_payload(meta_json: str, blob: bytes) -> None:
+        """Raise as :meth:`from_payload` would on a malformed scalar part or an archive that
+        does not list every array, without reading the arrays (a store checks every kept
+        shard when it is opened)."""
+        meta, samples, keys = ShardResult._decode_meta(meta_json)
+        ShardResult(**meta, samples=samples)  # every field known, none missing
+        with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+            names = set(arrays.files)
+        wanted = {*ShardResult._TENSORS, *(f"audio_{i}" for i in range(len(keys)))}
+        if not wanted <= names:
+            raise KeyError(f"arrays {sorted(wanted - names)} missing")
+
+    @staticmethod
+    def _decode_meta(meta_json: str) -> tuple[dict[str, Any], list[SampleRecord],
+                                              list[tuple[str, ...]]]:
+        meta = json.loads(meta_json)
+        if not isinstance(meta, dict):
+            raise TypeError(f"meta is a JSON {type(meta).__name__}, not an object")
+        samples = [SampleRecord(**s) for s in meta.pop("samples")]
+        keys = [tuple(k) for k in meta.pop("audio_keys")]
+        return meta, samples, keys
 
 
 def merged_flags(groups: list[list[str]]) -> list[str]:

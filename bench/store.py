@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -315,13 +316,22 @@ def _writable(path: Path) -> bool:
     return os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
 
 
+_ROW_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, AttributeError)
+"""What decoding a malformed row raises (``json.JSONDecodeError`` is a ``ValueError``)."""
+
+_SHARD_ERRORS = (*_ROW_ERRORS, zipfile.BadZipFile, EOFError, OSError)
+"""...and decoding a shard's ``.npz`` blob: a cut or overwritten archive (``BadZipFile``,
+``EOFError``, ``OSError``: numpy's own errors for a short or garbled array)."""
+
+
 @contextmanager
-def _decoding(path: Path, what: str) -> Iterator[None]:
+def _decoding(path: Path, what: str,
+              errors: tuple[type[Exception], ...] = _ROW_ERRORS) -> Iterator[None]:
     """Turn a malformed stored row (bad JSON, a missing or mistyped field) into
     :class:`StoreDamagedError` naming ``what`` (the row)."""
     try:
         yield
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+    except errors as exc:
         kind = type(exc).__name__
         raise StoreDamagedError(path, f"{what}: {kind}: {exc}") from exc
 
@@ -373,6 +383,7 @@ class Store:
                     "INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
                 )
         self._check_schema()
+        self._check_shards()
 
     def _connect(self, target: str | Path, **kwargs: Any) -> sqlite3.Connection:
         conn = sqlite3.connect(target, timeout=30, factory=_StoreConnection, **kwargs)
@@ -442,6 +453,25 @@ class Store:
             with _decoding(self.path, f"cell {key}"):
                 CellSpec.from_dict(json.loads(spec))
                 CellInfo.from_dict(json.loads(info))
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every kept shard's row decodes (its arrays listed, not read): a run resuming into a
+        store with a damaged shard stops here, naming it, rather than failing its cell."""
+        from musicbench.shards import ShardResult
+
+        if not self._has_shards():
+            return
+        for key, lo, hi, meta, blob in self.conn.execute(
+                "SELECT cell_key, lo, hi, meta, arrays FROM shards"):
+            with _decoding(self.path, f"cell {key} shard {lo}-{hi}", _SHARD_ERRORS):
+                ShardResult.check_payload(meta, bytes(blob))
+
+    def _has_shards(self) -> bool:
+        """Whether the store has the ``shards`` table (a store opened read-only from before
+        shards were kept has not)."""
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                 "name='shards'").fetchone() is not None
 
     def close(self) -> None:
         self.conn.close()
@@ -585,13 +615,16 @@ class Store:
         """The kept shards of a cell, by first clip."""
         from musicbench.shards import ShardResult
 
-        if self.readonly and not self.conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='shards'").fetchone():
-            return []  # a store from before shards were kept
+        if not self._has_shards():
+            return []  # a store from before shards were kept, opened read-only
 
-        rows = self.conn.execute("SELECT meta, arrays FROM shards WHERE cell_key=? ORDER BY lo",
-                                 (cell_key,)).fetchall()
-        return [ShardResult.from_payload(meta, bytes(blob)) for meta, blob in rows]
+        rows = self.conn.execute("SELECT lo, hi, meta, arrays FROM shards WHERE cell_key=? "
+                                 "ORDER BY lo", (cell_key,)).fetchall()
+        out = []
+        for lo, hi, meta, blob in rows:
+            with _decoding(self.path, f"cell {cell_key} shard {lo}-{hi}", _SHARD_ERRORS):
+                out.append(ShardResult.from_payload(meta, bytes(blob)))
+        return out
 
     def labels(self) -> dict[str, tuple[str, str, str, str]]:
         """Every stored cell's (dataset, model, defense, attack) labels by key, without

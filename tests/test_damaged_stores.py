@@ -5,12 +5,15 @@ a run folder on storage this process cannot write is read without a ``-shm`` or 
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_toy_config
 from test_planning import BASE
@@ -19,7 +22,8 @@ from typer.testing import CliRunner
 import musicbench.plugins
 from musicbench.cli import app
 from musicbench.errors import StoreDamagedError
-from musicbench.store import Store
+from musicbench.shards import ShardResult
+from musicbench.store import SampleRecord, Store
 
 CONFIG = BASE.format(run="", datasets="")  # fgsm and pgd on toy-model
 
@@ -56,6 +60,36 @@ def _flip(db: Path) -> None:
     db.write_bytes(bytes(data))
 
 
+def _good_shard() -> tuple[str, bytes]:
+    """The payload of a sound shard of one clip (what a sharded run keeps until its cell is
+    written)."""
+    return ShardResult(lo=0, hi=3, samples=[SampleRecord("toy-000", 0, 0, 0, True, True, 1,
+                                                         True, 1, 1)]).to_payload()
+
+
+def _shard(meta: str | None = None, arrays: bytes | None = None) -> Callable[[Path], None]:
+    """A kept shard of the first cell whose meta or arrays are replaced."""
+    def damage(db: Path) -> None:
+        good_meta, good_arrays = _good_shard()
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("INSERT INTO shards VALUES ((SELECT min(key) FROM cells), 0, 3, ?, ?)",
+                         (good_meta if meta is None else meta,
+                          good_arrays if arrays is None else arrays))
+        conn.close()
+    return damage
+
+
+def _shard_without_audio_array() -> bytes:
+    """An archive that lists every tensor but not the kept clip its meta names."""
+    shard = ShardResult(lo=0, hi=3)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(shard, name).numpy() for name in shard._TENSORS})
+    return buffer.getvalue()
+
+
+_KEPT_CLIP_META = json.dumps(json.loads(_good_shard()[0]) | {"audio_keys": [["toy-000", "adv"]]})
+
 DAMAGES: dict[str, Callable[[Path], None]] = {
     "truncated": _truncate,
     "flipped bytes": _flip,
@@ -67,14 +101,22 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
                                 "WHERE key = (SELECT min(key) FROM cells)"),
     "clip metrics not a table": _sql("UPDATE samples SET metrics = '[1, 2]' "
                                      "WHERE rowid = (SELECT min(rowid) FROM samples)"),
+    "shard meta cut short": _shard(meta=_good_shard()[0][:40]),
+    "shard meta without samples": _shard(meta='{"lo": 0, "hi": 3}'),
+    "shard meta a list": _shard(meta="[1, 2]"),
+    "shard arrays not an archive": _shard(arrays=b"\x00garbage" * 10),
+    "shard arrays cut short": _shard(arrays=_good_shard()[1][:100]),
+    "shard kept clip missing": _shard(meta=_KEPT_CLIP_META, arrays=_shard_without_audio_array()),
 }
+SHARD_DAMAGES = [name for name in DAMAGES if name.startswith("shard ")]
 
 
 def _damaged_copy(toy_run: Path, tmp_path: Path, damage: str) -> Path:
     folder = tmp_path / "damaged"
     shutil.copytree(toy_run, folder)
-    for leftover in ("results.sqlite-wal", "results.sqlite-shm"):
-        assert not (folder / leftover).exists()
+    # every write is in the file itself (a reader may have left an empty -wal and a -shm)
+    wal = folder / "results.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
     DAMAGES[damage](folder / "results.sqlite")
     return folder
 
@@ -178,3 +220,55 @@ def test_every_published_store_opens_read_only():
             assert store.cells()
         finally:
             store.close()
+
+
+@pytest.mark.parametrize("damage", SHARD_DAMAGES)
+def test_a_damaged_shard_is_named_when_its_store_is_read(toy_run, tmp_path, damage):
+    """``Store.shards`` (what a resuming run reads) names the shard row, whether the damage
+    was there when the store was opened or came after."""
+    folder = _damaged_copy(toy_run, tmp_path, damage)
+    db = folder / "results.sqlite"
+    for readonly in (True, False):
+        with pytest.raises(StoreDamagedError, match=r"shard 0-3") as caught:
+            Store(db, readonly=readonly)
+        assert caught.value.path == str(db)
+    clean = tmp_path / "clean"
+    shutil.copytree(toy_run, clean)
+    store = Store(clean / "results.sqlite")  # sound when opened, damaged while open
+    try:
+        DAMAGES[damage](clean / "results.sqlite")
+        key = min(store.labels())
+        with pytest.raises(StoreDamagedError, match=rf"cell {key} shard 0-3: "):
+            store.shards(key)
+    finally:
+        store.close()
+
+
+def test_a_sound_shard_opens_and_reads_back(toy_run, tmp_path):
+    folder = tmp_path / "sound"
+    shutil.copytree(toy_run, folder)
+    _shard()(folder / "results.sqlite")
+    store = Store(folder / "results.sqlite")
+    try:
+        (shard,) = store.shards(min(store.labels()))
+        assert (shard.lo, shard.hi, shard.samples[0].sample_id) == (0, 3, "toy-000")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("damage", ["shard meta cut short", "shard arrays not an archive"])
+def test_a_run_resuming_into_a_store_with_a_damaged_shard_is_one_line_exit_2(
+        toy_run, tmp_path, toy_plugins, monkeypatch, damage):
+    monkeypatch.setattr(musicbench.plugins, "get_plugins", lambda **_: toy_plugins)
+    folder = _damaged_copy(toy_run, tmp_path, damage)
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(folder)],
+                                env={"COLUMNS": "1000"})
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert len(lines) == 1, result.stderr
+    db = folder / "results.sqlite"
+    assert lines[0].startswith(f"error: store {db} is damaged (cell "), lines
+    assert "shard 0-3" in lines[0]
