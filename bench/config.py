@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.errors import ConfigError, did_you_mean
+from musicbench.files import read_input_file
 from musicbench.params import build_params, check_number, check_seed
 
 KINDS = ("dataset", "model", "defense", "attack")
@@ -236,35 +237,17 @@ def load_config(path: Path | None) -> RunConfig:
     if path is None:
         text, source = default_config_text(), DEFAULT_CONFIG
     else:
-        _check_config_file(Path(path))
+        raw = read_input_file(path, what="config", max_bytes=MAX_CONFIG_BYTES,
+                              holds="a run config is a few kB")
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from exc
+            # universal newlines, as a file opened in text mode reads it
+            text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
         except UnicodeDecodeError as exc:
             line = exc.object[: exc.start].count(b"\n") + 1
             raise ConfigError(f"config '{path}' is not UTF-8 text (TOML must be): byte "
                               f"{exc.object[exc.start]:#04x} on line {line}") from None
         source = str(path)
     return parse_config(text, source=source)
-
-
-def _check_config_file(path: Path) -> None:
-    """A config must be a regular file of at most :data:`MAX_CONFIG_BYTES`: a FIFO would hang
-    the read, a device (``/dev/zero``) never end it."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"cannot read config '{path}': {exc.strerror or exc}") from None
-    if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
-        raise ConfigError(f"config '{path}' is {kind}, not a TOML file")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config '{path}' is {path.stat().st_size} bytes; a run config is a "
-                          f"few kB (at most {MAX_CONFIG_BYTES} bytes): is it the right file?")
 
 
 def parse_config(text: str, *, source: str = "<string>") -> RunConfig:

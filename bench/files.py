@@ -313,3 +313,58 @@ def _await_holder_note(path: Path, patience_s: float = 1.0) -> dict[str, str]:
         if "what" in holder or time.monotonic() >= deadline:  # "what" is the note's last line
             return holder
         time.sleep(0.02)
+
+
+def read_input_file(path: Path | str, *, what: str, max_bytes: int, holds: str) -> bytes:
+    """The bytes of a small file the user names as input (a config, a dataset manifest, a
+    split list), or :class:`~musicbench.errors.ConfigError` (exit 2) saying why not.
+
+    It must be a regular file of at most ``max_bytes``: a FIFO would block the read forever,
+    a device (``/dev/zero``) never end it, a huge file fill the memory. The type is checked
+    again on the open descriptor (opened without blocking), so a FIFO put in the file's place
+    after the check cannot hang the run, and at most ``max_bytes + 1`` bytes are read, so a
+    file that grows meanwhile cannot either. Messages name ``what`` and the path, never the
+    file's content; ``holds`` says what such a file normally is (``"a run config is a few
+    kB"``)."""
+    path = Path(path)
+    try:
+        mode, size = _input_stat(os.stat(path))
+        if mode is None and size > max_bytes:
+            raise ConfigError(f"{what} '{path}' is {size} bytes; {holds} (at most {max_bytes} "
+                              "bytes): is it the right file?")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags) if mode is None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"cannot read {what} '{path}': the name contains a NUL "
+                          "character") from None
+    if fd is None:
+        raise ConfigError(f"{what} '{path}' is {mode}, not a regular file; name the file "
+                          "itself")
+    try:
+        mode, _ = _input_stat(os.fstat(fd))
+        if mode is not None:
+            raise ConfigError(f"{what} '{path}' is {mode}, not a regular file (it changed "
+                              "while being opened)")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise ConfigError(f"{what} '{path}' is over {max_bytes} bytes; {holds}: is it the "
+                          "right file?")
+    return data
+
+
+def _input_stat(st: os.stat_result) -> tuple[str | None, int]:
+    """``(None, size)`` for a regular file, else ``(what it is, size)``."""
+    return (None if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)), st.st_size

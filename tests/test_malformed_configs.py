@@ -300,7 +300,7 @@ def test_a_config_that_is_no_toml_file_is_a_config_error_naming_why(tmp_path, ca
     from musicbench.config import load_config
 
     path = tmp_path / "run.toml"
-    expected = {"device": "is a device", "fifo": "is a named pipe", "folder": "is a folder",
+    expected = {"device": "is a character device", "fifo": "is a named pipe", "folder": "is a folder",
                 "huge": "bytes; a run config is a few kB", "bom": "byte-order mark",
                 "deep": "nests arrays or tables too deeply"}[case]
     if case == "device":
