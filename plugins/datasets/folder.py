@@ -54,7 +54,9 @@ dataset only re-hashes the stored clips to check them.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -74,6 +76,7 @@ from musicbench.api import (
 )
 from musicbench.audio import BadAudioError, load_audio, printable, stat_input
 from musicbench.errors import ConfigError, MusicbenchError
+from musicbench.files import read_input_file
 from musicbench.interfaces import Dataset, Example
 
 if TYPE_CHECKING:
@@ -138,8 +141,8 @@ def stratified_split(
         rng = np.random.default_rng(np.random.SeedSequence([seed, stable_int(salt + group)]))
         order = [ids[i] for i in rng.permutation(len(ids))]
         n = len(ids)
-        n_test = int(round(test_fraction * n))
-        n_valid = int(round(valid_fraction * n))
+        n_test = round(test_fraction * n)
+        n_valid = round(valid_fraction * n)
         if n >= 3:
             n_test = max(n_test, 1 if test_fraction > 0 else 0)
             n_valid = max(n_valid, 1 if valid_fraction > 0 else 0)
@@ -337,7 +340,7 @@ class AudioFileDataset(Dataset):
                                         salt=f"{self.cache_prefix}/split/")
             for c in todo:
                 c.split = split_of[str(getattr(c, unit))]
-        n_samples = int(round(p.clip_seconds * self.sample_rate))
+        n_samples = round(p.clip_seconds * self.sample_rate)
         with atomic_folder(path) as tmp:
             decoded: list[tuple[Candidate, int]] = []
             with open(tmp / "clips.i16", "wb") as out, \
@@ -400,8 +403,8 @@ class AudioFileDataset(Dataset):
         for c, k in decoded:
             if c.role == "query" and (c.split, c.work_id) not in has_ref:
                 problems.append((c.source, "no-reference",
-                                 f"query of work '{c.work_id}' has no usable reference in "
-                                 f"split '{c.split}'"))
+                                 (f"query of work '{c.work_id}' has no usable reference in "
+                                  f"split '{c.split}'")))
                 continue
             kept.append((c, k))
         return kept
@@ -573,21 +576,37 @@ def _resolve(path: Path) -> Path:
         return path.absolute()
 
 
+#: A manifest is one short line per file: 64 MiB is over half a million rows, past any
+#: collection this decodes; a bigger file is the wrong file (or a device) and would fill the
+#: memory before any row is checked.
+MAX_MANIFEST_BYTES = 64 << 20
+
+
 def _read_manifest(
     manifest: Path, table: str
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]], bytes]:
-    """``(header, [(line, row)], raw bytes)``; raises ConfigError when unusable."""
+    """``(header, [(line, row)], raw bytes)``; raises ConfigError when unusable.
+
+    ``line`` is the line a row starts on (a quoted field may hold a line break, so a row can
+    span lines). Messages never quote the file's content beyond the names of the columns it
+    was expected to have: a manifest path pointing at a private file (say ``/etc/shadow``)
+    must not print that file."""
     try:
-        raw = manifest.read_bytes()
+        raw = read_input_file(manifest, what="manifest", max_bytes=MAX_MANIFEST_BYTES,
+                              holds="a manifest has one short line per audio file")
+    except ConfigError as exc:
+        raise ConfigError(exc.message, table=table, key="manifest") from None
+    try:
         text = raw.decode("utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(f"cannot read manifest {manifest}: {exc.strerror or exc}",
-                          table=table, key="manifest") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"manifest {manifest} is not UTF-8 text ({exc})", table=table,
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"manifest {manifest} is not UTF-8 text (line {line} holds a byte "
+                          "that is not UTF-8); save it as UTF-8", table=table,
                           key="manifest") from None
     try:
-        reader = csv.reader(text.splitlines())
+        # newline="": the csv module sees the line breaks itself, so a quoted file name that
+        # holds one stays one field (str.splitlines would cut the row in two)
+        reader = csv.reader(io.StringIO(text, newline=""))
         header_row = next(reader, None)
         if header_row is None or not any(h.strip() for h in header_row):
             raise ConfigError(f"manifest {manifest} is empty; it needs a header row with a "
@@ -598,18 +617,29 @@ def _read_manifest(
             raise ConfigError(f"manifest {manifest} repeats column(s) {', '.join(dupes)}",
                               table=table, key="manifest")
         if "path" not in header:
-            raise ConfigError(f"manifest {manifest} has no 'path' column (header: "
-                              f"{', '.join(header_row)})", table=table, key="manifest")
+            raise ConfigError(f"manifest {manifest} has no 'path' column (its first row has "
+                              f"{len(header)} field(s), none named path{_near('path', header)})"
+                              "; the first row names the columns, e.g. path,label",
+                              table=table, key="manifest")
         rows = []
+        end = reader.line_num
         for values in reader:
+            start, end = end + 1, reader.line_num
             if not any(v.strip() for v in values):
                 continue  # blank line
             row = {h: (values[i] if i < len(values) else "") for i, h in enumerate(header)}
-            rows.append((reader.line_num, row))
+            rows.append((start, row))
     except csv.Error as exc:
-        raise ConfigError(f"manifest {manifest} is not valid CSV: {exc}", table=table,
-                          key="manifest") from None
+        raise ConfigError(f"manifest {manifest} is not valid CSV: {exc} (line "
+                          f"{reader.line_num})", table=table, key="manifest") from None
     return header, rows, raw
+
+
+def _near(name: str, header: list[str]) -> str:
+    """``"; did you mean 'pth'?"`` for a column close to ``name``, else ``""`` (only such a
+    column is quoted: the rest of the row may be anything, a private file's first line too)."""
+    close = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _row_problem(row: dict[str, str], column: str, header: list[str]) -> tuple[str, str] | None:

@@ -54,6 +54,7 @@ from typing import ClassVar
 from musicbench.api import check_seed
 from musicbench.audio import os_reason, printable
 from musicbench.errors import ConfigError
+from musicbench.files import read_input_file
 from musicbench_plugins.datasets.folder import (
     SPLITS,
     AudioFileDataset,
@@ -192,13 +193,7 @@ class GTZAN(AudioFileDataset):
         listed: dict[str, tuple[str, str]] = {}
         raw: dict[str, str] = {}
         for split in SPLITS:
-            path = folder / SPLIT_FILES[split]
-            try:
-                text = path.read_text(encoding="utf-8-sig")
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                raise ConfigError(f"cannot read split file {path}: {exc}; split_files must be a "
-                                  f"folder holding {', '.join(SPLIT_FILES.values())}",
-                                  table=table, key="split_files") from None
+            text = _read_split_file(folder / SPLIT_FILES[split], table)
             raw[SPLIT_FILES[split]] = text
             for n, line in enumerate(text.splitlines(), 1):
                 entry = line.strip().replace("\\", "/")
@@ -210,9 +205,12 @@ class GTZAN(AudioFileDataset):
                 parts = entry.split("/")
                 where = f"{SPLIT_FILES[split]}:{n}"
                 if len(parts) != 2 or parts[0] not in GENRES or not parts[1]:
-                    problems.append((line.strip(), "bad-row",
-                                     f"{where}: expected '<genre>/<file>' with genre one of "
-                                     f"{', '.join(GENRES)}"))
+                    # named by file and line, not by its text: a line that is no track is
+                    # not one, and the split file may be any file (its lines must not reach
+                    # the published list of skipped inputs)
+                    problems.append((where, "bad-row",
+                                     ("expected '<genre>/<file>' with genre one of "
+                                      f"{', '.join(GENRES)}")))
                     continue
                 stem = parts[1]
                 if Path(stem).suffix.lower() in EXTENSIONS:
@@ -224,3 +222,25 @@ class GTZAN(AudioFileDataset):
                                       f"{SPLIT_FILES[other]})", table=table, key="split_files")
                 listed[key] = (split, line.strip())
         return listed, raw
+
+
+#: A split list names at most GTZAN's 1000 tracks (~30 kB); past 1 MiB it is the wrong file.
+MAX_SPLIT_FILE_BYTES = 1 << 20
+
+
+def _read_split_file(path: Path, table: str) -> str:
+    """The text of one split list, or a ConfigError naming the file and why (a FIFO, a device,
+    a folder, a huge or non-UTF-8 file; never its content)."""
+    hint = f"split_files must be a folder holding {', '.join(SPLIT_FILES.values())}"
+    try:
+        raw = read_input_file(path, what="split file", max_bytes=MAX_SPLIT_FILE_BYTES,
+                              holds="a split list names at most GTZAN's 1000 tracks")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message}; {hint}", table=table, key="split_files") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"split file '{path}' is not UTF-8 text (line {line} holds a byte "
+                          f"that is not UTF-8); {hint}", table=table,
+                          key="split_files") from None
