@@ -1,7 +1,8 @@
 """The ``[fad]`` encoders (fad-vggish, fad-pann, fad-clap): listed without the extra, a clear
 error (never an ImportError traceback or a download) when it or the weights are missing, and
-the wrapping itself exercised on tiny stand-ins of the package, the hub repository and the
-weight files."""
+the wrapping itself exercised on tiny stand-ins of the package and the weight files. VGGish
+runs for real (our own network) on random weights in the layout of the port's checkpoint, and
+never runs code found in a cache folder (issue 26)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import socket
 import sys
 import types
 import urllib.request
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from musicbench.interfaces import Context
 from musicbench.plugins import PluginSystem
 from musicbench.workspace import Workspace
 from musicbench_plugins.encoders import fad_backbones as fb
+from musicbench_plugins.encoders import vggish_net as vn
 
 NAMES = ("fad-vggish", "fad-pann", "fad-clap")
 RATE = 16_000
@@ -82,7 +85,7 @@ def absent(monkeypatch):
 class FakeCnn14(nn.Module):
     """Stand-in for frechet_audio_distance.models.pann.Cnn14*: framed energies -> 2048-d."""
 
-    lengths: list[int] = []
+    lengths: ClassVar[list[int]] = []
 
     def __init__(self, sample_rate, window_size, hop_size, mel_bins, fmin, fmax, classes_num):
         super().__init__()
@@ -99,7 +102,7 @@ class FakeCnn14(nn.Module):
 class FakeClapModule:
     """Stand-in for laion_clap.CLAP_Module: 64 chunk energies -> 512-d, L2-normalised."""
 
-    lengths: list[int] = []
+    lengths: ClassVar[list[int]] = []
 
     def __init__(self, enable_fusion=False, device=None, amodel="HTSAT-tiny", tmodel="roberta"):
         assert not enable_fusion
@@ -120,50 +123,10 @@ class FakeClapModule:
         return nn.functional.normalize(chunks.pow(2).mean(-1) @ self.proj, dim=-1)
 
 
-HUBCONF = '''
-dependencies = ["torch", "numpy"]
-
-import numpy as np
-import torch
-from torch import nn
-
-
-class FakeVGGish(nn.Module):
-    def __init__(self, pretrained=True, preprocess=True, postprocess=True, device=None):
-        super().__init__()
-        if pretrained or postprocess:
-            raise RuntimeError("pretrained / postprocess would download weights or PCA")
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(96 * 64, 32), nn.ReLU())
-        self.embeddings = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 128),
-                                        nn.ReLU())
-        self.preprocess, self.postprocess = preprocess, postprocess
-        self.device = device or torch.device("cpu")
-
-    def _preprocess(self, x, fs):
-        assert isinstance(x, np.ndarray) and x.ndim == 1 and fs == 16000
-        n = 1 + (len(x) - 400) // 160                       # 25 ms frames, 10 ms hop
-        frames = np.stack([x[i * 160 : i * 160 + 384] for i in range(n)])
-        bands = np.log(np.abs(frames).reshape(n, 64, 6).mean(-1) + 0.01)
-        k = n // 96                                          # 0.96 s examples, no overlap
-        return torch.tensor(bands[: k * 96].reshape(k, 1, 96, 64), dtype=torch.float32,
-                            requires_grad=True)
-
-    def forward(self, x, fs=None):
-        if self.preprocess:
-            x = self._preprocess(x, fs)
-        return self.embeddings(self.features(x.to(self.device)))
-
-
-def vggish(**kwargs):
-    return FakeVGGish(**kwargs)
-'''
-
-
 @pytest.fixture
 def fake_fad(monkeypatch, ckpt):
-    """A tiny frechet_audio_distance (+ laion_clap) in sys.modules, a torch hub checkout of
-    'harritaylor/torchvggish' and weight files in the checkpoint folder. Returns the VGGish
-    reference network (with the weights that were saved)."""
+    """A tiny frechet_audio_distance (+ laion_clap) in sys.modules and PANN and CLAP weight
+    files in the checkpoint folder."""
     pkg = types.ModuleType(fb.PACKAGE)
     models = types.ModuleType(f"{fb.PACKAGE}.models")
     pann = types.ModuleType(f"{fb.PACKAGE}.models.pann")
@@ -176,21 +139,60 @@ def fake_fad(monkeypatch, ckpt):
         monkeypatch.setitem(sys.modules, name, module)
     FakeCnn14.lengths, FakeClapModule.lengths = [], []
 
-    repo = ckpt / "harritaylor_torchvggish_master"
-    repo.mkdir()
-    (repo / "hubconf.py").write_text(HUBCONF)
     torch.manual_seed(0)
-    vggish = torch.hub.load(str(repo), "vggish", source="local", pretrained=False,
-                            postprocess=False)
-    (ckpt / "checkpoints").mkdir()
-    torch.save(vggish.state_dict(), ckpt / "checkpoints" / fb.VGGISH_WEIGHTS)
     torch.save({"model": FakeCnn14(16000, 512, 160, 64, 50, 8000, 527).state_dict()},
                ckpt / "Cnn14_16k_mAP%3D0.438.pth")  # the name the package saves
     torch.save({"model": FakeCnn14(32000, 1024, 320, 64, 50, 16000, 527).state_dict(),
                 "sampler": np.random.RandomState(0).get_state()},  # numpy objects too
                ckpt / "Cnn14_mAP=0.431.pth")  # Zenodo's name
     torch.save({"proj": torch.randn(64, 512)}, ckpt / "630k-audioset-best.pt")
-    return vggish
+
+
+# The state dict of harritaylor/torchvggish's vggish-10086976.pth, written out from the port's
+# layer list (conv 64, pool, 128, pool, 256, 256, pool, 512, 512, pool: Sequential indices with
+# a ReLU after each conv; then Linear 512*4*6 -> 4096, ReLU, 4096 -> 4096, ReLU, 4096 -> 128).
+PORT_STATE_SHAPES: list[tuple[str, tuple[int, ...]]] = [
+    ("features.0.weight", (64, 1, 3, 3)), ("features.0.bias", (64,)),
+    ("features.3.weight", (128, 64, 3, 3)), ("features.3.bias", (128,)),
+    ("features.6.weight", (256, 128, 3, 3)), ("features.6.bias", (256,)),
+    ("features.8.weight", (256, 256, 3, 3)), ("features.8.bias", (256,)),
+    ("features.11.weight", (512, 256, 3, 3)), ("features.11.bias", (512,)),
+    ("features.13.weight", (512, 512, 3, 3)), ("features.13.bias", (512,)),
+    ("embeddings.0.weight", (4096, 12288)), ("embeddings.0.bias", (4096,)),
+    ("embeddings.2.weight", (4096, 4096)), ("embeddings.2.bias", (4096,)),
+    ("embeddings.4.weight", (128, 4096)), ("embeddings.4.bias", (128,)),
+]
+
+
+def random_port_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in the port's layout (He-scaled, so activations neither vanish nor blow
+    up through the 9 layers), built from the list above, not from our network."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in PORT_STATE_SHAPES:
+        fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+        scale = math.sqrt(2.0 / fan_in) if len(shape) > 1 else 0.01
+        state[key] = torch.randn(shape, generator=g) * scale
+    return state
+
+
+@pytest.fixture(scope="module")
+def vggish_file(tmp_path_factory) -> tuple:
+    """A random VGGish weight file (290 MB, so written once per module) and its tensors."""
+    state = random_port_state()
+    path = tmp_path_factory.mktemp("vggish") / fb.VGGISH_WEIGHTS
+    torch.save(state, path)
+    return path, state
+
+
+@pytest.fixture
+def vggish_weights(ckpt, vggish_file) -> dict[str, torch.Tensor]:
+    """``<ckpt>/checkpoints/vggish-10086976.pth`` (a link to the module's file): the layout of
+    a folder the package filled. Returns the saved tensors."""
+    path, state = vggish_file
+    (ckpt / "checkpoints").mkdir(exist_ok=True)
+    (ckpt / "checkpoints" / fb.VGGISH_WEIGHTS).symlink_to(path)
+    return state
 
 
 def clips(batch: int, seconds: float, seed: int = 0) -> torch.Tensor:
@@ -217,7 +219,7 @@ def test_musicbench_list_encoder_shows_the_three_backbones():
     assert "[fad] extra" in listed.stdout
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["fad-pann", "fad-clap"])
 def test_loading_without_the_package_says_how_to_install_and_downloads_nothing(
         name, absent, ckpt, network_spy, tmp_path):
     ws = Workspace(PluginSystem(), cache_dir=tmp_path / "cache", device=torch.device("cpu"))
@@ -239,13 +241,73 @@ def test_missing_weights_name_the_folders_searched_and_download_nothing(
     assert str(ckpt) in message and str(ctx.cache_dir / "fad") in message
     assert "on a machine with internet" in message and fb.CKPT_DIR_ENV in message
     assert network_spy == []
+    if name == "fad-vggish":  # only the weight file is needed now, no hub checkout
+        assert f"looked for {fb.VGGISH_WEIGHTS}," in message and fb.VGGISH_WEIGHTS_URL in message
+        assert "hubconf" not in message and "torchvggish_master" not in message
+
+
+def test_vggish_needs_neither_the_fad_package_nor_a_hub_checkout(
+        absent, vggish_weights, ctx, network_spy):
+    encoder = load("fad-vggish", ctx)
+    assert encoder.embed(clips(1, 1.0)).shape == (1, 1, 128)
+    assert network_spy == []
+
+
+PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text(__name__)
+raise RuntimeError("code planted in a cache folder ran: " + __name__)
+"""
+
+
+def test_vggish_never_imports_or_runs_code_found_in_the_cache(
+        vggish_weights, ckpt, ctx, tmp_path, monkeypatch):
+    # as where the [fad] extra is installed: the old loader then went on to torch.hub.load
+    monkeypatch.setitem(sys.modules, fb.PACKAGE, types.ModuleType(fb.PACKAGE))
+    marker = tmp_path / "planted-code-ran"
+    hub = tmp_path / "torch-home" / "hub"
+    for folder in (ckpt, ckpt / "harritaylor_torchvggish_master", hub,
+                   hub / "harritaylor_torchvggish_master"):
+        (folder / "torchvggish").mkdir(parents=True)
+        for name in ("hubconf.py", "vggish.py", "torchvggish/__init__.py",
+                     "torchvggish/vggish.py"):
+            (folder / name).write_text(PLANTED.format(marker=str(marker)))
+    hub_calls: list[tuple] = []
+    real_hub_load = torch.hub.load
+
+    def hub_load(*args, **kwargs):
+        hub_calls.append(args)
+        return real_hub_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch.hub, "load", hub_load)
+    modules_before = set(sys.modules)
+    try:
+        encoder = load("fad-vggish", ctx)
+        out = encoder.embed(clips(2, 2.0))
+    finally:
+        assert not marker.exists(), f"planted code ran as {marker.read_text()!r}"
+    assert out.shape == (2, 2, 128) and torch.isfinite(out).all()
+    assert hub_calls == []
+    new = set(sys.modules) - modules_before
+    assert not {m for m in new if "hubconf" in m or "vggish" in m} - {
+        "musicbench_plugins.encoders.vggish_net"}
+
+
+def test_a_wrong_or_damaged_vggish_file_names_the_file_and_the_remedy(ckpt, ctx):
+    (ckpt / fb.VGGISH_WEIGHTS).write_bytes(b"not a checkpoint")
+    with pytest.raises(fb.FadOfflineLoadError) as err:
+        load("fad-vggish", ctx)
+    assert str(ckpt / fb.VGGISH_WEIGHTS) in str(err.value)
+    assert f"download it again from {fb.VGGISH_WEIGHTS_URL}" in str(err.value)
+    torch.save({"features.0.weight": torch.zeros(64, 1, 3, 3)}, ckpt / fb.VGGISH_WEIGHTS)
+    with pytest.raises(fb.FadOfflineLoadError, match="embeddings.0.bias"):
+        load("fad-vggish", ctx)
 
 
 def test_the_offline_guard_refuses_connections_and_restores_the_socket_module():
     before = (socket.socket.connect, socket.getaddrinfo)
-    with pytest.raises(fb.FadOfflineLoadError, match="refused"):
-        with fb.offline("fad-test"):
-            socket.getaddrinfo("huggingface.co", 443)
+    with pytest.raises(fb.FadOfflineLoadError, match="refused"), fb.offline("fad-test"):
+        socket.getaddrinfo("huggingface.co", 443)
     assert (socket.socket.connect, socket.getaddrinfo) == before
 
 
@@ -258,7 +320,7 @@ def test_a_package_that_does_not_import_offline_gives_the_hf_cache_hint(monkeypa
 # --------------------------------------------------------------------------- the success path
 
 
-def test_vggish_shape_weights_and_determinism(fake_fad, ctx, network_spy):
+def test_vggish_shape_weights_and_determinism(vggish_weights, ctx, network_spy):
     encoder = load("fad-vggish", ctx)
     audio = clips(3, 3.0)
     out = encoder.embed(audio)
@@ -266,18 +328,25 @@ def test_vggish_shape_weights_and_determinism(fake_fad, ctx, network_spy):
     assert out.dtype == torch.float32 and not out.requires_grad
     assert torch.equal(out, encoder.embed(audio))
     # the saved weights are used, and the output ReLU is dropped as the package does
-    x = torch.cat([fake_fad._preprocess(c, RATE) for c in audio.numpy()])
+    net = vn.VggishNet(final_relu=False)
+    net.load_state_dict(vggish_weights, strict=True)
+    x = vn.log_mel_examples(audio.double()).float().reshape(9, 1, 96, 64)
     with torch.no_grad():
-        ref = fake_fad.embeddings[:-1](fake_fad.features(x)).reshape(3, 3, 128)
+        ref = net(x).reshape(3, 3, 128)
     torch.testing.assert_close(out, ref)
     assert (out < 0).any()
+    with_relu = load("fad-vggish", ctx, use_activation=True).embed(audio)
+    torch.testing.assert_close(with_relu, out.clamp(min=0))
     assert network_spy == []
 
 
-def test_vggish_refuses_clips_shorter_than_one_example(fake_fad, ctx):
+def test_vggish_refuses_clips_shorter_than_one_example(vggish_weights, ctx):
     encoder = load("fad-vggish", ctx)
     with pytest.raises(ValueError, match="15600 samples"):
         encoder.embed(clips(1, 0.5))
+    with pytest.raises(ValueError, match="15600 samples"):
+        encoder.embed(clips(1, 15599 / RATE))
+    assert encoder.embed(clips(1, 15600 / RATE)).shape == (1, 1, 128)
 
 
 def test_pann_one_frame_per_clip_or_per_window(fake_fad, ctx, network_spy):

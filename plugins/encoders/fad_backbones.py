@@ -1,10 +1,14 @@
 """``fad-vggish``, ``fad-pann``, ``fad-clap``: the FAD backbones of ``frechet-audio-distance``,
-loaded from local files only (the optional ``[fad]`` extra).
+loaded from local files only.
 
 Package: ``frechet-audio-distance`` >= 0.3 (H. H. Tan, MIT licence), which computes FAD on
 
 - **VGGish**: S. Hershey et al., "CNN Architectures for Large-Scale Audio Classification",
-  ICASSP 2017; the PyTorch port ``harritaylor/torchvggish`` through torch hub;
+  ICASSP 2017; the package builds the PyTorch port ``harritaylor/torchvggish`` through torch
+  hub. Here the network and its log-mel front end are our own code
+  (:mod:`musicbench_plugins.encoders.vggish_net`) with the port's state-dict layout, so only
+  the port's weight file ``vggish-10086976.pth`` is needed: neither the package (the ``[fad]``
+  extra) nor the hub checkout, and no code from a cache folder is ever imported or run;
 - **PANN CNN14**: Q. Kong et al., "PANNs: Large-Scale Pretrained Audio Neural Networks for
   Audio Pattern Recognition", IEEE/ACM TASLP 28, 2020; the model classes ship in the package
   (``frechet_audio_distance.models.pann``), the checkpoints come from Zenodo record 3987831;
@@ -19,9 +23,11 @@ and why we do not call it: every path can reach the network.
   ``BertTokenizer.from_pretrained("bert-base-uncased")``, ``RobertaTokenizer...("roberta-base")``
   and ``BartTokenizer...("facebook/bart-base")`` at import time: Hugging Face hub downloads
   unless those are in the HF cache.
-- VGGish: ``torch.hub.load("harritaylor/torchvggish", "vggish")`` always opens
-  ``github.com`` first (to pick the default branch), downloads the repository zip if it is not in
-  ``<hub dir>/harritaylor_torchvggish_master``, then the hub's ``VGGish`` downloads
+- VGGish: ``torch.hub.load("harritaylor/torchvggish", "vggish")`` imports and runs the
+  ``hubconf.py`` and package code it finds in ``<hub dir>/harritaylor_torchvggish_master`` (a
+  planted file there would run with the user's rights, musicbench issue 26); it always opens
+  ``github.com`` first (to pick the default branch), downloads the repository zip if it is not
+  in ``<hub dir>/harritaylor_torchvggish_master``, then the hub's ``VGGish`` downloads
   ``<hub dir>/checkpoints/vggish-10086976.pth`` and the PCA parameters
   ``vggish_pca_params-970ea276.pth`` if they are missing. With ``ckpt_dir`` the package
   calls ``torch.hub.set_dir(ckpt_dir)`` (a process-wide change) first.
@@ -32,16 +38,17 @@ and why we do not call it: every path can reach the network.
   ``RobertaModel.from_pretrained("roberta-base")`` (about 500 MB from the HF hub) and its
   tokenizer, even though only the audio branch is used.
 
-What this module does instead: it checks that the package is installed without importing it
-(:func:`importlib.util.find_spec`), looks for every weight file in the checkpoint folders
-(:func:`checkpoint_dirs`) and raises a :class:`FadBackboneUnavailableError` naming the folders
-and the files before calling anything that could download. Then it builds the backbone the way
-the package does, but from those files (the hub repository with ``source="local"`` and
-``pretrained=False``; a ``weights_only`` :func:`load_checkpoint` of the found file), inside
-:func:`offline`: Hugging Face offline mode, stdout redirected to stderr (the libraries print),
-and every outgoing internet connection refused, so a code path we did not foresee fails with a
-clear message instead of downloading. The HF cache is still needed for the package import
-(VGGish does not import the package, so it does not need it) and for CLAP's text branch.
+What this module does instead: for PANN and CLAP it checks that the package is installed
+without importing it (:func:`importlib.util.find_spec`); for all three it looks for the weight
+file in the checkpoint folders (:func:`checkpoint_dirs`) and raises a
+:class:`FadBackboneUnavailableError` naming the folders and the files before calling anything
+that could download. VGGish is then our own :class:`VggishNet` with the file's tensors
+(a ``weights_only`` :func:`load_checkpoint`, ``strict`` state-dict load): nothing else is read.
+PANN and CLAP are built the way the package does, from those files, inside :func:`offline`:
+Hugging Face offline mode, stdout redirected to stderr (the libraries print), and every
+outgoing internet connection refused, so a code path we did not foresee fails with a clear
+message instead of downloading. The HF cache is still needed for the package import and for
+CLAP's text branch.
 
 Sample rates. The harness hands the FAD encoder the cell's audio as it is, at the dataset's
 rate, 16 kHz for every built-in dataset, so each encoder declares ``sample_rate = 16000`` and
@@ -50,7 +57,8 @@ resamples inside when its backbone runs at another rate, with a polyphase anti-a
 
 - ``fad-vggish``: backbone at 16 kHz; one frame per 0.96 s, no overlap (the tail that fills
   no window is dropped); 128 dims, the last layer before its ReLU and without PCA (the
-  package's defaults ``use_activation=False, use_pca=False``).
+  package's defaults ``use_activation=False, use_pca=False``); the front end and network are
+  those of the port the package loads (checked against it: equal examples and embeddings).
 - ``fad-pann``: backbone at 16 kHz (``variant="16k"``, no resampling), 32 or 8 kHz; one frame
   per clip as in the package, or one per ``window_seconds``; 2048 dims, the ``embedding``
   output (after ``fc1`` and its ReLU; dropout off in eval mode).
@@ -69,9 +77,9 @@ crop clips over 10 s at a random offset, so longer clips are always cut into win
 Not offered: VGGish's PCA/8-bit quantisation, CLAP's fusion models (their random chunk choice
 makes the embedding non-deterministic) and the package's EnCodec backbone.
 
-These encoders run under ``torch.no_grad`` (VGGish's log-mel front end is numpy): they serve
-FAD, not as a differentiable backbone. Clips are processed in one batch per ``embed`` call
-(VGGish's numpy front end goes clip by clip, as in the package).
+These encoders run under ``torch.no_grad``: they serve FAD, not as a differentiable backbone.
+Clips are processed in one batch per ``embed`` call (VGGish's front end too, in float64 as the
+release computes it, on the encoder's device; on the CPU where the device has no float64).
 """
 
 from __future__ import annotations
@@ -95,6 +103,7 @@ from musicbench.api import check_number
 from musicbench.errors import MusicbenchError
 from musicbench.interfaces import Context, Encoder
 from musicbench_plugins._limits import MAX_SECONDS
+from musicbench_plugins.encoders import vggish_net
 
 PACKAGE = "frechet_audio_distance"
 DISTRIBUTION = "frechet-audio-distance"
@@ -103,8 +112,9 @@ INPUT_RATE = 16_000
 INSTALL_HINT = "pip install 'musicbench[fad]'"
 DOCS = "docs/fad.md"
 
-VGGISH_REPO_PREFIX = "harritaylor_torchvggish_"
 VGGISH_WEIGHTS = "vggish-10086976.pth"
+VGGISH_WEIGHTS_URL = ("https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+                      + VGGISH_WEIGHTS)
 
 HF_REPOS_FOR_IMPORT = ("bert-base-uncased", "roberta-base", "facebook/bart-base")
 
@@ -179,20 +189,6 @@ def find_file(names: Sequence[str], dirs: Sequence[Path]) -> Path | None:
             for name in names:
                 if (sub / name).is_file():
                     return sub / name
-    return None
-
-
-def find_vggish_repo(dirs: Sequence[Path]) -> Path | None:
-    """The torch hub checkout of ``harritaylor/torchvggish`` (a folder
-    ``harritaylor_torchvggish_<branch>`` holding ``hubconf.py``), ``master`` preferred."""
-    for d in dirs:
-        preferred = d / f"{VGGISH_REPO_PREFIX}master"
-        if (preferred / "hubconf.py").is_file():
-            return preferred
-        if d.is_dir():
-            for cand in sorted(d.glob(f"{VGGISH_REPO_PREFIX}*")):
-                if (cand / "hubconf.py").is_file():
-                    return cand
     return None
 
 
@@ -383,49 +379,39 @@ class FadVggishParams:
 
 class FadVggishEncoder(Encoder):
     """``audio[B, samples]`` at 16 kHz -> VGGish embeddings ``[B, frames, 128]``, one per
-    0.96 s (non-overlapping; clips must be at least 15600 samples, 0.975 s)."""
+    0.96 s (non-overlapping; clips must be at least 15600 samples, 0.975 s).
+
+    Needs only ``vggish-10086976.pth`` (torch and numpy, not the ``[fad]`` extra): the
+    network and front end are :mod:`~musicbench_plugins.encoders.vggish_net`."""
 
     sample_rate = INPUT_RATE
-    dim = 128
-    version = "1"
+    dim = vggish_net.EMBEDDING_DIM
+    version = "2"  # 2: our own VggishNet and batched torch front end instead of the hub's code
     Params = FadVggishParams
-    backbone_rate = 16_000
-    # VGGish front end: 25 ms window, 10 ms hop, 96 frames per example, no overlap.
-    _WIN, _HOP, _FRAMES = 400, 160, 96
+    backbone_rate = vggish_net.SAMPLE_RATE
 
     def __init__(self, params: FadVggishParams | None = None):
         super().__init__(params)
-        self.net: Any = None
+        self.net: vggish_net.VggishNet | None = None
         self.device = torch.device("cpu")
 
     def load(self, ctx: Context) -> None:
-        require_package("fad-vggish")
         dirs = checkpoint_dirs(ctx)
-        repo = find_vggish_repo(dirs)
         weights = find_file([VGGISH_WEIGHTS], dirs)
-        if repo is None or weights is None:
-            missing = [] if repo is not None else [f"{VGGISH_REPO_PREFIX}master/hubconf.py"]
-            missing += [] if weights is not None else [VGGISH_WEIGHTS]
-            raise _missing("VGGish weights", " and ".join(missing), dirs,
-                           _download_command("vggish"))
-        with offline("fad-vggish"):
-            # the hub repository's own code, imported from disk; pretrained=False and
-            # postprocess=False so that it fetches nothing (no weights, no PCA parameters)
-            net = torch.hub.load(str(repo), "vggish", source="local", pretrained=False,
-                                 postprocess=False)
-            net.load_state_dict(load_checkpoint(weights))
-            if not self.params.use_activation:  # as the package does
-                net.embeddings = torch.nn.Sequential(*list(net.embeddings.children())[:-1])
-            net.preprocess = False  # we run the (numpy) front end ourselves, clip by clip
-            net.postprocess = False
-            net.device = ctx.device
-            self.net = net.to(ctx.device).eval()
+        if weights is None:
+            raise _missing("VGGish weights", VGGISH_WEIGHTS, dirs,
+                           f"`curl -L -o fad-weights/{VGGISH_WEIGHTS} {VGGISH_WEIGHTS_URL}`")
+        state = _vggish_state(weights)
+        with torch.device("meta"):  # no random init of 72M weights that are replaced at once
+            # the package drops the last ReLU unless use_activation (a ReLU holds no weights)
+            net = vggish_net.VggishNet(final_relu=self.params.use_activation)
+        net.load_state_dict(state, strict=True, assign=True)
+        self.net = net.to(ctx.device).eval()
         self.device = ctx.device
 
     def frames(self, samples: int) -> int:
         """How many embeddings a clip of ``samples`` samples at 16 kHz gets."""
-        stft = 1 + (samples - self._WIN) // self._HOP if samples >= self._WIN else 0
-        return 1 + (stft - self._FRAMES) // self._FRAMES if stft >= self._FRAMES else 0
+        return vggish_net.example_count(samples)
 
     @torch.no_grad()
     def embed(self, audio: torch.Tensor) -> torch.Tensor:
@@ -435,12 +421,39 @@ class FadVggishEncoder(Encoder):
         batch, samples = audio.shape
         n = self.frames(samples)
         if n == 0:
-            raise ValueError(f"fad-vggish needs clips of at least 15600 samples (0.975 s at "
-                             f"16 kHz), got {samples}")
-        clips = audio.detach().to("cpu", torch.float32).numpy()
-        examples = torch.cat([self.net._preprocess(c, self.backbone_rate) for c in clips])
-        out = self.net(examples.detach().to(self.device, torch.float32))  # [B * n, 128]
-        return out.detach().float().reshape(batch, n, self.dim)
+            raise ValueError(f"fad-vggish needs clips of at least {vggish_net.min_samples()} "
+                             f"samples (0.975 s at 16 kHz), got {samples}")
+        # float64 as the release's numpy front end; MPS has no float64, so the CPU there
+        where = torch.device("cpu") if self.device.type == "mps" else self.device
+        examples = vggish_net.log_mel_examples(audio.detach().to(where, torch.float64))
+        x = examples.reshape(batch * n, 1, *examples.shape[-2:]).to(self.device, torch.float32)
+        out = self.net(x)  # [B * n, 128]
+        return out.float().reshape(batch, n, self.dim)
+
+
+def _vggish_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a VGGish weight file (float32), checked against :class:`VggishNet`'s
+    state-dict keys and shapes: a :class:`FadOfflineLoadError` naming the file otherwise."""
+    redo = f"download it again from {VGGISH_WEIGHTS_URL}"
+    try:
+        state = load_checkpoint(path)
+    except FadOfflineLoadError:
+        raise
+    except Exception as exc:  # a truncated or foreign file: torch.load's errors vary
+        raise FadOfflineLoadError(f"cannot read VGGish weights {path} ({type(exc).__name__}: "
+                                  f"{exc}); {redo}") from exc
+    if not isinstance(state, dict):
+        raise FadOfflineLoadError(f"{path} holds a {type(state).__name__}, not the VGGish state "
+                                  f"dict of {VGGISH_WEIGHTS}; {redo}")
+    expected = vggish_net.state_dict_shapes()
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None
+              for k, v in state.items()}
+    wrong = sorted(k for k in expected.keys() | shapes.keys() if shapes.get(k) != expected.get(k))
+    if wrong:
+        raise FadOfflineLoadError(f"{path} is not the VGGish state dict of {VGGISH_WEIGHTS} "
+                                  f"(keys missing, extra or of another shape: "
+                                  f"{', '.join(wrong[:5])}); {redo}")
+    return {k: v.float() for k, v in state.items()}
 
 
 # --------------------------------------------------------------------------- PANN
