@@ -8,7 +8,8 @@ store. A worker runs :func:`musicbench.runner.run_cell` on the same typed :class
 its records are the local executor's (wall times aside).
 
 - **Cluster**: ``[run] ray_address`` / ``--ray-address``: ``""`` starts a local cluster (and
-  shuts it down after the run), ``auto`` joins the one this machine belongs to, ``HOST:PORT``
+  shuts it down after the run) whose processes listen on the loopback interface only
+  (:func:`start_local_cluster`), ``auto`` joins the one this machine belongs to, ``HOST:PORT``
   or ``ray://HOST:PORT`` one at that address (checked for a listener first, so a wrong
   address is a config error in seconds, not a two-minute hang inside Ray).
 - **Resources**: each actor reserves ``ray_cpus_per_cell`` CPUs and ``ray_gpus_per_cell`` GPUs
@@ -56,6 +57,57 @@ from musicbench.store import CellRecord
 from musicbench.workspace import Workspace
 
 CONNECT_TIMEOUT_S = 5.0
+RAY_INIT_DEFAULTS: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+# Ray resolves a local node's address to the machine's outward IP and binds its gRPC servers
+# (GCS, raylet, every worker and the driver) to all interfaces, unless clusters are disabled,
+# the mode it uses on laptops: then the node is 127.0.0.1 and every server listens there only.
+_LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+class RayExposedWarning(UserWarning):
+    """The local cluster could not be kept on the loopback interface (a Ray release that
+    resolves node addresses differently): its servers may be reachable from the network."""
+
+
+def start_local_cluster(num_cpus: int | None = None) -> str:
+    """Start a Ray cluster on this machine, reachable from this machine only; return its
+    node address (``127.0.0.1``, or whatever Ray chose, with a :class:`RayExposedWarning`).
+
+    Nothing else on the network may reach a cluster musicbench starts for itself: Ray's
+    servers execute whatever task they receive (Ray 2.60 adds token authentication, older
+    releases have none). Ray decides its listening address while the node starts, from its
+    constant ``ENABLE_RAY_CLUSTER`` (read from the environment at import) and the node
+    address; both are set for the start only and restored after, so a later ``ray.init``
+    in this process (joining a real cluster) is unaffected. The processes Ray starts inherit
+    the environment of that moment, so workers started later bind the loopback too.
+    """
+    import warnings
+
+    import ray
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_LOOPBACK_ONLY_ENV)
+    saved_flag = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_LOOPBACK_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, **RAY_INIT_DEFAULTS)
+    finally:
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ONLY_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ONLY_ENV] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+    node = ray.util.get_node_ip_address()
+    if node not in LOOPBACK:
+        warnings.warn(f"the local Ray cluster runs on {node}, not on the loopback interface: "
+                      f"this Ray release ({ray.__version__}) may expose its servers to the "
+                      "network; start a cluster yourself with the address you want "
+                      "(ray start --head --node-ip-address ...) and pass --ray-address",
+                      RayExposedWarning, stacklevel=2)
+    return node
 
 
 @dataclass(frozen=True)
@@ -190,14 +242,11 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         address = self.settings.ray_address
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address:
-            kwargs["address"] = address
-        else:
-            if self.settings.ray_local_cpus:
-                kwargs["num_cpus"] = self.settings.ray_local_cpus
         try:
-            ray.init(**kwargs)
+            if address:
+                ray.init(address=address, **RAY_INIT_DEFAULTS)
+            else:
+                start_local_cluster(self.settings.ray_local_cpus or None)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"cannot join the Ray cluster at '{address or 'local'}': "
                               f"{type(exc).__name__}: {exc}", table="run",

@@ -1,10 +1,12 @@
 """The ray executor: a local Ray cluster gives exactly the records the local executor gives
 (wall times aside), whole cells or in clip shards, a worker killed mid-task is retried once and
-a second death costs only its cell, and a wrong address is a config error (exit 2) before any
-work."""
+a second death costs only its cell, a wrong address is a config error (exit 2) before any
+work, and the local cluster musicbench starts listens on the loopback interface only."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 
 import pytest
 
@@ -15,6 +17,9 @@ from test_planning import BASE
 from test_shards import records as _records
 
 from musicbench.errors import ConfigError
+from musicbench.ray_executor import start_local_cluster
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 from musicbench.session import RunOptions, execute
 from musicbench.store import Store
 
@@ -33,10 +38,89 @@ name = "toy-noise"
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local cluster (2 CPUs) for the module: starting Ray costs tens of seconds."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local cluster (2 CPUs) for the module, started as the executor starts its own:
+    starting Ray costs tens of seconds."""
+    start_local_cluster(2)
     yield
     ray.shutdown()
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[IPAddress, int, int]]:
+    """``(address, port, pid)`` of every TCP socket the processes ``pids`` listen on, read
+    from /proc (no psutil): /proc/net/tcp{,6} rows in state 0A (LISTEN), matched by inode."""
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = pid
+    found = []
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A" or inode not in owner:
+                    continue
+                hex_ip, hex_port = local.split(":")
+                raw = bytes.fromhex(hex_ip)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, width, 4))
+                found.append((ipaddress.ip_address(words), int(hex_port, 16), owner[inode]))
+    return found
+
+
+def _loopback(address: IPAddress) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv6 socket's form
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def _process_tree(root: int) -> set[int]:
+    """``root`` and all its descendants (Ray's GCS, raylet and workers descend from the
+    driver that started the cluster)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc")
+def test_the_local_cluster_listens_on_the_loopback_only(cluster):
+    """Ray's servers run any task they receive: a cluster musicbench starts for itself must
+    not be reachable from the network (Ray binds all interfaces by default)."""
+
+    @ray.remote
+    def pid() -> int:
+        return os.getpid()
+
+    worker = ray.get(pid.remote())  # a worker exists and has started its own server
+    tree = _process_tree(os.getpid())
+    assert worker in tree and len(tree) >= 3  # the driver, GCS, raylet, the worker
+    sockets = _listening_sockets(tree)
+    assert {p for _, _, p in sockets} >= {os.getpid(), worker}  # the check sees them
+    exposed = [s for s in sockets if not _loopback(s[0])]
+    assert not exposed, exposed
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # restored after the start
 
 
 # whole cells; shards of one batch, with the survivor cascade (pgd runs after fgsm, in waves)

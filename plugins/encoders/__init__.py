@@ -8,8 +8,8 @@ def register_encoders(register):
     register("musicnn", "musicbench_plugins.encoders.musicnn:MusicnnEncoder",
              summary="musicnn mid-end features, 753-d per 16 ms frame (MSD weights by default)")
     register("fad-vggish", "musicbench_plugins.encoders.fad_backbones:FadVggishEncoder",
-             summary="VGGish via frechet-audio-distance, 128-d per 0.96 s; needs the [fad] "
-                     "extra and local weights (docs/fad.md)")
+             summary="VGGish (the FAD reference backbone), 128-d per 0.96 s; needs only its "
+                     "local weights file (docs/fad.md)")
     register("fad-pann", "musicbench_plugins.encoders.fad_backbones:FadPannEncoder",
              summary="PANN CNN14 via frechet-audio-distance, 2048-d per clip; needs the [fad] "
                      "extra and local weights (docs/fad.md)")
