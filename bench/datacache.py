@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from musicbench.files import default_dir_mode, describe_holder, file_lock
+from musicbench.files import (
+    default_dir_mode,
+    describe_holder,
+    file_lock,
+    storage_full_as_error,
+)
 
 INT16_SCALE = 32767.0
 """Clips are stored as int16: ``round(x * INT16_SCALE)``; decoding divides by it."""
@@ -85,17 +90,21 @@ def _note_wait(what: str, path: Path, holder: dict[str, str]) -> None:
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``path`` to write into; on success rename it to
     ``path`` (so readers never see half a cache), on error or afterwards remove it. A folder
-    that another process finished first wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    that another process finished first wins. A full disk while it is written (by the ``with``
+    block too) is a :class:`~musicbench.errors.StorageFullError` naming the file (or the
+    entry), and the half-written folder is removed."""
+    with storage_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        os.chmod(tmp, default_dir_mode())  # mkdtemp's 0700 -> the umask's, like every cache
-        yield tmp
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():  # not "another process finished first"
-                raise
+        with storage_full_as_error(path):  # judged before the half-written folder goes
+            os.chmod(tmp, default_dir_mode())  # mkdtemp's 0700 -> the umask's, like every cache
+            yield tmp
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not path.is_dir():  # not "another process finished first"
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

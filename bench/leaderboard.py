@@ -629,7 +629,24 @@ def _header(runs: list[dict[str, Any]], records: list[CellRecord], planned: int
         "surrogates": {r.spec.defense.label: fidelity for r in records
                        if r.spec.run.bpda and (fidelity := (r.info.defense_behaviour or {})
                                                .get("surrogate_fidelity")) is not None},
+        "external": _external_sources(records),
     }
+
+
+def _external_sources(records: list[CellRecord]) -> dict[str, dict[str, Any]]:
+    """Every ``external`` attack of the board (adversarial audio made elsewhere): its label,
+    the source it names, the folder and the digest of its files, and its threat model, so a
+    reader sees which figures rest on submitted files."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        attack = r.spec.attack
+        if attack.name != "external" or attack.label in out:
+            continue
+        params = attack.params
+        out[attack.label] = {"source": params.get("source") or Path(str(params.get(
+            "folder", ""))).name, "folder": params.get("folder"), "digest": attack.weights,
+            "threat_model": r.spec.threat_model.label}
+    return out
 
 
 def dirty_revisions(board: Leaderboard) -> list[str]:
@@ -730,6 +747,12 @@ def _header_lines(h: dict[str, Any]) -> list[str]:
                      "defense itself, 1: no better than the identity; docs/defenses.md): "
                      + ", ".join(f"`{name}` {value:.2f}"
                                  for name, value in h["surrogates"].items()))
+    if h.get("external"):
+        lines.append("- External adversarial audio (`external` attack: files made elsewhere, "
+                     "checked against their bound and judged here):")
+        lines += [f"  - `{escape_cell(label)}`: {escape_cell(str(e['source']))} "
+                  f"({escape_cell(str(e['threat_model']))}; files `{e['digest']}`)"
+                  for label, e in h["external"].items()]
     if h["stored"] < h["planned"]:
         lines.append(f"- **{h['planned'] - h['stored']} of {h['planned']} planned cells have "
                      "not run yet**")

@@ -748,9 +748,11 @@ def _run_batch(
         xa, ya = x[idx], y[idx]
         _sync(device)
         t = time.perf_counter()
-        result = attack(victim, xa, ya, generator=generator)
+        result = attack(victim, xa, ya, generator=generator,
+                        clip_ids=[batch.examples[i].id for i in idx.tolist()])
         _sync(device)
         out.attack_seconds += time.perf_counter() - t
+        out.flags += result.notes
         verdict = judge.judge(result.adv, ya, eval_draws)
         adv_all[idx] = result.adv
         adv_pred[idx] = verdict.prediction

@@ -11,6 +11,7 @@ draws (dropout left on, a stochastic layer: measured by
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,10 @@ class Victim:
     Without ``bpda``, gradients go through ``defense.forward`` as they are; a forward whose
     output is detached from its input then gives a zero gradient, which is what a
     non-adaptive evaluation (``adaptive = false``) sees.
+
+    ``clip_ids``: the dataset ids of the batch's clips, row by row, set by the harness before
+    each attack call (None outside one): what an attack that reads per-clip material (the
+    ``external`` attack's files) looks them up by.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class Victim:
         self.task = model.task
         self.queries = torch.zeros(0, dtype=torch.long)
         self.gradient_calls = torch.zeros(0, dtype=torch.long)
+        self.clip_ids: tuple[str, ...] | None = None
         self.used_eot = False
         self.used_bpda = False
         self._scale = 1.0 / RETRIEVAL_TEMPERATURE if model.task == "retrieval" else 1.0
@@ -434,10 +440,13 @@ def seeded_global_rng(generator: torch.Generator, device: torch.device):
         yield
 
 
-def begin_batch(victim: Victim, batch: int) -> None:
+def begin_batch(victim: Victim, batch: int, clip_ids: Sequence[str] | None = None) -> None:
     """Reset ``victim``'s per-sample counters for a new batch (the harness, before every
-    attack call: an attack cannot reset its own budget)."""
+    attack call: an attack cannot reset its own budget) and tell it the batch's clip ids."""
+    if clip_ids is not None and len(clip_ids) != batch:
+        raise ValueError(f"{len(clip_ids)} clip ids for a batch of {batch}")
     victim._reset_counters(batch)
+    victim.clip_ids = tuple(clip_ids) if clip_ids is not None else None
 
 
 def judge(victim: Victim) -> Scorer:

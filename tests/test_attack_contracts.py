@@ -3,9 +3,14 @@ harness rejects attacks that break the contract."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from torch import nn
 
@@ -138,7 +143,26 @@ CONTRACT_PARAMS: dict[str, dict[str, Any]] = {
     # clip with no context left to inpaint from: 0.05 s gaps keep context on both sides.
     "maia-wb": {"inpainter": "baseline", "gap_seconds": 0.05},
     "maia-bb": {"inpainter": "baseline", "gap_seconds": 0.05},
+    # a submission for the contract clips (below): one file inside the bound, one outside it
+    # (rejected: the clean clip comes back), the third clip without a file
+    "external": {"folder": str(Path(tempfile.mkdtemp(prefix="musicbench-external-")))},
 }
+# the dataset ids the harness hands every attack with its batch (victim.clip_ids)
+CLIP_IDS = ("clip-000", "clip-001", "clip-002")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _external_submission():
+    """Files for the contract batch (tone_batch(3, ..., seed=2) of TinyClassifier) in the
+    ``external`` attack's folder, written before any test makes that attack."""
+    tiny = TinyClassifier()
+    x = tone_batch(3, tiny.input_samples, seed=2).numpy()
+    folder = Path(CONTRACT_PARAMS["external"]["folder"])
+    sign = np.sign(np.random.default_rng(0).standard_normal(x.shape[1])).astype(np.float32)
+    sf.write(folder / "clip-000.wav", x[0] + 0.0015 * sign, tiny.sample_rate, subtype="FLOAT")
+    sf.write(folder / "clip-001.wav", x[1] + 0.01 * sign, tiny.sample_rate, subtype="FLOAT")
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _attack_class(name: str) -> type:
@@ -238,7 +262,8 @@ def test_attack_keeps_the_output_contract_and_is_deterministic(name, model):
 
     def run():
         victim = _victim_for(attack, model)
-        return victim, attack(victim, x, y, generator=torch.Generator().manual_seed(7))
+        return victim, attack(victim, x, y, generator=torch.Generator().manual_seed(7),
+                              clip_ids=CLIP_IDS)
 
     victim, res = run()
     assert res.adv.shape == x.shape and res.adv.dtype == x.dtype

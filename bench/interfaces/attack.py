@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal, final
 
 from musicbench.errors import AttackContractError
@@ -130,13 +131,16 @@ class AttackResult:
 
     Shapes: ``adv[B, T]`` float32 in [-1, 1]; ``success``, ``queries``, ``steps`` ``[B]``.
     ``success`` and ``queries`` are overwritten by the harness (re-scored and counted by the
-    Victim); ``steps`` is the attack's own iteration count per sample.
+    Victim); ``steps`` is the attack's own iteration count per sample. ``notes``: what a
+    reader of the cell must know about this batch (a clip the attack refused to use, and
+    why), one line each; the harness adds them to the cell's flags.
     """
 
     adv: torch.Tensor
     success: torch.Tensor
     queries: torch.Tensor
     steps: torch.Tensor
+    notes: list[str] = field(default_factory=list)
 
 
 class Attack(Component, abc.ABC):
@@ -187,15 +191,18 @@ class Attack(Component, abc.ABC):
         target: torch.Tensor,
         *,
         generator: torch.Generator,
+        clip_ids: Sequence[str] | None = None,
     ) -> AttackResult:
-        """Run the attack, then check its output and re-score success with the victim."""
+        """Run the attack, then check its output and re-score success with the victim.
+        ``clip_ids``: the dataset ids of the rows (the harness passes them; the victim
+        exposes them to the attack as ``victim.clip_ids``)."""
         import torch
 
         from musicbench.victim import begin_batch, judge
 
         if audio.dim() != 2:
             raise ValueError(f"attacks take audio[B, T]; got shape {tuple(audio.shape)}")
-        begin_batch(victim, audio.shape[0])
+        begin_batch(victim, audio.shape[0], clip_ids)
         result = self.run(victim, audio, target, generator=generator)
         adv = result.adv
         if adv.shape != audio.shape or adv.dtype != audio.dtype or adv.device != audio.device:
@@ -232,4 +239,5 @@ class Attack(Component, abc.ABC):
                 f"attack '{self.name}' is a transfer attack but queried the victim "
                 f"({int(queries.sum())} queries)")
         success = judge(victim).success(adv, target)
-        return AttackResult(adv=adv, success=success, queries=queries, steps=result.steps)
+        return AttackResult(adv=adv, success=success, queries=queries, steps=result.steps,
+                            notes=list(result.notes))

@@ -32,3 +32,6 @@ def register_attacks(register):
     register("transfer", "musicbench_plugins.attacks.transfer:Transfer",
              summary="transfer: a white-box attack crafted on a surrogate model, zero queries "
                      "to the target (Papernot et al. 2016; Liu et al. 2017)")
+    register("external", "musicbench_plugins.attacks.external:External",
+             summary="adversarial audio made elsewhere: one file per clip id, checked against "
+                     "the bound it claims, judged like any attack (zero queries)")
