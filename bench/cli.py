@@ -22,32 +22,57 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+def _path(value: str | Path) -> Path:
+    """A path argument: an empty one names nothing (``Path("")`` would be the working
+    directory, so ``--out ""`` would write there), and is refused as a usage error (exit 2)."""
+    if isinstance(value, Path):
+        return value
+    if not value:
+        raise typer.BadParameter("an empty path names nothing; give a file or folder name")
+    return Path(value)
+
+
+def _text(value: str) -> str:
+    """A text option that has no meaning empty (a device, an address): refused, exit 2, rather
+    than read as "not given" (``--device ""`` would run on the config's device)."""
+    if not value:
+        raise typer.BadParameter("an empty value means nothing here; leave the option out "
+                                 "for its default")
+    return value
+
+
 DeviceOpt = Annotated[
-    Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: config)")
+    Optional[str], typer.Option("--device", parser=_text,
+                                help="auto | cpu | cuda | cuda:N (default: config)")
 ]
 
 
 def _fail_config(exc: ConfigError) -> None:
-    if isinstance(exc, StoreDamagedError):  # one line naming the store, however long its path
-        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-    else:
-        print_error(exc)
+    """One line on stderr, however long its paths (not folded to the terminal's width: a
+    user's grep, or a test, finds the whole message on it), and exit 2."""
+    stderr.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Argument(help="TOML config; default: embedded")] = None,
+    config: Annotated[Optional[Path], typer.Argument(
+        parser=_path, help="TOML config; default: embedded")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="run the small version (CI)")] = False,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="output folder")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", parser=_path, help="output folder")]
+    = None,
     only: Annotated[
         Optional[list[str]], typer.Option("--only", help="KIND=NAME, repeatable")
     ] = None,
-    executor: Annotated[Optional[str], typer.Option("--executor", help="local | ray")] = None,
+    executor: Annotated[Optional[str], typer.Option("--executor", parser=_text,
+                                                    help="local | ray")] = None,
     ray_address: Annotated[Optional[str], typer.Option(
-        "--ray-address", help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT of a "
-                              "running cluster (default: start a local one)")] = None,
+        "--ray-address", parser=_text,
+        help="with --executor ray: auto, HOST:PORT or ray://HOST:PORT of a running cluster "
+             "(default: start a local one)")] = None,
     shard_clips: Annotated[Optional[int], typer.Option(
         "--shard-clips", help="split each cell into shards of this many clips (whole "
                               "batches), run and kept separately; 0: whole cells")] = None,
@@ -172,16 +197,18 @@ def list_(
 
 @app.command()
 def leaderboard(
-    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write to FILE")]
-    = None,
+    out: Annotated[Path, typer.Argument(parser=_path,
+                                        help="a run's output folder (or its results.sqlite)")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", parser=_path,
+                                                   help="write to FILE")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
     allow_dirty: Annotated[bool, typer.Option(
         "--allow-dirty", help="write -o FILE even from a modified tree or modified-tree cells")]
     = False,
     store_copy: Annotated[Optional[Path], typer.Option(
-        "--store-copy", help="also write a consistent snapshot of the run's store here (what "
-                             "leaderboards/runs/*.sqlite are), for readers to check figures")]
+        "--store-copy", parser=_path,
+        help="also write a consistent snapshot of the run's store here (what "
+             "leaderboards/runs/*.sqlite are), for readers to check figures")]
     = None,
 ) -> None:
     """Render the leaderboard of a stored run (stdout, or -o FILE to publish it).
@@ -200,12 +227,12 @@ def leaderboard(
     if not db.exists():
         print_error(f"no results at {db}; run `musicbench run --out {out}`")
         raise typer.Exit(code=2)
-    from musicbench.files import UnsafePathError, check_output_file
+    from musicbench.files import UnsafePathError, check_writable_file
 
-    try:  # what would be replaced is checked before any work (a device node, a folder)
+    try:  # what would be replaced is checked before any work (a device node, a folder, /proc)
         for path, what in ((output, "the leaderboard"), (store_copy, "the store copy")):
             if path is not None:
-                check_output_file(path, what)
+                check_writable_file(path, what)
         store = Store(db, readonly=True)
     except (StoreDamagedError, UnsafePathError) as exc:
         _fail_config(exc)
@@ -248,18 +275,22 @@ def leaderboard(
 
 @app.command()
 def report(
-    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
+    out: Annotated[Path, typer.Argument(parser=_path,
+                                        help="a run's output folder (or its results.sqlite)")],
     directory: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="report folder (default: OUT/report)")] = None,
+        "-o", "--output", parser=_path, help="report folder (default: OUT/report)")] = None,
 ) -> None:
     """Write a static HTML report of a stored run: sortable leaderboard tables, and per model
     the kept clips with players (clean, adversarial, amplified difference) and spectrograms.
     Opens from file:// or any static host; needs `pip install "musicbench\\[report]"`."""
+    from musicbench.files import check_writable_folder
     from musicbench.report import write_report
 
     try:
+        if directory is not None:  # before reading the store: /proc or a read-only folder
+            check_writable_folder(directory, "the report folder")
         index = write_report(out, directory)
-    except StoreDamagedError as exc:
+    except ConfigError as exc:
         _fail_config(exc)
         return
     except FileNotFoundError as exc:
@@ -270,16 +301,21 @@ def report(
 
 @app.command()
 def merge(
-    into: Annotated[Path, typer.Argument(help="the run folder to merge into (created if needed)")],
+    into: Annotated[Path, typer.Argument(parser=_path,
+                                         help="the run folder to merge into (created if "
+                                              "needed)")],
     sources: Annotated[list[Path], typer.Argument(
+        parser=_path,
         help="run folders (or their results.sqlite) of the same config, e.g. --only runs")],
 ) -> None:
     """Copy the finished cells (clips, metrics, kept audio) and runs of SOURCES into INTO and
     rewrite its leaderboard: one config run as several --only runs, in several folders or on
     several machines, becomes one run. Finished cells already in INTO are kept as they are."""
+    from musicbench.files import check_writable_folder
     from musicbench.merge import merge as merge_stores
 
     try:
+        check_writable_folder(into, "the merge destination")  # /proc, a read-only folder
         report = merge_stores(into, list(sources))
     except ConfigError as exc:
         _fail_config(exc)
@@ -296,7 +332,8 @@ def merge(
 
 @app.command()
 def verify(
-    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite), "
+    out: Annotated[Path, typer.Argument(parser=_path,
+                                        help="a run's output folder (or its results.sqlite), "
                                              "e.g. leaderboards/runs/default.sqlite")],
     cells: Annotated[int, typer.Option(
         "--cells", min=0, help="recompute this many of the reproducible cells, cheapest "
@@ -311,7 +348,8 @@ def verify(
         "--rtol", min=0.0, help="relative tolerance for real-valued figures (0: bit for bit; "
                                 "another kind of CPU may need ~1e-5)")] = 0.0,
     device: Annotated[Optional[str], typer.Option(
-        "--device", help="cpu | cuda | cuda:N (default: the device the run used)")] = None,
+        "--device", parser=_text,
+        help="cpu | cuda | cuda:N (default: the device the run used)")] = None,
 ) -> None:
     """Check a stored run: every cell's figures derived again from its stored clips, its spec
     against its key, then cells recomputed at this revision and compared clip by clip with
@@ -360,18 +398,22 @@ def verify(
 
 @app.command()
 def compare(
-    out: Annotated[Path, typer.Argument(help="a run's output folder (or its results.sqlite)")],
+    out: Annotated[Path, typer.Argument(parser=_path,
+                                        help="a run's output folder (or its results.sqlite)")],
     labels: Annotated[list[str], typer.Argument(
         help="attack labels, the first compared with each other; with --attack, defense labels")],
-    model: Annotated[str, typer.Option("--model", help="model label")],
+    model: Annotated[str, typer.Option("--model", parser=_text, help="model label")],
     dataset: Annotated[Optional[str], typer.Option(
-        "--dataset", help="dataset label (needed when the model ran on several)")] = None,
+        "--dataset", parser=_text,
+        help="dataset label (needed when the model ran on several)")] = None,
     defense: Annotated[Optional[str], typer.Option(
-        "--defense", help="the defense the attacks are compared under (default: none)")] = None,
+        "--defense", parser=_text,
+        help="the defense the attacks are compared under (default: none)")] = None,
     attack: Annotated[Optional[str], typer.Option(
-        "--attack", help="compare the defenses LABELS under this attack")] = None,
+        "--attack", parser=_text, help="compare the defenses LABELS under this attack")] = None,
     fmt: Annotated[Optional[str], typer.Option(
-        "--format", help="md | csv | json on stdout (default: a table on stderr)")] = None,
+        "--format", parser=_text,
+        help="md | csv | json on stdout (default: a table on stderr)")] = None,
 ) -> None:
     """Paired comparison of cells on the same clips: difference [95% CI], McNemar p, Holm."""
     from musicbench.compare import RENDERERS, cells_of, columns
@@ -431,12 +473,14 @@ def validate(
 
 @app.command("attack")
 def attack_one(
-    source: Annotated[Path, typer.Argument(help="an audio file (any rate and format the "
+    source: Annotated[Path, typer.Argument(parser=_path,
+                                           help="an audio file (any rate and format the "
                                                 "loaders read)")],
     model: Annotated[str, typer.Option("--model", help="a classification model")],
     attack: Annotated[str, typer.Option("--attack", help="an attack")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the "
-                                         "adversarial file (format from its suffix)")],
+    output: Annotated[Path, typer.Option("--output", "-o", parser=_path,
+                                         help="where to write the adversarial file (format "
+                                              "from its suffix)")],
     defense: Annotated[str, typer.Option("--defense", help="a preprocessing defense")] = "none",
     param: Annotated[Optional[list[str]], typer.Option(
         "--param", "-p", help="KEY=VALUE attack parameter (TOML value); repeatable")] = None,

@@ -76,7 +76,8 @@ class UnsafePathError(ConfigError):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
                        (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -134,6 +135,44 @@ def check_output_folder(path: Path | str, what: str = "the output folder") -> Pa
                               "(it is created if missing)")
     _check_parent(path, what)
     return path
+
+
+def check_writable_file(path: Path | str, what: str = "the output") -> Path:
+    """:func:`check_output_file`, and the nearest existing folder above ``path`` takes new
+    files (:func:`check_can_create_in`): what a command checks before any work, so that a
+    path in ``/proc`` or a read-only folder is refused at once, not after hours of work."""
+    path = check_output_file(path, what)
+    check_can_create_in(path, what)
+    return path
+
+
+def check_writable_folder(path: Path | str, what: str = "the output folder") -> Path:
+    """:func:`check_output_folder`, and the folder (or the nearest existing one above it, where
+    it will be made) takes new files (:func:`check_can_create_in`)."""
+    path = check_output_folder(path, what)
+    check_can_create_in(path, what, folder=True)
+    return path
+
+
+def check_can_create_in(path: Path, what: str, *, folder: bool = False) -> None:
+    """Refuse (:class:`UnsafePathError`) unless a file can be created in the nearest existing
+    folder above ``path`` (``folder``: ``path`` itself, if it exists). Tried, not inferred from
+    the mode bits: root may write where the mode says no, and ``/proc`` or a read-only mount
+    refuse whatever the mode says. The probe file is removed at once."""
+    absolute = path.absolute()
+    candidates = ([absolute] if folder else []) + list(absolute.parents)
+    where = next((p for p in candidates if _existing_mode(p) is not None), None)
+    if where is None:
+        return
+    try:
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".musicbench-probe-")
+    except OSError as exc:
+        raise UnsafePathError(f"cannot write {what} {path}: no file can be created in "
+                              f"{where} ({exc.strerror or exc}); name a folder you can "
+                              "write to") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
 
 
 def stored_audio_path(folder: Path | str, rel: str, *, cell: str) -> Path:

@@ -20,7 +20,7 @@ from musicbench.executors import EXECUTORS
 from musicbench.files import (
     LockBusy,
     check_output_file,
-    check_output_folder,
+    check_writable_folder,
     describe_holder,
     file_lock,
 )
@@ -69,7 +69,7 @@ def output_dir(config: RunConfig, options: RunOptions) -> Path:
     leaderboard a run writes in it are regular files or absent."""
     out = options.out if options.out is not None else \
         Path("runs") / (config.run.name + ("-quick" if options.quick else ""))
-    check_output_folder(out, "the output folder")
+    check_writable_folder(out, "the output folder")  # /proc or read-only: refused, too
     check_output_file(out / "results.sqlite", "the results store")
     check_output_file(out / "leaderboard.md", "the leaderboard")
     return out

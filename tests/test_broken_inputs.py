@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import cli
+from test_plugins import TOY_CONFIG
 
 from musicbench.audio import BadAudioError, load_audio
 from musicbench.interfaces import Context
@@ -408,3 +409,101 @@ def test_gtzan_genre_folder_that_cannot_be_listed_is_a_skipped_input(tmp_path, m
     ds.name = "gtzan"
     ds.prepare(_ctx(tmp_path / "cache"))
     assert ds.problems() == [("jazz/", "cannot list the jazz folder: permission denied")]
+
+
+# -- bad command-line inputs (issue 26): one line, exit 2, before any work ---------------------
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A finished one-cell toy run, for the commands that read a store."""
+    from conftest import run_toy_config
+
+    return run_toy_config(tmp_path_factory.mktemp("toy-run"), TOY_CONFIG)[1]
+
+
+@pytest.fixture
+def no_loading(toy_plugins, monkeypatch) -> list[str]:
+    """The toy plugins as the CLI's plugins, with every model load and dataset build recorded
+    (and refused): a command that refuses its input before any work leaves the list empty."""
+    import musicbench.plugins
+    from musicbench.workspace import Workspace
+
+    work: list[str] = []
+
+    def refuse(what: str):
+        def record(self, name, *args, **kwargs):
+            work.append(f"{what} {name}")
+            raise AssertionError(f"{what} {name} before the input was checked")
+        return record
+
+    monkeypatch.setattr(musicbench.plugins, "_SYSTEM", toy_plugins)
+    monkeypatch.setattr(Workspace, "model", refuse("loaded model"))
+    monkeypatch.setattr(Workspace, "dataset", refuse("built dataset"))
+    return work
+
+
+def _invoke(*args: str):
+    """``musicbench ARGS`` in-process, as ``main()`` ends it: ``(exit code, stderr)``; a
+    traceback (an exception other than a ConfigError, which main() prints as one line) fails."""
+    from typer.testing import CliRunner
+
+    from musicbench.cli import app
+    from musicbench.errors import ConfigError
+
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+    exc = result.exception
+    if isinstance(exc, ConfigError):
+        return 2, f"error: {exc}"
+    assert exc is None or isinstance(exc, SystemExit), (args, repr(exc))
+    return result.exit_code, result.stderr
+
+
+def _refused(code: int, err: str, *fragments: str) -> None:
+    """Exit 2 and one error (a rich console may fold it over lines) naming ``fragments``."""
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    flat = " ".join(err.split())
+    for fragment in fragments:
+        assert fragment in flat, (fragment, flat)
+
+
+def _files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["a file", "/dev/null", "/proc", "empty"])
+def test_run_refuses_an_output_that_cannot_be_its_folder_before_any_work(
+        tmp_path: Path, no_loading: list[str], monkeypatch, kind: str) -> None:
+    (tmp_path / "run.toml").write_text(TOY_CONFIG)
+    (tmp_path / "taken").write_text("mine\n")
+    monkeypatch.chdir(tmp_path)  # `--out ""` used to write the run into the working directory
+    out, says = {"a file": ("taken", "the output folder taken is a file, not a folder"),
+                 "/dev/null": ("/dev/null", "is a character device, not a folder"),
+                 "/proc": ("/proc/musicbench-test/out", "no file can be created in /proc"),
+                 "empty": ("", "an empty path names nothing")}[kind]
+    before = _files(tmp_path)
+    code, err = _invoke("run", "run.toml", "--out", out)
+    assert code == 2 and "Traceback" not in err and says in " ".join(err.split()), err
+    assert _files(tmp_path) == before and no_loading == []
+
+
+def test_merge_report_and_leaderboard_refuse_their_outputs_before_any_work(
+        tmp_path: Path, toy_run: Path, no_loading: list[str]) -> None:
+    taken, folder = tmp_path / "taken", tmp_path / "folder"
+    taken.write_text("mine\n")
+    folder.mkdir()
+    before = _files(tmp_path)
+    _refused(*_invoke("merge", str(taken), str(toy_run)),
+             f"the merge destination {taken} is a file, not a folder")
+    _refused(*_invoke("merge", "/proc/musicbench-test", str(toy_run)),
+             "no file can be created in /proc")
+    _refused(*_invoke("report", str(toy_run), "-o", str(taken)),
+             f"the report folder {taken} is a file, not a folder")
+    _refused(*_invoke("report", str(toy_run), "-o", "/proc/musicbench-test"),
+             "no file can be created in /proc")
+    _refused(*_invoke("leaderboard", str(toy_run), "-o", str(folder)),
+             f"cannot write the leaderboard to {folder}: it is a folder")
+    _refused(*_invoke("leaderboard", str(toy_run), "--store-copy", "/proc/musicbench-test/x"),
+             "no file can be created in /proc")
+    assert _files(tmp_path) == before
