@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from musicbench.files import default_file_mode
+from musicbench.files import atomic_write_bytes
 
 
 def save_module(module: torch.nn.Module, path: Path, metadata: dict[str, Any]) -> None:
-    """Write ``module``'s state dict to ``path`` atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``module``'s state dict to ``path`` atomically (temp file, then rename); a full
+    disk is a :class:`~musicbench.errors.StorageFullError` naming ``path``. Serialized in
+    memory first: written by Python, a full disk is an ``OSError`` that says so (safetensors'
+    own writer reports it as a ``SafetensorError`` wrapping the OS error)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"musicbench": json.dumps(metadata, sort_keys=True)})
-        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 -> the umask's (musicbench.files)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = save(state, metadata={"musicbench": json.dumps(metadata, sort_keys=True)})
+    atomic_write_bytes(path, data)
 
 
 def load_module(module: torch.nn.Module, path: Path, device: torch.device) -> dict[str, Any]:

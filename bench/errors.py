@@ -55,6 +55,23 @@ class StoreDamagedError(ConfigError):
         super().__init__(f"store {self.path} is damaged ({what}): {self.remedy}")
 
 
+class StorageFullError(ConfigError):
+    """A file could not be written because its disk (or the user's quota) is full. Whatever
+    was finished before is kept (a run's finished cells and shards are in its store, caches
+    and outputs are replaced whole or not at all), so rerunning the same command once there is
+    space resumes where it stopped. Exit code 2, like a config error: the remedy is the
+    user's, and a traceback would say nothing more.
+
+    The message is ``cannot write PATH: the disk is full (CAUSE); ...``, one line."""
+
+    def __init__(self, path: object, cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(
+            f"cannot write {self.path}: the disk is full ({cause}); free space there and "
+            "rerun the same command: it resumes where it stopped (finished work is kept)")
+
+
 class UnknownNameError(ConfigError):
     """A plugin name that no registry holds; the message lists the closest matches."""
 

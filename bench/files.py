@@ -235,21 +235,23 @@ def _replace_with(path: Path, fill: Callable[[BinaryIO], object], *,
                   times_of: Path | None = None) -> Path:
     """``fill`` a temp file beside ``path``, fsync it, give it the umask's mode (and the
     times of ``times_of``), then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if times_of is not None:
-            shutil.copystat(times_of, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # a full disk: one line naming path, not a traceback (judged before the temp file goes)
+    with storage_full_as_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with storage_full_as_error(path), os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            if times_of is not None:
+                shutil.copystat(times_of, tmp)
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)  # replaces a symbolic link at path, never follows it
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -407,3 +409,82 @@ def read_input_file(path: Path | str, *, what: str, max_bytes: int, holds: str) 
 def _input_stat(st: os.stat_result) -> tuple[str | None, int]:
     """``(None, size)`` for a regular file, else ``(what it is, size)``."""
     return (None if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)), st.st_size
+
+
+# -- full disks ------------------------------------------------------------------------------
+
+STORAGE_FULL_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+"""``OSError`` numbers that mean "no space left": the disk is full, or the user's quota."""
+
+NEARLY_FULL_BYTES = 1 << 20
+"""Free space under which an SQLite I/O error on write is taken for a full disk: SQLite says
+``SQLITE_FULL`` only where it sees ``ENOSPC`` itself, and reports a ``-shm`` it could not grow
+(or a short write) as a plain ``disk I/O error``; it writes a page (or 32 KiB of ``-shm``)
+at a time, so a write that failed with more than this free was not for want of space."""
+
+_SQLITE_WRITE_ERRORS = ("SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_FSYNC",
+                        "SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR_DIR_FSYNC")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes this process may still write in ``folder``'s file system (``None``: unknown)."""
+    for place in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(place).free
+        except OSError:
+            continue  # not made yet: ask the nearest folder that exists
+    return None
+
+
+def storage_full_cause(exc: BaseException, folder: Path) -> str | None:
+    """Why ``exc`` means that ``folder``'s disk is full (``No space left on device``,
+    ``database or disk is full``), or ``None`` when it is another error. Call it before
+    removing what the failed write left: an error that does not say "full" (a short write,
+    SQLite's ``disk I/O error``) is judged by the space still free."""
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+        return exc.strerror or os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.errno is None:  # numpy's "N requested and M written"
+        free = _free_bytes(folder)
+        if free is not None and free < NEARLY_FULL_BYTES:
+            return f"{exc} ({free} bytes free)"
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+            return f"SQLite: {exc}"
+        if name in _SQLITE_WRITE_ERRORS:
+            free = _free_bytes(folder)
+            if free is not None and free < NEARLY_FULL_BYTES:
+                return f"SQLite: {exc} ({free} bytes free)"
+    return None
+
+
+@contextlib.contextmanager
+def storage_full_as_error(path: Path | str) -> Iterator[None]:
+    """Turn an error that means the disk holding ``path`` is full (``ENOSPC``, ``EDQUOT``,
+    SQLite's ``database or disk is full``) raised in the ``with`` block into
+    :class:`~musicbench.errors.StorageFullError` naming ``path`` (exit 2, one line, resumable);
+    every other error passes unchanged. ``path`` is the file (or folder) being written: an
+    ``OSError`` that names its own file names that one instead."""
+    from musicbench.errors import StorageFullError
+
+    path = Path(path)
+    try:
+        yield
+    except StorageFullError:
+        raise  # named already, by a write inside this one
+    except Exception as exc:
+        cause = storage_full_cause(exc, path.parent)
+        if cause is None:
+            raise
+        named = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
+        raise StorageFullError(os.fsdecode(named) if named else path, cause) from exc
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` as :func:`atomic_write_text` writes text: the old file or the
+    whole new one, a symbolic link at ``path`` replaced (never followed), a full disk a
+    :class:`~musicbench.errors.StorageFullError` naming ``path``."""
+    return _replace_with(check_output_file(path), lambda f: f.write(data))

@@ -22,15 +22,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from musicbench.audio import _resample, load_audio
+from musicbench.audio import BadAudioError, _resample, load_audio, stat_input
 from musicbench.config import ComponentSpec, RunSettings
 from musicbench.defense_checks import measure
 from musicbench.errors import ConfigError
+from musicbench.files import check_writable_file
 from musicbench.leaderboard import WEAK, marked
 from musicbench.metrics import lsd, snr_db
 from musicbench.planner import evaluation
 from musicbench.victim import Scorer, Victim
 from musicbench.workspace import Workspace
+
+# The shortest clip a run attacks: the file datasets refuse ``clip_seconds`` below 0.1 s
+# (plugins/datasets/folder.py, check_audio_params) and skip files shorter than their clip
+# (``too short``); a file given to ``musicbench attack`` is held to the same floor.
+MIN_CLIP_SECONDS = 0.1
+
+
+class BadSourceError(ConfigError):
+    """The file given to ``musicbench attack`` cannot be attacked (missing, not a regular file,
+    not audio, too short); nothing was loaded or written. Exit 2."""
 
 
 @dataclass(frozen=True)
@@ -61,23 +72,30 @@ def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: s
                 defense: str = "none", model_params: dict[str, Any] | None = None,
                 attack_params: dict[str, Any] | None = None,
                 defense_params: dict[str, Any] | None = None, seed: int = 0) -> SingleResult:
-    """Attack ``source`` and write the adversarial file to ``out`` (format from its suffix)."""
+    """Attack ``source`` and write the adversarial file to ``out`` (format from its suffix).
+
+    Everything the user chose is checked before any model is loaded or dataset rendered
+    (:class:`~musicbench.errors.ConfigError`, exit 2): the output path and format, the
+    components' names, parameters and kinds, and the source file."""
     import soundfile as sf
 
-    target = ws.model(model, model_params or {})
-    if target.task != "classification":
-        raise ConfigError(f"model '{target.name}' is a {target.task} model: a single file has "
-                          "no reference set to be retrieved against; attack it in a run",
+    check_audio_output(out)
+    unloaded = ws.make("model", model, model_params or {})  # parameters checked, no weights
+    if unloaded.task != "classification":
+        raise ConfigError(f"model '{unloaded.name}' is a {unloaded.task} model: a single file "
+                          "has no reference set to be retrieved against; attack it in a run",
                           key="model")
-    rate = target.sample_rate
-    made = ws.defense(defense, defense_params or {}, rate)
-    if made.kind != "preprocessor":
-        raise ConfigError(f"defense '{made.name}' is trained for a base model on a dataset; "
+    rate = unloaded.sample_rate
+    if ws.make("defense", defense, defense_params or {}).kind != "preprocessor":
+        raise ConfigError(f"defense '{defense}' is trained for a base model on a dataset; "
                           "evaluate it in a run", key="defense")
-    x = load_audio(source, rate).to(ws.device)[None]  # [1, T]; a bad file: BadAudioError
+    made_attack = ws.make("attack", attack, attack_params or {})
+    x = read_source(source, rate)[None]  # [1, T]
     info = sf.info(str(source))
     input_rate = int(info.samplerate)
-    made_attack = ws.make("attack", attack, attack_params or {})
+    target = ws.model(model, model_params or {})
+    made = ws.defense(defense, defense_params or {}, rate)
+    x = x.to(ws.device)
     made_attack.prepare(ws.ctx)
     white = made_attack.threat == "white-box"
     # how a run with the default [run] settings would attack and judge this defense
@@ -132,6 +150,38 @@ def attack_file(ws: Workspace, source: Path, out: Path, *, model: str, attack: s
         queries=int(result.queries[0]), adaptive=adaptive, written=out,
         written_success=bool(reread.fooled[0]), input_rate=input_rate, model_rate=rate,
         draws=draws, flags=tuple(flags))
+
+
+def check_audio_output(out: Path) -> Path:
+    """Refuse (:class:`~musicbench.errors.ConfigError`) an output the attack could not be
+    written to: not a regular file or new (:func:`~musicbench.files.check_writable_file`), or a
+    suffix naming no format soundfile writes (``x.xyz``, a folder's name)."""
+    import soundfile as sf
+
+    if out.is_dir():  # check_writable_file's remedy (stdout) does not apply to audio
+        raise ConfigError(f"cannot write the adversarial file to {out}: it is a folder; name "
+                          f"the file to write in it, e.g. {out / 'adversarial.wav'}",
+                          key="output")
+    check_writable_file(out, "the adversarial file")
+    formats = sorted(f for f in sf.available_formats() if sf.default_subtype(f))
+    if out.suffix[1:].upper() not in formats:
+        raise ConfigError(f"cannot write the adversarial file {out}: its suffix "
+                          f"'{out.suffix}' names no audio format soundfile writes; end it "
+                          f"with one of {', '.join('.' + f.lower() for f in formats)}",
+                          key="output")
+    return out
+
+
+def read_source(source: Path, rate: int) -> torch.Tensor:
+    """``source`` as ``Tensor[T]`` at ``rate`` Hz, held to a run's rules for its input files:
+    a regular file (checked before opening: a FIFO or a device could block the read forever),
+    audio, at least :data:`MIN_CLIP_SECONDS` long. Raises :class:`BadSourceError` (exit 2)."""
+    try:
+        stat_input(source)
+        return load_audio(source, rate, min_seconds=MIN_CLIP_SECONDS)
+    except BadAudioError as exc:
+        raise BadSourceError(f"cannot attack {exc}; name an audio file at least "
+                             f"{MIN_CLIP_SECONDS:g} s long") from None
 
 
 def _native_mono(source: Path, info: Any) -> np.ndarray:

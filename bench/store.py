@@ -7,6 +7,7 @@ it loses at most the shards in flight. WAL mode lets a leaderboard be read while
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sqlite3
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from musicbench.cells import CellInfo, CellSpec
-from musicbench.errors import StoreDamagedError
+from musicbench.errors import StorageFullError, StoreDamagedError
+from musicbench.files import atomic_write_bytes, storage_full_as_error, storage_full_cause
 
 if TYPE_CHECKING:
     from musicbench.shards import ShardResult
@@ -247,7 +249,9 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
 class _StoreCursor(sqlite3.Cursor):
     """A cursor whose SQLite errors that mean damage (raised while a statement runs or while
     its rows are read) become :class:`StoreDamagedError` naming the store: a truncated or
-    overwritten file fails in any query, not only in the checks made when it is opened."""
+    overwritten file fails in any query, not only in the checks made when it is opened. A full
+    disk becomes :class:`StorageFullError` naming it (the transaction is rolled back, so a
+    rerun resumes from the last finished cell)."""
 
     store_path: str = "?"
 
@@ -256,6 +260,9 @@ class _StoreCursor(sqlite3.Cursor):
         try:
             yield
         except sqlite3.DatabaseError as exc:
+            cause = storage_full_cause(exc, Path(self.store_path).parent)
+            if cause is not None:
+                raise StorageFullError(self.store_path, cause) from exc
             if _is_damage(exc):
                 raise StoreDamagedError(self.store_path, str(exc)) from exc
             raise
@@ -322,6 +329,17 @@ _ROW_ERRORS: tuple[type[Exception], ...] = (ValueError, KeyError, TypeError, Att
 _SHARD_ERRORS = (*_ROW_ERRORS, zipfile.BadZipFile, EOFError, OSError)
 """...and decoding a shard's ``.npz`` blob: a cut or overwritten archive (``BadZipFile``,
 ``EOFError``, ``OSError``: numpy's own errors for a short or garbled array)."""
+
+
+def flac_bytes(audio: Any, rate: int) -> bytes:
+    """``audio`` (float32 ``[T]`` in [-1, 1]) as a 24-bit FLAC file, encoded in memory: written
+    with Python's own I/O, a full disk is an ``OSError`` naming ``ENOSPC`` (libsndfile says
+    only "System error", or fails to initialise its encoder)."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, rate, subtype="PCM_24", format="FLAC")
+    return buffer.getvalue()
 
 
 @contextmanager
@@ -478,7 +496,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self.conn:
+        with storage_full_as_error(self.path), self.conn:  # the commit can find the disk full
             yield self.conn
 
     # -- runs --------------------------------------------------------------------------------
@@ -546,16 +564,13 @@ class Store:
     def _write_audio(self, record: CellRecord) -> None:
         if not record.audio_data:
             return
-        import soundfile
-
         rate = int(record.info.sample_rate)
         folder = self.path.parent / "audio" / record.key
-        folder.mkdir(parents=True, exist_ok=True)
         record.audio = []
         for (sid, kind), data in sorted(record.audio_data.items()):
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in sid)
             path = folder / f"{safe}-{kind}.flac"
-            soundfile.write(path, data, rate, subtype="PCM_24")
+            atomic_write_bytes(path, flac_bytes(data, rate))
             record.audio.append((sid, kind, str(path.relative_to(self.path.parent))))
 
     def write_cell(self, record: CellRecord, run_id: int | None = None) -> None:
@@ -691,22 +706,24 @@ def snapshot(source: Path, target: Path) -> None:
     from musicbench.files import default_file_mode
 
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)  # unique: two snapshots at once do not write one temp file
-    try:
-        src = sqlite3.connect(source, timeout=30)
-        dst = sqlite3.connect(tmp)
+    with storage_full_as_error(target):  # a full disk: one line naming the copy
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                    suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)  # unique: two snapshots at once do not write one temp file
         try:
-            src.backup(dst)
-            dst.execute("PRAGMA journal_mode=DELETE")
+            src = sqlite3.connect(source, timeout=30)
+            dst = sqlite3.connect(tmp)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+                src.close()
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, target)
         finally:
-            dst.close()
-            src.close()
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, target)
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
-            if leftover.exists():
-                leftover.unlink()
+            for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+                if leftover.exists():
+                    leftover.unlink()

@@ -507,3 +507,101 @@ def test_merge_report_and_leaderboard_refuse_their_outputs_before_any_work(
     _refused(*_invoke("leaderboard", str(toy_run), "--store-copy", "/proc/musicbench-test/x"),
              "no file can be created in /proc")
     assert _files(tmp_path) == before
+
+
+def _wav(path: Path, frames: int) -> Path:
+    sf.write(path, _tone(frames / RATE), RATE)
+    return path
+
+
+@pytest.mark.parametrize("output, says", [
+    ("adv.xyz", "its suffix '.xyz' names no audio format soundfile writes"),
+    ("folder", "to {w}/folder: it is a folder; name the file to write in it"),
+    ("/dev/null", "it is a character device"),
+    ("/proc/musicbench-test.wav", "no file can be created in /proc"),
+])
+def test_attack_refuses_an_output_it_could_not_write_before_loading_a_model(
+        tmp_path: Path, no_loading: list[str], output: str, says: str) -> None:
+    source = _wav(tmp_path / "in.wav", RATE)
+    (tmp_path / "folder").mkdir()
+    out = output if output.startswith("/") else str(tmp_path / output)
+    before = _files(tmp_path)
+    code, err = _invoke("attack", str(source), "--model", "toy-model", "--attack", "fgsm",
+                        "-o", out)
+    _refused(code, err, says.format(w=tmp_path))
+    assert no_loading == [] and _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["missing", "fifo", "/dev/zero", "folder", "garbage",
+                                  "one sample"])
+def test_attack_refuses_a_source_a_run_would_skip_before_loading_a_model(
+        tmp_path: Path, no_loading: list[str], kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "in.wav")
+    elif kind == "folder":
+        (tmp_path / "in.wav").mkdir()
+    elif kind == "garbage":
+        (tmp_path / "in.wav").write_bytes(b"this is not audio" * 10)
+    elif kind == "one sample":
+        _wav(tmp_path / "in.wav", 1)
+    source = "/dev/zero" if kind == "/dev/zero" else str(tmp_path / "in.wav")
+    says = {"missing": "no such file", "fifo": "is a FIFO (named pipe), not a regular file",
+            "/dev/zero": "is a character device, not a regular file",
+            "folder": "is a directory, not a file", "garbage": "not an audio file",
+            "one sample": "too short: 0.000 s < 0.1 s required"}[kind]
+    with _deadline(20):  # a FIFO opened for reading would block here
+        code, err = _invoke("attack", source, "--model", "toy-model", "--attack", "fgsm",
+                            "-o", str(tmp_path / "adv.wav"))
+    _refused(code, err, f"cannot attack {source}: {says}")
+    assert no_loading == [] and not (tmp_path / "adv.wav").exists()
+
+
+def test_attack_holds_a_file_to_the_shortest_clip_a_run_accepts() -> None:
+    """`musicbench attack`'s floor is the file datasets' smallest clip_seconds: a run refuses
+    a shorter clip setting, and skips a file shorter than its clip (`too short`)."""
+    from musicbench.single import MIN_CLIP_SECONDS
+    from musicbench_plugins.datasets.folder import check_audio_params
+
+    check_audio_params(MIN_CLIP_SECONDS, RATE)
+    with pytest.raises(ValueError, match="clip_seconds must be in"):
+        check_audio_params(MIN_CLIP_SECONDS * 0.99, RATE)
+
+
+def test_attack_of_a_file_just_long_enough_runs(tmp_path: Path, toy_plugins, monkeypatch):
+    import musicbench.plugins
+
+    monkeypatch.setattr(musicbench.plugins, "_SYSTEM", toy_plugins)
+    source = _wav(tmp_path / "in.wav", int(0.1 * RATE))
+    code, err = _invoke("attack", str(source), "--model", "toy-model", "--attack", "fgsm",
+                        "-o", str(tmp_path / "adv.flac"))
+    assert code == 0 and (tmp_path / "adv.flac").is_file(), err
+
+
+def test_attack_refuses_a_retrieval_model_before_loading_it_or_building_data(
+        tmp_path: Path, no_loading: list[str]) -> None:
+    source = _wav(tmp_path / "in.wav", RATE)
+    code, err = _invoke("attack", str(source), "--model", "toy-embedder", "--attack", "fgsm",
+                        "-o", str(tmp_path / "adv.wav"))
+    _refused(code, err, "model 'toy-embedder' is a retrieval model")
+    assert no_loading == []
+
+
+def test_attack_refuses_cover_net_without_training_or_rendering_anything(
+        tmp_path: Path, monkeypatch) -> None:
+    """cover-net's weights are trained on first use, on m21-covers rendered first (~150 s):
+    its task is known from its class, so the refusal costs nothing."""
+    import musicbench.plugins
+    from musicbench.plugins import PluginSystem
+    from musicbench.workspace import Workspace
+
+    monkeypatch.setattr(musicbench.plugins, "_SYSTEM", PluginSystem())  # the installed ones
+
+    def refuse(self, name, *args, **kwargs):
+        raise AssertionError(f"{name} loaded or built before the model's task was checked")
+
+    monkeypatch.setattr(Workspace, "model", refuse)
+    monkeypatch.setattr(Workspace, "dataset", refuse)
+    source = _wav(tmp_path / "in.wav", RATE)
+    code, err = _invoke("attack", str(source), "--model", "cover-net", "--attack", "fgsm",
+                        "-o", str(tmp_path / "adv.wav"))
+    _refused(code, err, "model 'cover-net' is a retrieval model")
