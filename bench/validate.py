@@ -67,12 +67,16 @@ class ValidationReport:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def check(self, name: str, fn: Callable[[], Any]) -> Any:
+    def check(self, name: str, fn: Callable[[], Any],
+              reraise: tuple[type[Exception], ...] = ()) -> Any:
         """Run ``fn`` and record the check: :class:`CheckFailed` and :class:`ConfigError` (a
         parameter the plugin rejects) fail it with their one-line message, any other exception
-        (the plugin crashed) with its type, message and the last frames of its traceback."""
+        (the plugin crashed) with its type, message and the last frames of its traceback.
+        Exceptions of the ``reraise`` types are not recorded but raised (the user's errors)."""
         try:
             value = fn()
+        except reraise:
+            raise
         except (CheckFailed, ConfigError) as exc:
             self.checks.append(Check(name, False, str(exc)))
             return None
@@ -147,10 +151,17 @@ def validate_plugin(
     plugins = plugins or get_plugins()
     kind = find_kind(plugins, name, kind)
     ws = Workspace(plugins, cache_dir=cache_dir(), device=resolve_device(device or "auto"))
-    if params:  # values the user gave are checked first: a rejected one is a usage error
+    # The parameters are checked first, given or not: a rejected value, or a required one the
+    # user left out (the folder dataset's manifest), is a usage error (exit 2), not a failure
+    # of the plugin.
+    try:
         made = ws.make(kind, name, params)  # raises ConfigError ([table] key: message)
-        if kind == "defense" and made.kind == "preprocessor":
-            made.bind(sample_rate)  # a cutoff above Nyquist is the user's value, too
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - the plugin's own crash: the checks below record it
+        made = None
+    if params and kind == "defense" and getattr(made, "kind", None) == "preprocessor":
+        made.bind(sample_rate)  # a cutoff above Nyquist is the user's value, too
     report = ValidationReport(kind, name)
     checks = {"attack": _attack, "model": _model, "dataset": _dataset, "defense": _defense,
               "metric": _metric, "inpainter": _inpainter, "encoder": _encoder}
@@ -349,7 +360,9 @@ def _scores(victim: Victim, x: torch.Tensor, k: int) -> None:
 
 
 def _dataset(ws: Workspace, name: str, params: dict[str, Any], report: ValidationReport) -> None:
-    ds = report.check("prepares", lambda: ws.dataset(name, params))
+    # a ConfigError while preparing (a manifest or root that is not there) is the user's to
+    # fix: it ends the command (exit 2) instead of failing a check of the plugin
+    ds = report.check("prepares", lambda: ws.dataset(name, params), reraise=(ConfigError,))
     if ds is None:
         return
     for source, reason in ds.problems():  # every input the user may want to fix, in full

@@ -605,3 +605,12 @@ def test_attack_refuses_cover_net_without_training_or_rendering_anything(
     code, err = _invoke("attack", str(source), "--model", "cover-net", "--attack", "fgsm",
                         "-o", str(tmp_path / "adv.wav"))
     _refused(code, err, "model 'cover-net' is a retrieval model")
+
+
+@pytest.mark.parametrize("params", [(), ("-p", 'manifest="/nonexistent/manifest.csv"')])
+def test_validate_folder_without_a_usable_manifest_exits_2(toy_plugins, monkeypatch, params):
+    import musicbench.plugins
+
+    monkeypatch.setattr(musicbench.plugins, "_SYSTEM", toy_plugins)
+    code, err = _invoke("validate", "folder", "--kind", "dataset", "--device", "cpu", *params)
+    _refused(code, err, "manifest")
