@@ -5,6 +5,7 @@ everything its content depends on, loaded if readable, rebuilt (and replaced) ot
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import mmap
@@ -54,8 +55,24 @@ def load_or_build(path: Path, load: Callable[[Path], None], build: Callable[[Pat
     with build_lock(path, what=what):
         if _try_load(path, load, what):  # built by whoever held the lock before us
             return
+        remove_stale_builds(path)
         build(path)
     load(path)
+
+
+def remove_stale_builds(path: Path) -> list[Path]:
+    """Remove the temp folders (``.<name>.tmp-*``, :func:`atomic_folder`) that builds of cache
+    entry ``path`` killed before they finished left beside it; returns them. Call it only
+    holding :func:`build_lock` on ``path``: then no other process is building this entry, so
+    every such folder is a dead build's (a live one's would be deleted under it)."""
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.tmp-*"))
+    for folder in stale:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                folder.unlink()
+    return stale
 
 
 def _try_load(path: Path, load: Callable[[Path], None], what: str) -> bool:
@@ -92,7 +109,8 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     ``path`` (so readers never see half a cache), on error or afterwards remove it. A folder
     that another process finished first wins. A full disk while it is written (by the ``with``
     block too) is a :class:`~musicbench.errors.StorageFullError` naming the file (or the
-    entry), and the half-written folder is removed."""
+    entry), and the half-written folder is removed; one a kill left is removed by the next
+    build (:func:`remove_stale_builds`)."""
     with storage_full_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
