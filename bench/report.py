@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import json
 import math
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from musicbench.errors import MusicbenchError
+from musicbench.files import atomic_copy, atomic_write_bytes
 from musicbench.interfaces.attack import ThreatModel
 from musicbench.leaderboard import (
     METRIC_COLUMNS,
@@ -45,7 +46,7 @@ from musicbench.leaderboard import (
     flag_marks,
     plan_keys,
 )
-from musicbench.store import CellRecord, SampleRecord, Store
+from musicbench.store import CellRecord, SampleRecord, Store, flac_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -142,6 +143,15 @@ _PLAIN_PAGE = re.compile(r"[a-z0-9._-]{1,80}")
 # -- audio and pictures --------------------------------------------------------------------
 
 
+def save_figure(fig: Any, path: Path, **options: Any) -> None:
+    """``fig.savefig`` in the format of ``path``'s suffix, written as every output is
+    (:func:`musicbench.files.atomic_write_bytes`): a symbolic link planted at ``path`` is
+    replaced, never followed, and a full disk is one line naming ``path``."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip("."), **options)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_difference(clean: Path, adv: Path, path: Path) -> float:
     """Write ``adv - clean`` scaled to a peak of :data:`DIFF_PEAK`; returns the gain."""
     import soundfile
@@ -151,7 +161,7 @@ def write_difference(clean: Path, adv: Path, path: Path) -> float:
     diff = y[: len(x)] - x[: len(y)]
     peak = float(np.max(np.abs(diff))) if diff.size else 0.0
     gain = DIFF_PEAK / peak if peak > 0 else 1.0
-    soundfile.write(path, np.clip(diff * gain, -1.0, 1.0), rate, subtype="PCM_24")
+    atomic_write_bytes(path, flac_bytes(np.clip(diff * gain, -1.0, 1.0), rate))
     return gain
 
 
@@ -197,7 +207,7 @@ def plot_spectrograms(clean: Path, adv: Path, path: Path, plt: Any) -> None:
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("mel band", fontsize=8)
     fig.colorbar(image, ax=axes, label="dB", shrink=0.9)
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -229,7 +239,7 @@ def plot_cell_clips(samples: pd.DataFrame, budget: float | None, path: Path, plt
     axes[2].set_title("fooled within q queries", fontsize=9)
     for ax in axes:
         ax.tick_params(labelsize=7)
-    fig.savefig(path, dpi=80)
+    save_figure(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -457,9 +467,9 @@ def _figure_img(fig: Any, plt: Any, root: Path, name: str, alt: str) -> str:
     fig.tight_layout()
     path = root / "media" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     vector = path.with_suffix(".svg")
-    fig.savefig(vector)
+    save_figure(fig, vector)
     plt.close(fig)
     src, svg = path.relative_to(root).as_posix(), vector.relative_to(root).as_posix()
     return (f"<figure><img src=\"{esc(src)}\" alt=\"{esc(alt)}\"><figcaption>"
@@ -664,8 +674,8 @@ def clip_html(clip: Clip, media: Path, root: Path, plt: Any) -> list[str]:
     """Players and spectrograms of one kept clip; writes its media under ``media``."""
     name = slug(clip.sample.sample_id)
     clean, adv = media / f"{name}-clean.flac", media / f"{name}-adv.flac"
-    shutil.copyfile(clip.clean, clean)
-    shutil.copyfile(clip.adv, adv)
+    atomic_copy(clip.clean, clean)  # a symbolic link planted at clean is replaced, not followed
+    atomic_copy(clip.adv, adv)
     gain = write_difference(clip.clean, clip.adv, media / f"{name}-diff.flac")
     plot_spectrograms(clip.clean, clip.adv, media / f"{name}-spec.png", plt)
     s = clip.sample
