@@ -447,18 +447,22 @@ def storage_full_cause(exc: BaseException, folder: Path) -> str | None:
     if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
         return exc.strerror or os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.errno is None:  # numpy's "N requested and M written"
-        free = _free_bytes(folder)
-        if free is not None and free < NEARLY_FULL_BYTES:
-            return f"{exc} ({free} bytes free)"
+        return _if_nearly_full(folder, str(exc))
     if isinstance(exc, sqlite3.Error):
         name = getattr(exc, "sqlite_errorname", "") or ""
         if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
             return f"SQLite: {exc}"
         if name in _SQLITE_WRITE_ERRORS:
-            free = _free_bytes(folder)
-            if free is not None and free < NEARLY_FULL_BYTES:
-                return f"SQLite: {exc} ({free} bytes free)"
+            return _if_nearly_full(folder, f"SQLite: {exc}")
     return None
+
+
+def _if_nearly_full(folder: Path, cause: str) -> str | None:
+    """``cause`` with the bytes still free, if ``folder``'s disk has under
+    :data:`NEARLY_FULL_BYTES` free; ``None`` otherwise (the error was not for want of space)."""
+    free = _free_bytes(folder)
+    return f"{cause} ({free} bytes free)" if free is not None and free < NEARLY_FULL_BYTES \
+        else None
 
 
 @contextlib.contextmanager
@@ -468,7 +472,7 @@ def storage_full_as_error(path: Path | str) -> Iterator[None]:
     :class:`~musicbench.errors.StorageFullError` naming ``path`` (exit 2, one line, resumable);
     every other error passes unchanged. ``path`` is the file (or folder) being written: an
     ``OSError`` that names its own file names that one instead."""
-    from musicbench.errors import StorageFullError
+    from musicbench.errors import StorageFullError  # (this module's imports are not ours)
 
     path = Path(path)
     try:
