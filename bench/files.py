@@ -472,7 +472,7 @@ def storage_full_as_error(path: Path | str) -> Iterator[None]:
     :class:`~musicbench.errors.StorageFullError` naming ``path`` (exit 2, one line, resumable);
     every other error passes unchanged. ``path`` is the file (or folder) being written: an
     ``OSError`` that names its own file names that one instead."""
-    from musicbench.errors import StorageFullError  # (this module's imports are not ours)
+    from musicbench.errors import StorageFullError
 
     path = Path(path)
     try:

@@ -321,8 +321,8 @@ def table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> 
 
 def header_html(board: Leaderboard) -> list[str]:
     h = board.header
-    items = [f"date: {h['date']}", f"musicbench {h['musicbench']} (git {h['git_revision']}), "
-             f"torch {h['torch']}", f"device: {h['device']}", f"seed: {h['seed']}; config: "
+    items = [f"date: {h['date']}", (f"musicbench {h['musicbench']} (git {h['git_revision']}), "
+             f"torch {h['torch']}"), f"device: {h['device']}", f"seed: {h['seed']}; config: "
              f"{h['config']}" + ("; quick run" if h.get("quick") else "")]
     items += [f"command: {c}" for c in h.get("commands") or []]
     if h["stored"] < h["planned"]:
@@ -375,8 +375,8 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
             cells.append(td(text, None if w is None or w.value is None else 100 * w.value))
         rows.append(cells)
     out = ["<h2>Worst-case robust accuracy by threat model</h2>",
-           "<p>Per model and defense, the clips that survive every attack of a threat model "
-           "(per-clip AND), in %, with exact 95% intervals.</p>",
+           ("<p>Per model and defense, the clips that survive every attack of a threat model "
+           "(per-clip AND), in %, with exact 95% intervals.</p>"),
            table(["dataset", "model", "defense", "n", "clean acc ↑"]
                  + [f"{tm.label} ↑" for tm in tms], rows), "<ul>"]
     for tm in tms:
@@ -388,9 +388,9 @@ def worst_case_tables(board: Leaderboard) -> list[str]:
             + "</li>")
     out.append("</ul>")
     if notes:
-        out += ["<p>🔴: the figure overstates robustness (gradient masking, an attacker that "
+        out += [("<p>🔴: the figure overstates robustness (gradient masking, an attacker that "
                 "does not adapt); ⚠: the attack was too weak for the figure to be evidence of "
-                "robustness. Flags on the worst cases:</p>", "<ul>"]
+                "robustness. Flags on the worst cases:</p>"), "<ul>"]
         out += [f"<li>{esc(note)}</li>" for note in notes] + ["</ul>"]
     out.append("<h2>Robust accuracy by attack</h2>")
     marks = {(r["dataset"], r["model"], r["defense"], r["attack"]): flag_marks(r["flags"])
@@ -483,8 +483,8 @@ def plot_eps_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> lis
     if not series:
         return []
     parts = ["<h2>Robustness against ε</h2>",
-             "<p>Each line is one attack swept over ε (<code>eps = [...]</code>) on one "
-             "defense; bars are exact 95% intervals.</p>"]
+             ("<p>Each line is one attack swept over ε (<code>eps = [...]</code>) on one "
+             "defense; bars are exact 95% intervals.</p>")]
     by_model: dict[tuple[str, str], list[tuple[tuple[Any, ...], list[CellRecord]]]] = {}
     for key, cells in series.items():
         by_model.setdefault(key[:2], []).append((key, cells))
@@ -525,9 +525,9 @@ def plot_query_curves(records: dict[str, CellRecord], root: Path, plt: Any) -> l
     if not groups:
         return []
     parts = ["<h2>Black-box success against queries</h2>",
-             "<p>Fraction of the attacked clips fooled within q queries (a clip counts from "
+             ("<p>Fraction of the attacked clips fooled within q queries (a clip counts from "
              "the query on which it was fooled; the harness's judgement over draws decides "
-             "whether it was).</p>"]
+             "whether it was).</p>")]
     for (dataset, model, defense), cells in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         for r in sorted(cells, key=lambda c: c.names[3]):
@@ -588,9 +588,9 @@ def plot_defense_bars(board: Leaderboard, root: Path, plt: Any) -> list[str]:
                                  f"defenses, {dataset} / {model}"))
     if parts:
         parts = ["<h2>Defenses: clean and worst-case robust accuracy</h2>",
-                 "<p>One group of bars per defense: clean accuracy and, per threat model, the "
+                 ("<p>One group of bars per defense: clean accuracy and, per threat model, the "
                  "clips that survive every (adaptive) attack of it; bars are exact 95% "
-                 "intervals.</p>"] + parts
+                 "intervals.</p>")] + parts
     return parts
 
 
@@ -653,10 +653,10 @@ def plot_cost_vs_success(board: Leaderboard, root: Path, plt: Any) -> list[str]:
             f"cost against success, {dataset} / {model} / {defense}"))
     if parts:
         parts = ["<h2>Perceptual cost against success</h2>",
-                 "<p>Each attack is a point: its ASR (exact 95% interval) against the LSD and SNR "
+                 ("<p>Each attack is a point: its ASR (exact 95% interval) against the LSD and SNR "
                  "of its successful clips and the FAD of its attacked clips (log scale). Lower "
                  "right is better for the attacker on LSD and FAD, upper right on SNR. The marker "
-                 "is the threat model: compare points within one.</p>"] + parts
+                 "is the threat model: compare points within one.</p>")] + parts
     return parts
 
 
@@ -695,8 +695,8 @@ def clip_html(clip: Clip, media: Path, root: Path, plt: Any) -> list[str]:
             "<div class=\"players\">", player(clean, "clean"), player(adv, "adversarial"),
             player(media / f"{name}-diff.flac",
                    f"difference × {gain:.0f} ({20 * math.log10(gain):+.1f} dB)"),
-            "</div>", f"<img src=\"{esc(spec)}\" alt=\"log-mel spectrograms of "
-            f"{esc(s.sample_id)}\" loading=\"lazy\">", "</div>"]
+            "</div>", (f"<img src=\"{esc(spec)}\" alt=\"log-mel spectrograms of "
+            f"{esc(s.sample_id)}\" loading=\"lazy\">"), "</div>"]
 
 
 def cell_section(row: dict[str, Any], record: CellRecord, board: Leaderboard,
@@ -739,11 +739,11 @@ def model_html(dataset: str, model: str, board: Leaderboard, records: dict[str, 
     rows = [r for r in board.rows if (r["dataset"], r["model"]) == (dataset, model)]
     toc = ["<ul>"] + [f"<li><a href=\"#cell-{esc(r['key'])}\">{esc(r['defense'])} / "
                       f"{esc(r['attack'])}</a></li>" for r in rows] + ["</ul>"]
-    body = [f"<p><a href=\"index.html\">← all results</a></p><h1>{esc(dataset)} / "
-            f"{esc(model)}</h1>", "<p>Players: clean, adversarial, and the difference "
+    body = [(f"<p><a href=\"index.html\">← all results</a></p><h1>{esc(dataset)} / "
+            f"{esc(model)}</h1>"), ("<p>Players: clean, adversarial, and the difference "
             "amplified by the stated gain. Spectrograms: log-mel power, one colour scale "
             f"per clip ({DYNAMIC_RANGE_DB:.0f} dB below the clean clip's loudest bin); the "
-            "difference panel is not amplified.</p>", *toc]
+            "difference panel is not amplified.</p>"), *toc]
     for r in rows:
         body += cell_section(r, records[r["key"]], board, samples, out, root, plt)
     return page(f"{dataset} / {model} — musicbench report", body)
