@@ -330,6 +330,38 @@ def merge(
                  f"{escape(str(into / 'leaderboard.md'))}")
 
 
+@app.command("export-adv")
+def export_adv(
+    out: Annotated[Path, typer.Argument(parser=_path,
+                                        help="a run's output folder (or its results.sqlite)")],
+    target: Annotated[Path, typer.Argument(parser=_path,
+                                           help="the folder to write (created if needed)")],
+    attack: Annotated[Optional[str], typer.Option(
+        "--attack", parser=_text, help="only cells of this attack label")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", parser=_text, help="only cells of this model label")] = None,
+    defense: Annotated[Optional[str], typer.Option(
+        "--defense", parser=_text, help="only cells of this defense label")] = None,
+) -> None:
+    """Write the run's kept adversarial clips as `external` attack submissions, one folder per
+    cell (manifest.csv, export.json), and print the [[attacks]] entries that replay them on
+    another revision, model or defense (docs/attacks.md, 'external')."""
+    from musicbench.export_adv import export_adversarial, replay_entry
+    from musicbench.files import check_writable_folder
+
+    try:
+        check_writable_folder(target, "the export folder")
+        cells = export_adversarial(out, target, attack=attack, model=model, defense=defense)
+    except (ConfigError, StoreDamagedError) as exc:
+        _fail_config(exc)
+        return
+    for cell in cells:
+        stderr.print(f"{escape(str(cell.folder))}: {cell.clips} clip(s)"
+                     + ("" if cell.replayable else " (region threat model: for listening, "
+                        "not replayable)"))
+    print("\n\n".join(replay_entry(c) for c in cells if c.replayable))
+
+
 @app.command()
 def verify(
     out: Annotated[Path, typer.Argument(parser=_path,

@@ -198,7 +198,9 @@ def _attack(ws: Workspace, name: str, params: dict[str, Any], report: Validation
         victim = Victim(model, allow_gradients=not black_box,
                         budget=budget if black_box else None)
         gen = torch.Generator(device=device).manual_seed(seed)
-        return victim, attack(victim, x, y, generator=gen)
+        # ids as the harness gives them (an attack reading per-clip files looks them up)
+        ids = [f"validate-{i:03d}" for i in range(x.shape[0])]
+        return victim, attack(victim, x, y, generator=gen, clip_ids=ids)
 
     # __call__ checks shape, dtype, device, finiteness, [-1, 1], bound and autograd state.
     first = report.check("output contract (shape, dtype, device, finite, [-1, 1], bound)",

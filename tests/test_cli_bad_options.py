@@ -43,6 +43,8 @@ PATH_ROLES: dict[tuple[str, str], str] = {
     ("compare", "out"): "store",
     ("attack", "source"): "input file",
     ("attack", "output"): "output file",
+    ("export-adv", "out"): "store",
+    ("export-adv", "target"): "output folder",
 }
 
 # Values that look odd but mean something documented (a zero seed; 0 cells; --shard-clips -1
@@ -119,6 +121,7 @@ def _bases(stored: Path, w: Path) -> dict[str, list[str]]:
         "attack": [str(w / "tone.wav"), "--model", "toy-model", "--attack", "fgsm",
                    "-o", str(w / "adv.wav")],
         "train": ["toy-model"],
+        "export-adv": [str(stored), str(w / "new-export")],
     }
 
 

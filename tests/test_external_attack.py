@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-
-from conftest import run_toy_config
+from conftest import cli, run_toy_config
 from test_planning import BASE
 
 from musicbench.errors import ConfigError
@@ -65,7 +65,7 @@ def test_exported_clips_replay_as_the_attack_that_made_them(exported, tmp_path):
 
     (tmp_path / "replay").mkdir()
     out = run_toy_config(tmp_path / "replay", _replay_config(folder))[1]
-    ext, runs = _cell(out, "external")
+    ext, _ = _cell(out, "external")
     assert ext.status == "ok", ext.error
     assert ext.spec.threat_model == pgd.spec.threat_model  # joins pgd's worst case
     by_id = {s.sample_id: s for s in ext.samples}
@@ -127,6 +127,17 @@ def test_two_files_for_one_clip_and_bad_params_are_refused(tmp_path):
         ExternalParams(folder="x", norm="l1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="snr_db"):
         ExternalParams(folder="x", norm="none", snr_db=30.0)
+
+
+def test_the_export_command_prints_the_entries_that_replay_it(exported, tmp_path):
+    source_out, _ = exported
+    done = cli("export-adv", str(source_out), str(tmp_path / "cmd"), "--attack", "pgd")
+    assert done.returncode == 0, done.stderr
+    entry = tomllib.loads(done.stdout)["attacks"][0]
+    assert entry["name"] == "external" and entry["norm"] == "linf" and entry["eps"] == 0.01
+    assert Path(entry["folder"]).is_dir() and "clip(s)" in done.stderr
+    refused = cli("export-adv", str(source_out), str(tmp_path / "x"), "--attack", "nope")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
 
 
 def test_export_refuses_a_run_without_kept_clips(exported, tmp_path):
