@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -98,8 +99,11 @@ class RunSettings:
         # 0: probed per model on a GPU when the run is planned (32 on a CPU), musicbench.batch_probe
         check_number("batch_size", self.batch_size, at_least=0, at_most=MAX_BATCH, integer=True)
         check_seed("seed", self.seed)
+        check_one_line("fad_encoder", self.fad_encoder)
         for name in ("metrics", "set_metrics"):
             values = getattr(self, name)
+            for value in values:
+                check_one_line(name, value)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} lists a metric twice: {list(values)}")
         if self.keep_audio < 0:
@@ -108,10 +112,10 @@ class RunSettings:
         check_draws("eval_draws", self.eval_draws)
         if self.executor not in EXECUTOR_NAMES:
             raise ValueError(f"executor must be one of {', '.join(EXECUTOR_NAMES)}, got "
-                             f"'{self.executor}'")
+                             f"{self.executor!r}")
         check_ray_address(self.ray_address)
         if self.amp not in ("", "bf16"):
-            raise ValueError(f"amp must be '' (float32) or 'bf16', got '{self.amp}'")
+            raise ValueError(f"amp must be '' (float32) or 'bf16', got {self.amp!r}")
         check_number("ray_cpus_per_cell", self.ray_cpus_per_cell, above=0, at_most=4096)
         if self.ray_gpus_per_cell != -1:
             check_number("ray_gpus_per_cell", self.ray_gpus_per_cell, at_least=0, at_most=64)
@@ -123,6 +127,16 @@ class RunSettings:
                      integer=True)
         check_device_name(self.device)
         check_run_name(self.name)
+
+
+def check_one_line(key: str, value: str) -> None:
+    """A name or label is one line of printable text: it is quoted in one-line error
+    messages and set in the leaderboard's tables, where a line break or a control character
+    would split or garble them. Raises ``ValueError`` naming the first such character."""
+    if isinstance(value, str) and not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise ValueError(f"{key} must be one line of printable text, got {value!r} (it holds "
+                         f"{bad!r}, a line break or control character)")
 
 
 MAX_RUN_NAME = 100  # characters; "-quick" and a file system's 255-byte names leave room
@@ -189,7 +203,7 @@ def ray_host_port(address: str) -> tuple[str, int] | None:
     if not sep or not host or not port.isascii() or not port.isdigit() \
             or not 1 <= int(port) <= 65_535 or any(c in host for c in "/ \t"):
         raise ValueError(f"ray_address must be '', 'auto', HOST:PORT or ray://HOST:PORT, got "
-                         f"'{address}'")
+                         f"{address!r}")
     return host, int(port)
 
 
@@ -207,7 +221,7 @@ def check_device_name(name: str) -> None:
     if name in ("auto", "cpu", "cuda") or (index is not None and index.isascii()
                                             and index.isdigit() and len(index) <= 4):
         return
-    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{name}'")
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def check_draws(name: str, value: int) -> None:
@@ -290,10 +304,12 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
             name = entry.pop("name", None)
             if not isinstance(name, str) or not name:
                 raise ConfigError("every entry needs name = \"...\"", table=table, key="name")
+            _one_line(name, table, "name")
             label = entry.pop("label", name)
             if not isinstance(label, str) or not label:
                 raise ConfigError("expected a non-empty string", table=f"{table}.{name}",
                                   key="label")
+            _one_line(label, table, "label")
             datasets = None
             if kind == "model" and "datasets" in entry:
                 datasets = entry.pop("datasets")
@@ -303,6 +319,8 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
                         "expected a non-empty list of dataset names", table=f"{table}.{name}",
                         key="datasets"
                     )
+                for dataset in datasets:
+                    _one_line(dataset, f"{table}.{label}", "datasets")
                 datasets = tuple(datasets)
             samples, attacks, defenses, pseudo = None, None, None, False
             if kind == "model":
@@ -315,11 +333,11 @@ def parse_config(text: str, *, source: str = "<string>") -> RunConfig:
             specs.append(ComponentSpec(kind, name, entry, f"{table}.{label}", datasets, label,
                                        samples, attacks, pseudo, **draws,
                                        defenses=defenses))
-        labels = [s.label for s in specs]
-        for lab in labels:
-            if labels.count(lab) > 1:
+        # counted once (labels.count per label is quadratic in a long table)
+        for lab, n in Counter(s.label for s in specs).items():
+            if n > 1:
                 raise ConfigError(
-                    f"'{lab}' appears {labels.count(lab)} times; give each entry its own "
+                    f"'{lab}' appears {n} times; give each entry its own "
                     'label = "..." so tables can tell them apart', table=table)
         components[kind] = specs
     _check_model_labels(components)
@@ -331,10 +349,11 @@ def _model_run_keys(entry: dict[str, Any], table: str
     """Pop a model entry's ``samples``, ``attacks`` and ``defenses`` keys (run settings, not
     model parameters)."""
     samples = entry.pop("samples", None)
+    # capped as [run] samples is: 2**63 - 1 clips is a typo, not a test split
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
-                                or samples < 0):
-        raise ConfigError("expected an int >= 0 (0: the whole test split)", table=table,
-                          key="samples")
+                                or not 0 <= samples <= MAX_SAMPLES):
+        raise ConfigError(f"expected an int in 0..{MAX_SAMPLES} (0: the whole test split), got "
+                          f"{samples!r}", table=table, key="samples")
     return samples, _label_list(entry, "attacks", table), _label_list(entry, "defenses", table)
 
 
@@ -346,7 +365,17 @@ def _label_list(entry: dict[str, Any], key: str, table: str) -> tuple[str, ...] 
             isinstance(a, str) and a for a in labels):
         raise ConfigError(f"expected a non-empty list of {key[:-1]} labels", table=table,
                           key=key)
+    for label in labels:
+        _one_line(label, table, key)
     return tuple(labels)
+
+
+def _one_line(value: str, table: str, key: str) -> None:
+    """:func:`check_one_line` as a ConfigError naming ``[table] key``."""
+    try:
+        check_one_line(key, value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), table=table, key=key) from None
 
 
 _EVALUATION_KEYS = {"defense": ("eot_samples", "eval_draws", "bpda"),

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import types
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,11 +70,11 @@ def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved
                 params = component_params(cls, one.params, table=one.table,
                                           what=f"{kind} '{one.name}'")
                 items.append(Resolved(one, entry.name, cls, params, entry.provider))
-        labels = [r.spec.label for r in items]
-        for label in labels:
-            if labels.count(label) > 1:
-                raise ConfigError(f"'{label}' names two entries after sweeps were expanded; "
-                                  "give one a label = \"...\"", table=TABLES[kind])
+        # counted once (not labels.count per label: quadratic in a long sweep)
+        twice = [label for label, n in Counter(r.spec.label for r in items).items() if n > 1]
+        if twice:
+            raise ConfigError(f"'{twice[0]}' names two entries after sweeps were expanded; "
+                              "give one a label = \"...\"", table=TABLES[kind])
         out[kind] = items
     _check_model_datasets(out)
     _check_metrics(config, plugins)
@@ -98,6 +100,7 @@ def expand_sweep(spec: ComponentSpec, cls: type) -> list[ComponentSpec]:
             raise ConfigError("a sweep needs at least one value", table=spec.table, key=key)
     if not swept:
         return [spec]
+    _check_sweep_size(spec, swept)
     out = []
     for combo in itertools.product(*swept.values()):
         chosen = dict(zip(swept, combo, strict=True))
@@ -107,6 +110,44 @@ def expand_sweep(spec: ComponentSpec, cls: type) -> list[ComponentSpec]:
             spec, params={**spec.params, **chosen}, label=label,
             table=f"{TABLES[spec.kind]}.{label}", swept_from=spec.label))
     return out
+
+
+#: Entries one swept entry may expand to: a robustness curve is tens of values, and the
+#: product of a few long lists (300 eps x 300 steps: 90,000 entries, two minutes to resolve
+#: before any work) is a typo or a generated file, not a benchmark.
+MAX_SWEEP = 1_000
+
+
+def _check_sweep_size(spec: ComponentSpec, swept: dict[str, list[Any]]) -> None:
+    """Refuse a sweep whose product of value lists exceeds :data:`MAX_SWEEP`, before it is
+    expanded (expanding it is what takes the time and memory)."""
+    total = math.prod(len(v) for v in swept.values())
+    if total > MAX_SWEEP:
+        sizes = " x ".join(f"{k} ({len(v)} values)" for k, v in swept.items())
+        raise ConfigError(f"the sweep {sizes} makes {total} entries, more than {MAX_SWEEP}; "
+                          "sweep fewer values, or split it over several entries or runs",
+                          table=spec.table, key=next(iter(swept)))
+
+
+#: Cells one run may plan: past this the grid (datasets x models x defenses x attacks) is a
+#: config that multiplies long tables by mistake; planning it would prepare every component
+#: first and only then find it cannot finish.
+MAX_CELLS = 100_000
+
+
+def check_grid_size(resolved: dict[str, list[Resolved]]) -> None:
+    """Refuse a run of more than :data:`MAX_CELLS` cells (counted as the planner forms them:
+    each model's datasets, defenses and attacks), before any component is prepared."""
+    cells = 0
+    for _, model in model_dataset_pairs(resolved):
+        defenses = sum(_selected(d.spec, model.spec.defenses) for d in resolved["defense"])
+        attacks = sum(_selected(a.spec, model.spec.attacks) for a in resolved["attack"])
+        cells += defenses * attacks
+    if cells > MAX_CELLS:
+        counts = ", ".join(f"{len(resolved[k])} {TABLES[k]}" for k in KINDS)
+        raise ConfigError(f"this config plans {cells} cells ({counts}), more than {MAX_CELLS} "
+                          "in one run; narrow it with --only, a model's attacks/defenses/"
+                          "datasets keys, or split it into several configs")
 
 
 def _single_valued(annotation: Any) -> bool:
@@ -160,7 +201,7 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
         kind = kind.strip()
         if not sep or kind not in KINDS or not name.strip():
             raise ConfigError(
-                f"--only takes KIND=NAME with KIND one of {', '.join(KINDS)}; got '{item}'"
+                f"--only takes KIND=NAME with KIND one of {', '.join(KINDS)}; got {item!r}"
             )
         wanted.setdefault(kind, set()).add(name.strip())
     out = dict(resolved)
@@ -171,7 +212,7 @@ def apply_only(resolved: dict[str, list[Resolved]], only: list[str]) -> dict[str
             if name not in present:
                 hint = did_you_mean(name, sorted(present))
                 raise ConfigError(
-                    f"--only {kind}={name}: no such {kind} in this config.{hint} "
+                    f"--only {kind}={name!r}: no such {kind} in this config.{hint} "
                     f"The config has: {', '.join(sorted(present))}."
                 )
         out[kind] = [r for r in resolved[kind] if r.name in names or r.spec.label in names
@@ -185,7 +226,9 @@ def resolve_only(config: RunConfig, plugins: PluginSystem, only: list[str]
     survivor cascade needs (:func:`with_cascade_predecessors`)."""
     full = resolve(config, plugins)
     narrowed = apply_only(full, only)
-    return with_cascade_predecessors(full, narrowed) if config.run.cascade else narrowed
+    out = with_cascade_predecessors(full, narrowed) if config.run.cascade else narrowed
+    check_grid_size(out)
+    return out
 
 
 def with_cascade_predecessors(full: dict[str, list[Resolved]],
@@ -393,7 +436,7 @@ def _plan_defense(defense: Resolved, ws: Workspace, clips: dict[int, Any]) -> _P
             try:
                 behaviour[rate] = measure(made, rate, ws.device, clips[rate])
                 identity = identity and _is_identity(made, clips[rate], ws.device)
-            except Exception:  # noqa: BLE001 - a broken defense costs its cells, not the run:
+            except Exception:  # noqa: BLE001, S110 - a broken defense costs its cells, not the run:
                 pass  # the runner measures again and fails each cell with the error
         else:
             identity = False
