@@ -141,3 +141,36 @@ def test_gtzan_split_files_and_tracks_holding_a_secret_publish_none_of_it(tmp_pa
     assert _clean(str(problems)), problems
     # the cache key keeps the lists' text (to notice an edit), but not in the problems list
     assert _clean(str(__import__("json").loads(stored)["problems"]))
+
+
+def test_a_dataset_cached_with_the_old_reasons_is_built_again(tmp_path, monkeypatch):
+    """An entry written before reasons were cleaned may hold a private file's first bytes in
+    its problems list: it is not reused (the index format is in the cache key), and the
+    rebuild is silent (no 'unreadable cache' warning) with the same fingerprint."""
+    import warnings
+
+    from musicbench_plugins.datasets import folder as folder_mod
+
+    _tone(tmp_path / "good.wav")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\ngood.wav,a\n")
+    builds = []
+    real_build = folder_mod.AudioFileDataset._build
+    monkeypatch.setattr(folder_mod.AudioFileDataset, "_build",
+                        lambda self, *a: builds.append(1) or real_build(self, *a))
+
+    def prepared() -> FolderDataset:
+        ds = FolderDataset(Params(manifest=str(manifest), clip_seconds=1.0))
+        ds.name = "folder"
+        ds.prepare(_ctx(tmp_path))
+        return ds
+
+    with monkeypatch.context() as m:
+        m.setattr(folder_mod, "_INDEX_FORMAT", 1)
+        old = prepared().fingerprint()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert prepared().fingerprint() == old
+    assert len(builds) == 2
+    prepared()
+    assert len(builds) == 2  # and the new entry is reused

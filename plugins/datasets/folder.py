@@ -84,7 +84,10 @@ if TYPE_CHECKING:
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 ROLES: tuple[str, ...] = ("query", "reference")
-_INDEX_FORMAT = 1
+#: 2: skip reasons quote no file content (issue 26). Part of the cache recipe, so an entry
+#: written before (its reasons may quote a private file's first bytes) is built again, not
+#: reused; the clips and the fingerprint are the same.
+_INDEX_FORMAT = 2
 
 log = logging.getLogger("musicbench.datasets")
 
@@ -310,6 +313,7 @@ class AudioFileDataset(Dataset):
             except OSError:
                 files.append([c.id, str(c.path), None, None])
         return {
+            "format": _INDEX_FORMAT,
             "dataset": self.cache_prefix,
             "class": type(self).__name__,
             "version": self.version,
