@@ -389,6 +389,13 @@ def _same(a: Any, b: Any) -> bool:
     return a == b and type(a) is type(b)
 
 
+def test_every_base_config_passes_the_checks_unbroken(preflight):
+    """So that each case breaks exactly one thing: the bases themselves reach the work."""
+    for n, (name, config) in enumerate(base_configs().items()):
+        exc = preflight(3 * 10**6 + n, config)
+        assert isinstance(exc, ReachedWork), (name, exc)
+
+
 def test_sweeps_and_grids_at_the_limits_are_accepted(preflight):
     """The limits refuse only what is past them."""
     for n, (case, config, _) in enumerate(c for c in CONFIG_CASES if "at-the-limit" in c[0]):
