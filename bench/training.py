@@ -28,6 +28,7 @@ from musicbench.checkpoints import load_module, save_module, state_digest
 from musicbench.datacache import build_lock
 from musicbench.errors import MusicbenchError, NotTrainedError
 from musicbench.interfaces import Context, Dataset, TargetModel, TrainingDefense
+from musicbench.shipped_weights import seed_from_shipped
 
 TRAINING_FIELDS = ("train_dataset", "train_dataset_params", "seed")
 """The ``Params`` fields every :class:`TrainedOnFirstUse` component must have."""
@@ -159,12 +160,16 @@ class TrainedOnFirstUse(abc.ABC):
         ds = self.training_dataset(ctx)
         path = self.checkpoint_path(ctx, ds)
         if not path.exists():
-            if not ctx.allow_training:
-                raise NotTrainedError(f"no {self.checkpoint_prefix} checkpoint at {path}; run "
-                                      f"`musicbench train {self.checkpoint_prefix}`")
+            what = f"{self.checkpoint_prefix} weights"
             # One trainer per checkpoint: a second run sharing the cache waits, then loads.
-            with build_lock(path, what=f"{self.checkpoint_prefix} weights"):
-                if not path.exists():
+            # The repository's published weights, where it ships them, are copied instead.
+            with build_lock(path, what=what):
+                if not path.exists() and seed_from_shipped(path, ctx.cache_dir,
+                                                           what=what) is None:
+                    if not ctx.allow_training:
+                        raise NotTrainedError(f"no {self.checkpoint_prefix} checkpoint at "
+                                              f"{path}; run `musicbench train "
+                                              f"{self.checkpoint_prefix}`")
                     self.fit(ctx)
                     if not path.exists():
                         raise RuntimeError(
@@ -322,12 +327,13 @@ def load_or_fit_defense(defense: TrainingDefense, base: TargetModel, data: Datas
     path = defended_path(ctx, defense, base, data)
     what = f"{defense.name} weights for {base.name}"
     if not path.exists():
-        if not ctx.allow_training:
-            raise NotTrainedError(
-                f"no {defense.name} weights for model '{base.name}' on dataset '{data.name}' "
-                f"at {path}; train them with `{train_command(defense, base, data)}`")
         with build_lock(path, what=what):
-            if not path.exists():
+            if not path.exists() and seed_from_shipped(path, ctx.cache_dir, what=what) is None:
+                if not ctx.allow_training:
+                    raise NotTrainedError(
+                        f"no {defense.name} weights for model '{base.name}' on dataset "
+                        f"'{data.name}' at {path}; train them with "
+                        f"`{train_command(defense, base, data)}`")
                 return _fit_and_save(defense, base, data, ctx, path)
     model = defense.build(base, data, ctx=ctx)
     summary = load_module(model.module(), path, ctx.device)

@@ -17,8 +17,11 @@ TESTS = Path(__file__).parent
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets a private MUSICBENCH_HOME unless it asks for the shared one."""
+    """Every test gets a private MUSICBENCH_HOME unless it asks for the shared one, and
+    trains what it needs: the repository's published weights (leaderboards/weights) are not
+    copied in unless a test sets MUSICBENCH_SHIPPED_WEIGHTS itself."""
     monkeypatch.setenv("MUSICBENCH_HOME", str(tmp_path_factory.mktemp("home")))
+    monkeypatch.setenv("MUSICBENCH_SHIPPED_WEIGHTS", "")
 
 
 @pytest.fixture
