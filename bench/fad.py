@@ -17,9 +17,14 @@ harness scores every attack of one (dataset, model, defense) on the same attacke
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import linalg
@@ -71,6 +76,29 @@ class FrameGaussian:
     @property
     def dim(self) -> int:
         return 0 if self._shift is None else int(self._shift.shape[0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The running sums as arrays (what :meth:`from_arrays` takes back): an exact copy,
+        for a cache on disk."""
+        if self._shift is None:
+            raise ValueError("an empty Gaussian has no arrays")
+        return {"frames": np.array(self.frames), "shift": self._shift, "sum": self._sum,
+                "outer": self._outer}
+
+    @staticmethod
+    def from_arrays(arrays: Any) -> FrameGaussian:
+        """The Gaussian :meth:`to_arrays` gave (a mapping of the four arrays); raises
+        ValueError or KeyError when they do not fit together."""
+        g = FrameGaussian()
+        shift = np.asarray(arrays["shift"], dtype=np.float64)
+        total = np.asarray(arrays["sum"], dtype=np.float64)
+        outer = np.asarray(arrays["outer"], dtype=np.float64)
+        frames = int(arrays["frames"])
+        d = shift.shape[0] if shift.ndim == 1 else -1
+        if d < 1 or total.shape != (d,) or outer.shape != (d, d) or frames < 1:
+            raise ValueError("the arrays do not form a frame Gaussian")
+        g._shift, g._sum, g._outer, g.frames = shift, total, outer, frames
+        return g
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean ``[D]`` and unbiased covariance ``[D, D]`` (needs two frames or more)."""
@@ -150,3 +178,37 @@ def fad_of(clean: FrameGaussian, adv: FrameGaussian, *, clips: int | None = None
         return FadResult(math.nan, f"{fewest} frames < 2 x {dim} dimensions: too few for a "
                                    "covariance estimate")
     return frechet_distance(*clean.mean_cov(), *adv.mean_cov())
+
+
+def cached_gaussian(path: Path, compute: Callable[[], FrameGaussian], *,
+                    what: str) -> FrameGaussian:
+    """The Gaussian stored at ``path`` (a ``.npz`` of :meth:`FrameGaussian.to_arrays`), or
+    ``compute()`` stored there first, under the entry's build lock so that concurrent runs
+    compute it once. An unreadable file is computed again and replaced."""
+    from musicbench.datacache import build_lock
+    from musicbench.files import atomic_write_bytes
+
+    def read() -> FrameGaussian | None:
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return FrameGaussian.from_arrays(arrays)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            warnings.warn(f"{what} cache at {path} is unreadable ({exc}); computing it again",
+                          stacklevel=3)
+            return None
+
+    found = read()
+    if found is not None:
+        return found
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(path, what=what):
+        found = read() if path.exists() else None
+        if found is not None:
+            return found
+        g = compute()
+        buffer = io.BytesIO()
+        np.savez(buffer, **g.to_arrays())
+        atomic_write_bytes(path, buffer.getvalue())
+        return g

@@ -88,9 +88,9 @@ def _counting_system(calls):  # noqa: ANN001
 
 def test_cell_fad_reuses_the_clean_gaussian_of_a_clip_set_and_not_what_was_cached(tmp_path):
     """FAD embeds clips one at a time and keeps the clean Gaussian of each set of clips across
-    cells (every attack of a row attacks the same clips): a second cell on the set embeds only
-    its adversarial clips, a cell on another set embeds its clean clips again, and a cell's
-    FAD is the same whatever was computed before it."""
+    cells (every attack of a row attacks the same clips) and runs (in the cache): a second cell
+    on the set embeds only its adversarial clips, a cell on another set embeds its clean clips
+    again, and a cell's FAD is the same whatever was computed before it."""
     from musicbench.workspace import Workspace
     from musicbench_plugins.metrics.fad import FAD
 
@@ -115,11 +115,23 @@ def test_cell_fad_reuses_the_clean_gaussian_of_a_clip_set_and_not_what_was_cache
     calls.clear()
     assert cell(fresh, torch.arange(10, 40)) == alone  # the same set: adversarial clips only
     assert len(calls) == 30
+    # a new process on the same cache reads the clean Gaussian the first one stored
     warm = Workspace(system, cache_dir=tmp_path, device=torch.device("cpu"))
-    cell(warm, torch.arange(0, 25))  # another set first
     calls.clear()
     assert cell(warm, torch.arange(10, 40)) == alone
-    assert len(calls) == 30 + 30  # a set not seen before: its clean clips again
+    assert len(calls) == 30
+    calls.clear()
+    cell(warm, torch.arange(0, 25))  # a set not seen before: its clean clips too
+    assert len(calls) == 25 + 25
+    stored = sorted((tmp_path / "metrics" / "fad-clean").glob("counting-*.npz"))
+    assert len(stored) == 2
+    for path in stored:  # a damaged entry is computed again, to the same value
+        path.write_bytes(b"not an npz")
+    calls.clear()
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cell(Workspace(system, cache_dir=tmp_path, device=torch.device("cpu")),
+                    torch.arange(10, 40)) == alone
+    assert len(calls) == 60
 
 
 def test_cell_fad_stands_on_every_attacked_clip_and_counts_clips_not_frames(tmp_path):
