@@ -284,6 +284,27 @@ class _Cell:
                       amp=self.spec.run.amp, generator=self.stream("judge", start),
                       randomized_model=self.randomized_model)
 
+    def probes_coincide(self, clips: torch.Tensor) -> bool:
+        """Whether the attack's gradient probe and the undefended one compute the same thing
+        on ``clips[B, T]``: no training defense, a deterministic model (one draw whatever the
+        EOT setting), the same references, and no preprocessor or one that hands its input
+        back as it is (the undefended row's identity: the same tensor object, so the same
+        autograd graph; BPDA off, where a surrogate would stand in)."""
+        data = self.data
+        if (self.model is not self.undefended or self.randomized_model
+                or (data.undefended_references is not None
+                    and data.undefended_references is not data.references)):
+            return False
+        if self.preprocessor is None:
+            return True
+        if self.spec.run.bpda:
+            return False
+        try:
+            with torch.no_grad():
+                return self.preprocessor.forward(clips, torch.Generator()) is clips
+        except Exception:  # noqa: BLE001 - a defense that fails here fails in the attack too
+            return False
+
     def probes(self, start: int) -> tuple[Victim, Victim] | None:
         """The gradient a white-box attack gets, and the undefended model's (for the
         vanishing-gradient flag); None for black-box and oblivious cells."""
@@ -378,6 +399,7 @@ def _run_clips(cell: _Cell, lo: int, hi: int) -> ShardResult:
     out = _Collected(first=lo, clips=max(0, min(hi, len(cell.data.examples)) - lo))
     gradient_norms: list[torch.Tensor] = []
     plain_norms: list[torch.Tensor] = []
+    shared_probe: bool | None = None
     undefended_right = 0
     examples = cell.data.examples
     hi = min(hi, len(examples))
@@ -389,8 +411,13 @@ def _run_clips(cell: _Cell, lo: int, hi: int) -> ShardResult:
             undefended_right += right
             probes = cell.probes(start)
             if probes is not None:
-                gradient_norms.append(_input_gradient_norms(batch, probes[0], device))
-                plain_norms.append(_input_gradient_norms(batch, probes[1], device))
+                norms = _input_gradient_norms(batch, probes[0], device)
+                gradient_norms.append(norms)
+                if shared_probe is None:
+                    shared_probe = cell.probes_coincide(_stack(batch.examples[:1]))
+                # the undefended row's two probes are one computation: share it (exactly)
+                plain_norms.append(norms if shared_probe else
+                                   _input_gradient_norms(batch, probes[1], device))
             _run_batch_fitting_memory(
                 batch, cell.victim(start), cell.judge(start), run.eval_draws, cell.attack,
                 cell.stream("attack", start), cell.sample_metrics, cell.dataset.sample_rate,
