@@ -3,6 +3,7 @@ function. Tables and progress go to stderr; machine-readable output to stdout.""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -647,7 +648,22 @@ def _add_plugin_commands() -> None:
         print_note(f"plugin '{failure.plugin}' failed to add commands: {failure.error}", "yellow")
 
 
+NUMPY_BLAS_THREADS_ENV = "OPENBLAS_NUM_THREADS"
+
+
+def limit_numpy_blas_threads(environ: dict[str, str] | None = None) -> None:
+    """numpy's OpenBLAS gets one thread unless the user set ``OPENBLAS_NUM_THREADS``: read once,
+    when numpy loads OpenBLAS, so it must be set before numpy is first imported (the CLI
+    imports neither numpy nor torch before this). Its threads spin for a while after each
+    matrix product and take the cores torch's own threads compute on: in the default run,
+    FAD's Gaussians (numpy) between musicnn embeddings (torch) made every embedding 3× slower
+    (35 → 100 ms; docs/benchmarks.md). musicbench's numpy algebra is small (753×753 at most)."""
+    env = os.environ if environ is None else environ
+    env.setdefault(NUMPY_BLAS_THREADS_ENV, "1")
+
+
 def main() -> None:
+    limit_numpy_blas_threads()
     _add_plugin_commands()
     try:
         app()
