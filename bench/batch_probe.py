@@ -1,5 +1,5 @@
-"""``[run] batch_size = 0``: a batch size chosen by probing the device's memory (DESIGN.md
-section 7, the GPU path).
+"""``[run] batch_size = 0``: a batch size chosen by probing the device's memory (README.md,
+the GPU path; docs/reliability.md).
 
 Every batch of clips draws from its own random streams (:mod:`musicbench.shards`), so the
 batch size decides what a cell computes and is part of its key. A probed size is therefore

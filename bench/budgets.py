@@ -2,7 +2,7 @@
 norm ball (public through :mod:`musicbench.api`).
 
 An attack budget in dB is relative to each clip's own loudness, so a quiet clip gets a small
-perturbation and a loud one a larger one. With the SNR of DESIGN.md section 5,
+perturbation and a loud one a larger one. With the SNR of docs/metrics.md,
 ``SNR = 10·log10(‖x‖² / ‖δ‖²)``, requiring ``SNR >= snr_db`` means
 
 - L2:   ``‖δ_i‖₂ <= ‖x_i‖₂ · 10^(-snr_db / 20)`` — exactly the SNR bound;

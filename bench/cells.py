@@ -58,8 +58,9 @@ class CellRun:
     fad_encoder: str
     metrics: tuple[str, ...]
     pseudo_labels: bool = False
-    # How the harness attacks and judges the cell's defense (DESIGN.md section 6), as the
-    # planner decided from the defense's measured behaviour: EOT draws per gradient or score
+    # How the harness attacks and judges the cell's defense (docs/architecture.md,
+    # 'Evaluation protocol'), as the planner decided from the defense's measured behaviour: EOT
+    # draws per gradient or score
     # call, BPDA through the surrogate, draws success is judged over, and whether the attack
     # was meant to be adaptive at all. The defaults are "nothing to adapt to".
     eot_samples: int = 1
@@ -243,7 +244,7 @@ class CellInfo:
     higher_is_better: dict[str, bool] = field(default_factory=dict)
     load_average: list[float] | None = None
     cpus: int | None = None
-    # Defenses (DESIGN.md section 6): the defense's declared and measured flags
+    # Defenses (docs/defenses.md): the defense's declared and measured flags
     # (:class:`musicbench.defense_checks.DefenseBehaviour` as a dict, preprocessors only); the
     # undefended model's clean accuracy on the same clips (what the defense costs); the median
     # input-gradient norm at clean clips through the defended model (white-box cells).

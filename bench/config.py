@@ -1,4 +1,5 @@
-"""Run configuration (TOML, DESIGN.md section 7): parsing and structural validation.
+"""Run configuration (TOML; docs/architecture.md, 'Data flow'): parsing and structural
+validation.
 
 Plugin names and parameters are checked against the registries by :mod:`musicbench.planner`.
 """
@@ -45,8 +46,9 @@ class RunSettings:
     # metrics over a cell's clip set (level "set"), each where it applies: FAD needs
     # fad_encoder, mAP/MR1 a retrieval cell
     set_metrics: tuple[str, ...] = ("fad", "map")
-    # Adaptive evaluation of defenses (DESIGN.md section 6), applied by the harness: draws of a
-    # randomized defense averaged in every gradient (and black-box score) call (EOT); draws
+    # Adaptive evaluation of defenses (docs/architecture.md, 'Evaluation protocol'), applied
+    # by the harness: draws of a randomized defense averaged in every gradient (and black-box
+    # score) call (EOT); draws
     # over which success against it is judged; adaptive = false only to show what a
     # non-adaptive evaluation would overstate. [[defenses]] and [[attacks]] entries may
     # override eot_samples (an attack's wins), [[defenses]] eval_draws, [[attacks]] adaptive
@@ -70,7 +72,7 @@ class RunSettings:
     ray_gpus_per_cell: float = -1.0
     ray_workers: int = 0
     ray_local_cpus: int = 0
-    # Clip shards (DESIGN.md section 7): a cell's clips split into shards of this many
+    # Clip shards (docs/ray.md, 'Clip shards'): a cell's clips split into shards of this many
     # (rounded up to whole batches) that run as separate tasks and are kept as they finish;
     # the cell's record is the unsharded one's. 0: whole cells; -1: whole cells with the
     # local executor, 32 clips with ray.

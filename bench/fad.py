@@ -1,4 +1,4 @@
-"""Fréchet Audio Distance between two sets of frame embeddings (DESIGN.md section 5).
+"""Fréchet Audio Distance between two sets of frame embeddings (docs/metrics.md, 'FAD').
 
 Kilgour, Zuluaga, Roblek, Sharifi, "Fréchet Audio Distance: A Metric for Evaluating Music
 Enhancement Algorithms", 2019. Gaussians are fitted in float64;

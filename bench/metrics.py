@@ -1,4 +1,4 @@
-"""Metric computations of the leaderboard contract (DESIGN.md section 5).
+"""Metric computations of the leaderboard contract (docs/metrics.md).
 
 Per-sample distances are batched torch code on (clean, adv) pairs. Proportions (clean
 accuracy, ASR, robust accuracy) come with exact Clopper–Pearson 95% intervals, which never

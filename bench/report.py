@@ -1,4 +1,4 @@
-"""A static HTML report of a run: see and hear the results (DESIGN.md section 7).
+"""A static HTML report of a run: see and hear the results (docs/report.md).
 
 ``write_report(OUT, DIR)`` writes ``DIR/index.html`` and one page per (dataset, model), all
 self-contained (inline CSS and JS, no network; opens from ``file://`` or any static host):

@@ -429,8 +429,9 @@ def _defense(ws: Workspace, name: str, params: dict[str, Any], report: Validatio
              sample_rate: int = 16_000, clips: str | None = None) -> None:
     """A preprocessor binds and loads at ``sample_rate``; keeps the output contract; is
     reproducible under a fixed generator; and its declared flags are not weaker than what the
-    harness measures (DESIGN.md section 6): a defense that varies between draws must declare
-    ``randomized``, one without useful input gradients must not declare ``differentiable``.
+    harness measures (docs/architecture.md, 'Evaluation protocol'): a defense that varies
+    between draws must declare ``randomized``, one without useful input gradients must not declare
+    ``differentiable``.
     The flags are measured as a run measures them (:func:`measure`, on the probe and on the
     first two test clips of ``clips``); the BPDA surrogate's fidelity is printed, and a
     surrogate far from the defense is a warning (:meth:`DefenseBehaviour.warnings`), not a

@@ -1,5 +1,6 @@
-"""Defenses are attacked adaptively by the harness (DESIGN.md section 6): flags are measured,
-not trusted; EOT, BPDA and the judgement over draws are the harness's; clean verdicts are
+"""Defenses are attacked adaptively by the harness (docs/architecture.md, 'Evaluation
+protocol'): flags are measured, not trusted; EOT, BPDA and the judgement over draws are the
+harness's; clean verdicts are
 shared by every cell of a row; a broken defense costs only its cells."""
 
 from __future__ import annotations

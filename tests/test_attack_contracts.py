@@ -118,7 +118,7 @@ def test_model_validation_runs_every_check(name, toy_plugins):
         assert expected in names
 
 
-# -- every registered attack, on a tiny model: the DESIGN.md section 4 contract -------------
+# -- every registered attack, on a tiny model: docs/architecture.md, 'Plugin kinds' ------
 #
 # Every built-in attack runs every test below; none is skipped, and an attack cannot exempt
 # itself (nothing is read from the attack class). Where a test runs an attack with other than

@@ -1,4 +1,4 @@
-"""Metric definitions of DESIGN.md section 5, checked against direct computations."""
+"""Metric definitions of docs/metrics.md, checked against direct computations."""
 
 from __future__ import annotations
 

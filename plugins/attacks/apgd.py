@@ -103,8 +103,9 @@ class TooFewClassesError(MusicbenchError):
 
 @dataclass(frozen=True)
 class APGDParams:
-    """``eps``: the radius in ``norm`` (0.002 is the benchmark's L-inf radius, DESIGN.md §6);
-    ``snr_db`` set replaces it with a per-clip radius giving at least that SNR. ``steps``:
+    """``eps``: the radius in ``norm`` (0.002 is the benchmark's L-inf radius;
+    docs/architecture.md, 'Threat models'); ``snr_db`` set replaces it with a per-clip radius
+    giving at least that SNR. ``steps``:
     iterations per restart, N of the paper. ``restarts``: random starts. ``loss``: ``"ce"`` or
     ``"dlr"`` (needs >= 3 classes) or ``"dlr-targeted"`` (APGD-T, needs >= 4).
     ``target_classes``: targets APGD-T tries per clip (at most K − 1). ``momentum``: α.

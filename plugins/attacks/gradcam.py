@@ -3,7 +3,7 @@ segments of the inpainter's gap length (and a frequency band per segment for the
 
 Grad-CAM: Selvaraju et al., ICCV 2017, as MAIA (Liu et al., ISMIR 2025, arXiv 2509.04980)
 uses it: alpha_k = mean over positions of d y_c / d F_k, map = ReLU(sum_k alpha_k F_k),
-normalised. Readings of what the paper leaves open (DESIGN.md section 9):
+normalised. Readings of what the paper leaves open (docs/maia.md):
 
 - y_c is the true class's logit for classification (the paper's "clean class"); for retrieval
   it is the Victim's margin (best similarity to the true work minus the best other work), since

@@ -2,7 +2,7 @@
 inpainter's latent space for fills that fool it, from scores alone.
 
 Liu, Zhang, Sang, Li, Li, "An Inpainting-Based Approach for Music Adversarial Attacks",
-ISMIR 2025 (arXiv 2509.04980), as DESIGN.md section 9 reads it:
+ISMIR 2025 (arXiv 2509.04980), as docs/maia.md reads it:
 
 1. One query on the clean clip (its loss is the occlusion baseline; a clip the model already
    gets wrong stops here).

@@ -4,7 +4,7 @@ inpainter's fill is put into a clip (full-band time segments or a time-frequency
 Liu, Zhang, Sang, Li, Li, "An Inpainting-Based Approach for Music Adversarial Attacks",
 ISMIR 2025 (arXiv 2509.04980). The paper's figures show the regenerated regions as
 time-frequency boxes; it does not say how a box is cut out of a waveform inpainter's fill. Our
-reading (DESIGN.md section 9, ``mask="tf-box"``): inpaint the full-band time segment, then keep
+reading (docs/maia.md, ``mask="tf-box"``): inpaint the full-band time segment, then keep
 the fill's STFT only inside the box and the clean STFT everywhere else, and resynthesise.
 """
 

@@ -2,7 +2,7 @@
 the model's gradient.
 
 Liu, Zhang, Sang, Li, Li, "An Inpainting-Based Approach for Music Adversarial Attacks",
-ISMIR 2025 (arXiv 2509.04980), Algorithm 1, as DESIGN.md section 9 reads it:
+ISMIR 2025 (arXiv 2509.04980), Algorithm 1, as docs/maia.md reads it:
 
 1. Grad-CAM on the target's ``cam_layer`` (:mod:`.gradcam`) ranks time segments of the
    inpainter's gap length; the top ``regions`` form the mask m (full-band segments, or

@@ -7,8 +7,9 @@ signed PGD step on it inside the L-inf ball (projected onto the ball and onto [-
 
 Readings of what the paper leaves open for audio, as parameters (see :class:`NESParams`):
 
-- ``eps = 0.002``: the same L-inf radius as ``pgd``'s default (DESIGN.md §6), so NES and PGD
-  are compared under one threat model and the harness's "black-box stronger than white-box"
+- ``eps = 0.002``: the same L-inf radius as ``pgd``'s default (docs/architecture.md,
+  'Threat models'), so NES and PGD are compared under one threat model and the harness's
+  "black-box stronger than white-box"
   flag is meaningful. About -54 dBFS; for a clip at -20 dBFS RMS, an SNR of at least ~34 dB.
 - ``sigma = 0.001`` (half of eps, the ratio Ilyas et al. use for images),
   ``population = 50`` (25 antithetic pairs, as in the paper), ``step_size = eps / 5``, the

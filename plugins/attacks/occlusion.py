@@ -2,7 +2,7 @@
 
 Liu et al., ISMIR 2025 (arXiv 2509.04980): 0.5 s non-overlapping chunks, each zeroed with a
 Tukey(0.1) taper; score I(C) = [L(M(x without C), y) - L(M(x), y)] / duration(C); the best chunk
-is split recursively until the target granularity. Readings (DESIGN.md section 9):
+is split recursively until the target granularity. Readings (docs/maia.md):
 
 - L is the Victim's loss (cross-entropy of the true class, from scores only); "zeroed with a
   taper" multiplies the chunk by ``1 - tukey``, so its edges fade instead of clicking.

@@ -37,8 +37,9 @@ from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS, MAX_STEPS
 
 @dataclass(frozen=True)
 class PGDParams:
-    """``eps`` is the radius in ``norm`` (0.002 is the L-inf default of DESIGN.md §6; an L2
-    radius is much larger: the L2 norm of a full-scale ±0.002 perturbation of a 4 s clip at
+    """``eps`` is the radius in ``norm`` (0.002 is the L-inf default; docs/architecture.md,
+    'Threat models'; an L2 radius is much larger: the L2 norm of a full-scale ±0.002 perturbation
+    of a 4 s clip at
     16 kHz is 0.51). ``snr_db`` set replaces ``eps`` with a per-clip radius giving at least that
     SNR. ``step_size`` None means 2.5 * eps / steps (Madry et al.'s rule of thumb), per clip
     when the radius is per clip."""

@@ -76,7 +76,7 @@ class AdvTrainParams:
     """Every field changes the cache key of the defended model."""
 
     method: Literal["pgd", "trades", "fgsm-rs"] = "pgd"
-    eps: float = 0.002  # L-inf radius on the [-1, 1] waveform (DESIGN.md section 6's default)
+    eps: float = 0.002  # L-inf radius on [-1, 1] (docs/architecture.md, 'Threat models')
     steps: int = 7  # inner PGD / TRADES steps (fgsm-rs: one step, whatever this says)
     step_size: float | None = None  # None: 2.5 eps / steps (pgd, trades), 1.25 eps (fgsm-rs)
     epochs: int = 5

@@ -4,7 +4,7 @@ encoder, (for ``pamt``) a PAMT projection head, and a task head trained for the 
 PAMT (Liu et al., "Training a Perceptual Model for Evaluating Auditory Similarity in Music
 Adversarial Attack", arXiv 2509.04985, CMMR 2025) reports +9.15 points of robust accuracy when
 task heads sit on PAMT features instead of the raw encoder's. Our reading (docs/pamt.md,
-DESIGN.md section 10):
+docs/pamt.md):
 
 - ``pamt``: frozen encoder ``E`` (any registered Encoder, default ``musicnn``) -> PAMT head
   ``h`` (:class:`~musicbench_plugins.defenses.pamt_head.PamtHead`, trained with the

@@ -2,7 +2,7 @@
 projection head and the sequence (frame-aligned) InfoNCE loss.
 
 PAMT (Liu et al., "Training a Perceptual Model for Evaluating Auditory Similarity in Music
-Adversarial Attack", arXiv 2509.04985, CMMR 2025; the paper's Fig. 1, DESIGN.md section 10):
+Adversarial Attack", arXiv 2509.04985, CMMR 2025; the paper's Fig. 1, docs/pamt.md):
 a frozen encoder's frame sequence goes through a projection head of pre-LN transformer layers,
 
     h   = x + MHSA(LN(x))

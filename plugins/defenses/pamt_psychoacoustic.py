@@ -3,8 +3,8 @@
 PAMT (Liu et al., "Training a Perceptual Model for Evaluating Auditory Similarity in Music
 Adversarial Attack", arXiv 2509.04985, CMMR 2025) perturbs the clean clip with a
 "psychoacoustic perturbation module" and feeds its parameters to the projection head; the paper
-does not say what the module does (PAPERS.md). Our reading: additive noise shaped to the
-clip's **simultaneous-masking threshold per critical band**, computed with Johnston's
+does not say what the module does (docs/pamt.md, 'The paper'). Our reading: additive noise
+shaped to the clip's **simultaneous-masking threshold per critical band**, computed with Johnston's
 perceptual model (J. D. Johnston, "Transform coding of audio signals using perceptual noise
 criteria", IEEE JSAC 6(2), 1988), per STFT frame:
 

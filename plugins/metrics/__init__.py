@@ -1,4 +1,4 @@
-"""Built-in metrics (definitions in DESIGN.md 5): per-sample LSD, SNR, L-inf and L2 distance;
+"""Built-in metrics (definitions in docs/metrics.md): per-sample LSD, SNR, L-inf and L2 distance;
 set-level FAD and retrieval mAP/MR1; per-sample PAMT distance (trained head, docs/pamt.md)."""
 
 from musicbench import hookimpl

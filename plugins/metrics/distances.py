@@ -9,7 +9,7 @@ from musicbench.interfaces import SampleMetric
 
 
 class LSD(SampleMetric):
-    """Log-spectral distance, DESIGN.md section 5."""
+    """Log-spectral distance, docs/metrics.md."""
 
     higher_is_better = False
     unit = ""

@@ -1,5 +1,5 @@
 """FAD as a set-level metric: the cell's attacked clips, clean against returned, in the
-embedding space of the run's ``fad_encoder`` (definition and NaN rules in DESIGN.md section 5
+embedding space of the run's ``fad_encoder`` (definition and NaN rules in docs/metrics.md, 'FAD'
 and :mod:`musicbench.fad`)."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ PAMT (Liu et al., "Training a Perceptual Model for Evaluating Auditory Similarit
 Adversarial Attack", arXiv 2509.04985, CMMR 2025) trains a projection head on a frozen music
 encoder so that clean and psychoacoustically perturbed views of a clip stay close frame by
 frame; the paper uses the trained model as a perceptual similarity measure (Spearman 0.65 with
-listeners). Ours (docs/pamt.md, DESIGN.md section 10):
+listeners). Ours (docs/pamt.md):
 
     d(x, x') = mean over frames t of  1 - cos(h(E(x))_t, h(E(x'))_t)
 

@@ -1,5 +1,5 @@
 """Retrieval figures as a set-level metric: mAP over the reference set and MR1 (mean rank of the
-first correct reference), before and after the attack (DESIGN.md section 5)."""
+first correct reference), before and after the attack (docs/metrics.md, 'Retrieval cells')."""
 
 from __future__ import annotations
 
