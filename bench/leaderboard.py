@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from musicbench.compare import Pair, pair_on_shared_clips, success_outcomes, work_ids
 from musicbench.files import atomic_write_text
 from musicbench.interfaces.attack import ThreatModel
 from musicbench.metrics import clopper_pearson, proportion_interval
+from musicbench.pairing import Pair, pair_on_shared_clips, success_outcomes, work_ids
 from musicbench.stats import holm
 from musicbench.store import CellRecord, Store
 

@@ -29,30 +29,10 @@ from musicbench.errors import ConfigError, did_you_mean
 from musicbench.params import component_params
 from musicbench.plugins import PluginSystem
 from musicbench.protocol import protocol_row
+from musicbench.resolved import Resolved
 
 if TYPE_CHECKING:
     from musicbench.workspace import Workspace
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A config entry checked against its plugin: canonical name, class, validated params."""
-
-    spec: ComponentSpec
-    name: str
-    cls: type
-    params: Any
-    provider: str
-
-    def params_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else {}
-
-    def ref(self, *, weights: str | None = None, fingerprint: str | None = None) -> ComponentRef:
-        return ComponentRef(
-            kind=self.spec.kind, name=self.name, label=self.spec.label,
-            version=str(getattr(self.cls, "version", "1")), params=self.params_dict(),
-            provider=self.provider, weights=weights, fingerprint=fingerprint,
-        )
 
 
 def resolve(config: RunConfig, plugins: PluginSystem) -> dict[str, list[Resolved]]:

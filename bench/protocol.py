@@ -33,7 +33,7 @@ from musicbench.interfaces.attack import ThreatModel
 
 if TYPE_CHECKING:
     from musicbench.defense_checks import DefenseBehaviour
-    from musicbench.planner import Resolved
+    from musicbench.resolved import Resolved
 
 RADIUS_FACTOR = 10
 """The large-radius gate multiplies an L∞/L2 radius by this ..."""

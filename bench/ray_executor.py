@@ -44,10 +44,10 @@ from typing import Any
 
 import torch
 
+from musicbench.cell_tasks import ResultSink, failed_record, fooled_before, plan_shards
 from musicbench.cells import CellSpec
 from musicbench.config import RunSettings, ray_host_port
 from musicbench.errors import ConfigError, MusicbenchError
-from musicbench.executors import ResultSink, failed_record, fooled_before, plan_shards
 from musicbench.hookspecs import PROJECT_NAME
 from musicbench.interfaces import Progress
 from musicbench.plugins import PluginSystem

@@ -171,7 +171,7 @@ class _StoreSink:
         return self.store.shards(cell_key)
 
     def fooled(self, keys: tuple[str, ...]) -> frozenset[str]:
-        from musicbench.executors import fooled_in
+        from musicbench.cell_tasks import fooled_in
 
         return fooled_in(self.store.cells(list(keys)), keys)
 

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from musicbench.cells import CellInfo, CellSpec
 from musicbench.errors import StorageFullError, StoreDamagedError
 from musicbench.files import atomic_write_bytes, storage_full_as_error, storage_full_cause
+from musicbench.sample_record import SampleRecord
 
 if TYPE_CHECKING:
-    from musicbench.shards import ShardResult
+    from musicbench.shard_record import ShardResult
 
 SCHEMA_VERSION = 4
 """2: cells keep a typed spec (threat model, weights, metrics) and a typed info record.
@@ -109,32 +110,6 @@ CREATE TABLE IF NOT EXISTS audio (
     PRIMARY KEY (cell_key, sample_id, kind)
 );
 """
-
-
-@dataclass
-class SampleRecord:
-    """One clip of one cell. ``metrics`` holds per-sample metrics of attacked clips."""
-
-    sample_id: str
-    position: int
-    label: int | None
-    clean_pred: int | None
-    clean_correct: bool
-    attacked: bool
-    adv_pred: int | None
-    success: bool
-    queries: int
-    steps: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    # Under a randomized defense (eval_draws > 1): the fraction of the judging draws on which
-    # the model was wrong, on the clean clip and on the attack's output (attacked clips);
-    # None when one draw decides.
-    clean_wrong: float | None = None
-    adv_wrong: float | None = None
-    # The musical work the clip was cut from (``Example.work_id``); clips of one work are not
-    # independent, so intervals resample works. None when the dataset names no works (or the
-    # store predates schema 4).
-    work_id: str | None = None
 
 
 @dataclass
@@ -476,7 +451,7 @@ class Store:
     def _check_shards(self) -> None:
         """Every kept shard's row decodes (its arrays listed, not read): a run resuming into a
         store with a damaged shard stops here, naming it, rather than failing its cell."""
-        from musicbench.shards import ShardResult
+        from musicbench.shard_record import ShardResult
 
         if not self._has_shards():
             return
@@ -628,7 +603,7 @@ class Store:
 
     def shards(self, cell_key: str) -> list[ShardResult]:
         """The kept shards of a cell, by first clip."""
-        from musicbench.shards import ShardResult
+        from musicbench.shard_record import ShardResult
 
         if not self._has_shards():
             return []  # a store from before shards were kept, opened read-only

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from musicbench.cache import cache_dir
+from musicbench.cell_tasks import fooled_in
 from musicbench.cells import CELL_KINDS, CellInfo, CellSpec
 from musicbench.config import parse_config
 from musicbench.environment import describe_environment, resolve_device
-from musicbench.executors import fooled_in
 from musicbench.interfaces.context import NullProgress, Progress
 from musicbench.leaderboard import planned_run
 from musicbench.planner import harness_version, plan_cells, resolve_only

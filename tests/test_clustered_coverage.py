@@ -21,10 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-
 from scipy.stats import norm, t
 
-from musicbench.compare import paired_pair
 from musicbench.metrics import (
     _beta_interval,
     bootstrap_ci,
@@ -33,6 +31,7 @@ from musicbench.metrics import (
     proportion_interval,
     variance_inflation,
 )
+from musicbench.pairing import paired_pair
 from musicbench.stats import mcnemar_exact_p, paired_difference_interval
 
 Interval = Callable[[np.ndarray, Sequence[str]], tuple[float, float]]

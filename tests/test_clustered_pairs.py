@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from musicbench.compare import paired_pair
+from musicbench.pairing import paired_pair
 from musicbench.stats import mcnemar_exact_p, paired_difference_interval, sign_flip_p
 
 
