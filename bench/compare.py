@@ -49,8 +49,10 @@ from musicbench.errors import ConfigError, did_you_mean
 from musicbench.pairing import (
     CONFIDENCE,
     Pair,
+    clean_outcomes,  # noqa: F401  (re-exported: benchmarks/ import it from here)
     outcomes,
     pair_on_shared_clips,
+    robust_outcomes,  # noqa: F401  (re-exported: benchmarks/ import it from here)
     work_ids,
 )
 from musicbench.stats import holm

@@ -465,7 +465,7 @@ def measure_model(model: TargetModel, device: torch.device | str = "cpu",
     it was), and once more from the first state. Cost: ``2 * (PROBE_DRAWS + 1)`` forward
     passes of a few clips.
     """
-    from musicbench.victim import seeded_global_rng
+    from musicbench.global_rng import seeded_global_rng
     from musicbench.windows import score_windows
 
     fn = model.embed if model.task == "retrieval" else model.forward

@@ -418,7 +418,7 @@ _NO_SHARED_CLIP = Pair("", "", 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 1.0, 1.0)
 
 def _fooled_pair(a: CellRecord, b: CellRecord) -> Pair:
     """``a`` against ``b`` on the clips both attacked: who fooled which (``only_a``,
-    ``only_b``) and the paired p (:func:`musicbench.compare.pair_on_shared_clips`: exact
+    ``only_b``) and the paired p (:func:`musicbench.pairing.pair_on_shared_clips`: exact
     McNemar, or its sign-flip test over works where clips share one); p = 1 with no clip in
     common."""
     pair = pair_on_shared_clips(a.spec.labels[3], b.spec.labels[3], success_outcomes(a),

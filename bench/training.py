@@ -13,7 +13,6 @@ DEFENSE --model M`` calls it ahead of a run.
 from __future__ import annotations
 
 import abc
-import copy
 import dataclasses
 import hashlib
 import json
@@ -24,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from musicbench.checkpoints import load_module, save_module, state_digest
+from musicbench.checkpoints import load_module, save_module
 from musicbench.datacache import build_lock
 from musicbench.errors import MusicbenchError, NotTrainedError
 from musicbench.interfaces import Context, Dataset, TargetModel, TrainingDefense
@@ -232,47 +231,6 @@ def defended_path(ctx: Context, defense: TrainingDefense, base: TargetModel,
     """``<cache_dir>/defenses/<defense>/<base>-<defended_key>.safetensors``."""
     key = defended_key(defense, base, data)
     return ctx.cache_dir / "defenses" / defense.name / f"{base.name}-{key}.safetensors"
-
-
-class DefendedModel(TargetModel):
-    """A base model with weights of its own: a deep copy of the base (the base itself, the
-    undefended twin of every defended cell, is never touched), which a fine-tuning defense
-    trains in place through :meth:`module`. Same task, labels, rate, input length, Grad-CAM
-    layer and network family as the base; :meth:`weights_digest` is the digest of the
-    defended weights. What the default :meth:`TrainingDefense.build` returns."""
-
-    def __init__(self, base: TargetModel, *, defense: str = ""):
-        super().__init__(None)
-        self.base_name = base.name
-        self.defense = defense
-        self.inner = copy.deepcopy(base)
-        self.name = base.name
-        self.task = base.task  # type: ignore[misc]  # ClassVars of the interface, per instance
-        self.sample_rate = base.sample_rate  # type: ignore[misc]
-        self.input_seconds = base.input_seconds  # type: ignore[misc]
-        self.cam_layer = base.cam_layer  # type: ignore[misc]
-        self.network = base.network  # type: ignore[misc]
-        self.labels = tuple(base.labels)
-        self.training_summary: dict[str, Any] = {}
-        self.checkpoint: Path | None = None
-
-    def load(self, ctx: Context) -> None:
-        """Nothing: the core loads the cached weights (:func:`load_or_fit_defense`)."""
-
-    def module(self) -> nn.Module:
-        return self.inner.module()
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.inner.forward(audio)
-
-    def embed(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.inner.embed(audio)
-
-    def weights_digest(self) -> str | None:
-        return state_digest(self.module())
-
-    def checkpoint_key(self) -> str:
-        return self.checkpoint.stem if self.checkpoint is not None else ""
 
 
 def train_command(defense: TrainingDefense, base: TargetModel, data: Dataset) -> str:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from musicbench.defense_checks import checked_output
 from musicbench.errors import GradientRefusedError, MusicbenchError, QueryBudgetExceededError
+from musicbench.global_rng import seeded_global_rng
 from musicbench.interfaces.defense import Preprocessor
 from musicbench.interfaces.model import TargetModel
 from musicbench.windows import score_windows
@@ -262,6 +263,23 @@ class Victim:
             emb = score_windows(model.embed, audio, window).float()
         return work_similarities(F.normalize(emb, dim=-1), self.references)
 
+    # -- harness only (Attack.__call__; begin_batch and judge) --------------------------------
+
+    def _begin_batch(self, batch: int, clip_ids: Sequence[str] | None = None) -> None:
+        """Reset the per-sample counters for a new batch (before every attack call: an attack
+        cannot reset its own budget) and take the batch's clip ids."""
+        if clip_ids is not None and len(clip_ids) != batch:
+            raise ValueError(f"{len(clip_ids)} clip ids for a batch of {batch}")
+        self._reset_counters(batch)
+        self.clip_ids = tuple(clip_ids) if clip_ids is not None else None
+
+    def _judge(self) -> Scorer:
+        """An uncounted scorer of the same (defended) model, sharing the defense's random
+        stream: what the harness re-scores an attack's output with."""
+        return Scorer(self._model, references=self.references, defense=self.defense,
+                      generator=self.generator, amp=self.amp,
+                      randomized_model=self.randomized_model)
+
     # -- what attacks use ---------------------------------------------------------------------
 
     def scores(self, audio: torch.Tensor, *, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -423,39 +441,17 @@ def autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
-@contextlib.contextmanager
-def seeded_global_rng(generator: torch.Generator, device: torch.device):
-    """Run the block on torch's global RNG (CPU, and ``device`` if CUDA) forked and seeded
-    with a seed drawn from ``generator``: what a model that draws from the global RNG
-    (dropout) draws is then a function of ``generator``'s stream, and the global RNG is as it
-    was afterwards."""
-    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-    device = torch.device(device)
-    cuda = ([device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda" else [])
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for index in cuda:  # only the forked device: the others' states stay as they are
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
-
-
 def begin_batch(victim: Victim, batch: int, clip_ids: Sequence[str] | None = None) -> None:
     """Reset ``victim``'s per-sample counters for a new batch (the harness, before every
     attack call: an attack cannot reset its own budget) and tell it the batch's clip ids."""
-    if clip_ids is not None and len(clip_ids) != batch:
-        raise ValueError(f"{len(clip_ids)} clip ids for a batch of {batch}")
-    victim._reset_counters(batch)
-    victim.clip_ids = tuple(clip_ids) if clip_ids is not None else None
+    victim._begin_batch(batch, clip_ids)
 
 
 def judge(victim: Victim) -> Scorer:
     """An uncounted scorer of the same (defended) model as ``victim``, sharing its defense's
     random stream: what the harness re-scores an attack's output with. Core use only (not in
     :mod:`musicbench.api`): an attack that scores through it breaks its contract."""
-    return Scorer(victim._model, references=victim.references, defense=victim.defense,
-                  generator=victim.generator, amp=victim.amp,
-                  randomized_model=victim.randomized_model)
+    return victim._judge()
 
 
 def eot_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from musicbench.interfaces.context import Context
-    from musicbench.victim import Victim
+    from musicbench.interfaces.victim_protocol import VictimLike as Victim
 
 Threat = Literal["white-box", "black-box"]
 
@@ -198,11 +198,9 @@ class Attack(Component, abc.ABC):
         exposes them to the attack as ``victim.clip_ids``)."""
         import torch
 
-        from musicbench.victim import begin_batch, judge
-
         if audio.dim() != 2:
             raise ValueError(f"attacks take audio[B, T]; got shape {tuple(audio.shape)}")
-        begin_batch(victim, audio.shape[0], clip_ids)
+        victim._begin_batch(audio.shape[0], clip_ids)
         result = self.run(victim, audio, target, generator=generator)
         adv = result.adv
         if adv.shape != audio.shape or adv.dtype != audio.dtype or adv.device != audio.device:
@@ -238,6 +236,6 @@ class Attack(Component, abc.ABC):
             raise AttackContractError(
                 f"attack '{self.name}' is a transfer attack but queried the victim "
                 f"({int(queries.sum())} queries)")
-        success = judge(victim).success(adv, target)
+        success = victim._judge().success(adv, target)
         return AttackResult(adv=adv, success=success, queries=queries, steps=result.steps,
                             notes=list(result.notes))

@@ -11,11 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from musicbench.interfaces.attack import Attack
-    from musicbench.interfaces.dataset import Dataset
-    from musicbench.interfaces.encoder import Encoder
-    from musicbench.interfaces.inpainter import Inpainter
-    from musicbench.interfaces.model import TargetModel
+    from musicbench.interfaces.component import Component
 
 
 class ProgressTask(Protocol):
@@ -64,11 +60,11 @@ class Context:
     cache_dir: Path
     device: torch.device
     progress: Progress = field(default_factory=NullProgress)
-    dataset: Callable[[str, dict[str, Any]], Dataset] | None = None
-    inpainter: Callable[[str, dict[str, Any]], Inpainter] | None = None
+    dataset: Callable[[str, dict[str, Any]], Component] | None = None
+    inpainter: Callable[[str, dict[str, Any]], Component] | None = None
     allow_training: bool = True
     seed: int = 0
-    encoder: Callable[[str, dict[str, Any]], Encoder] | None = None
-    model: Callable[[str, dict[str, Any]], TargetModel] | None = None
-    attack: Callable[[str, dict[str, Any]], Attack] | None = None
+    encoder: Callable[[str, dict[str, Any]], Component] | None = None
+    model: Callable[[str, dict[str, Any]], Component] | None = None
+    attack: Callable[[str, dict[str, Any]], Component] | None = None
     memo: Callable[[tuple[str, ...], Callable[[], Any]], Any] | None = None

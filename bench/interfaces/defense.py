@@ -100,7 +100,8 @@ class TrainingDefense(Defense):
       clean accuracy without the defense and the defense-oblivious attacker use it). A
       fine-tuning defense trains ``self.build(base, data, ctx=ctx)``, a copy.
     - :meth:`build` returns the defended model's architecture before training (the default: a
-      deep copy of ``base``, :class:`musicbench.training.DefendedModel`); the core loads cached
+      deep copy of ``base``, a
+      :class:`musicbench.interfaces.defended_model.DefendedModel`); the core loads cached
       weights into its :meth:`~TargetModel.module`, so a defense whose network differs from the
       base's (PAMT: encoder, head, task head) overrides it.
     - The core (:func:`musicbench.training.load_or_fit_defense`) keeps the defended module's
@@ -127,7 +128,7 @@ class TrainingDefense(Defense):
     def build(self, base: TargetModel, data: Dataset, *, ctx: Context) -> TargetModel:
         """The defended model before training, on ``ctx.device``: by default a deep copy of
         ``base`` (its weights the starting point of fine-tuning)."""
-        from musicbench.training import DefendedModel
+        from musicbench.interfaces.defended_model import DefendedModel
 
         return DefendedModel(base, defense=self.name)
 
