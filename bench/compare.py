@@ -1,4 +1,4 @@
-"""Paired comparisons of cells of a stored run on the same clips (DESIGN.md section 5).
+"""Paired comparisons of cells of a stored run on the same clips (docs/metrics.md).
 
 Cells of one run that share dataset and model were drawn on the same clips (the draw depends on
 the run seed and the model's sample count only), so "A beats B" is a paired question, asked per

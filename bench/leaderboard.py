@@ -1,4 +1,4 @@
-"""Leaderboards are data rendered from the store: markdown, CSV or JSON (DESIGN.md section 7).
+"""Leaderboards are data rendered from the store: markdown, CSV or JSON (docs/architecture.md, 'Data flow').
 
 JSON rows carry exactly the field names of the contract; markdown adds a header that lets a
 reader rerun the result, a model x defense table with the worst case **per threat model**
@@ -323,7 +323,7 @@ def _grouped(records: list[CellRecord]) -> list[CellRecord]:
 
 
 def _add_flags(records: list[CellRecord], rows: list[dict[str, Any]]) -> None:
-    """Sanity flags, each comparing cells of one threat model only (DESIGN.md section 6)."""
+    """Sanity flags, each comparing cells of one threat model only (docs/architecture.md, 'Evaluation protocol')."""
     groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         if r.status == "ok" and rows[i]["asr"] is not None and not r.spec.run.contrast:

@@ -455,7 +455,7 @@ def _defense_ref(defense: _PlannedDefense, ws: Workspace, model: Resolved,
 def evaluation(settings: RunSettings, defense: ComponentSpec, attack: ComponentSpec,
                threat: str, behaviour: DefenseBehaviour | None, *,
                model_randomized: bool = False) -> dict[str, Any] | None:
-    """How the harness attacks and judges one (defense, attack) pair (DESIGN.md section 6),
+    """How the harness attacks and judges one (defense, attack) pair (docs/architecture.md, 'Evaluation protocol'),
     or None when the cell would only repeat another.
 
     EOT where the defense is randomized (declared or measured), for white-box and black-box

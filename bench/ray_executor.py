@@ -1,4 +1,4 @@
-"""The ``ray`` executor (DESIGN.md section 7): the cells of a run as tasks on a Ray cluster.
+"""The ``ray`` executor (docs/ray.md): the cells of a run as tasks on a Ray cluster.
 
 The driver (``musicbench run``) plans exactly as with ``local``; this executor then hands the
 unfinished cells to a pool of Ray actors, each holding one :class:`Workspace` (the per-process

@@ -1,4 +1,4 @@
-"""Clip shards: a cell's clips split into ranges that run as separate tasks (DESIGN.md section 7).
+"""Clip shards: a cell's clips split into ranges that run as separate tasks (docs/ray.md).
 
 A shard is a range ``[lo, hi)`` of the cell's clip positions, always whole batches of the
 run's ``batch_size``: every batch draws from its own streams (seeded by the cell's seeds and

@@ -1,4 +1,4 @@
-"""The SQLite result store (DESIGN.md section 7): runs, cells, per-clip samples, cell metrics.
+"""The SQLite result store (docs/architecture.md, 'Data flow'): runs, cells, per-clip samples, cell metrics.
 
 A cell is written in one transaction when it finishes, so a killed run loses at most the cell
 in flight; a sharded cell's finished shards are kept (``shards``) until the cell is written, so

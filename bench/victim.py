@@ -360,7 +360,7 @@ class Judgement:
 
     @property
     def fooled(self) -> torch.Tensor:
-        """``bool[B]``: wrong on more than half of the draws (DESIGN.md section 6); one draw:
+        """``bool[B]``: wrong on more than half of the draws (docs/architecture.md, 'Evaluation protocol'); one draw:
         wrong."""
         return self.wrong_fraction > 0.5
 

@@ -1,7 +1,7 @@
 """Harness overhead of one PGD step: (time of a PGD step through Attack.__call__ and the Victim)
 / (time of the bare network's forward + backward to the input on the same batch).
 
-Target (DESIGN.md section 11): <= 1.05. Prints the figures; run on an idle machine:
+Target (docs/benchmarks.md): <= 1.05. Prints the figures; run on an idle machine:
 
     python benchmarks/attack_overhead.py [--batch 32] [--steps 20] [--repeats 5] [--device cpu]
 

@@ -1,6 +1,6 @@
 """Our PGD and C&W against torchattacks, IBM ART and Foolbox 3 on the same model, clips and steps.
 
-DESIGN.md section 11 asks that our PGD and C&W be at least as fast as the peer libraries with
+docs/benchmarks.md records that the design asks that our PGD and C&W be at least as fast as the peer libraries with
 the same success within CI. ``benchmarks/torchattacks_compare.py`` checks torchattacks; this
 script adds IBM ART (``adversarial-robustness-toolbox``: ``PyTorchClassifier`` +
 ``ProjectedGradientDescent`` / ``CarliniL2Method``) and Foolbox 3 (``fb.PyTorchModel`` +

@@ -1,6 +1,6 @@
 """Our PGD and C&W against torchattacks' PGD and CW on the same model, batch and steps.
 
-DESIGN.md section 11: PGD and C&W must be at least as fast as torchattacks with the same
+The design's speed target (docs/benchmarks.md): PGD and C&W must be at least as fast as torchattacks with the same
 success within CI. Prints, per attack, the wall time to finish the batch and the attack success
 rate (with a 95% Wilson interval), and the ratios ours / torchattacks.
 

@@ -1,4 +1,4 @@
-"""The interfaces every plugin implements (DESIGN.md section 4).
+"""The interfaces every plugin implements (docs/architecture.md, 'Plugin kinds').
 
 Conventions: audio is ``Tensor[B, T]``, mono, float32, in [-1, 1], at the component's declared
 ``sample_rate``. Every component has ``name``, ``version`` (part of cache keys), a ``Params``

@@ -62,7 +62,7 @@ ThreatKind = Literal["norm", "snr", "region", "unbounded"]
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """What an attack is allowed to change (DESIGN.md section 5): the unit within which worst
+    """What an attack is allowed to change (docs/architecture.md, 'Threat models'): the unit within which worst
     cases are taken and attacks compared. Pooling threat models is meaningless (an unbounded
     attack always wins), so the leaderboard never does.
 
@@ -122,7 +122,7 @@ class ThreatModel:
 
 
 DEFAULT_THREAT_MODEL = ThreatModel("norm", norm="linf", eps=0.002)
-"""The benchmark's headline threat model (DESIGN.md section 6)."""
+"""The benchmark's headline threat model (docs/architecture.md, 'Threat models')."""
 
 
 @dataclass

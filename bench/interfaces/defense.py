@@ -1,4 +1,4 @@
-"""Defense interfaces: input preprocessors and training-time defenses (DESIGN.md section 4).
+"""Defense interfaces: input preprocessors and training-time defenses (docs/architecture.md, 'Plugin kinds').
 
 A defense never decides how it is attacked: the harness reads the flags of a
 :class:`Preprocessor` (and checks them by measurement) and attacks it adaptively -- EOT for
