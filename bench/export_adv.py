@@ -44,6 +44,9 @@ class ExportedCell:
     folder: Path
     clips: int
     replayable: bool
+    attack: str = ""
+    revision: str = ""
+    params: dict[str, Any] | None = None  # the external parameters claiming its threat model
 
 
 def external_params(record: CellRecord) -> dict[str, Any] | None:
@@ -127,14 +130,13 @@ def _export_cell(record: CellRecord, root: Path, folder: Path) -> ExportedCell:
         "external_params": params,
     }
     atomic_write_text(folder / "export.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return ExportedCell(record.key, folder, len(advs), params is not None)
+    return ExportedCell(record.key, folder, len(advs), params is not None, attack,
+                        meta["source_revision"], params)
 
 
 def replay_entry(cell: ExportedCell) -> str:
     """The ``[[attacks]]`` TOML entry that replays ``cell`` (for the command's output)."""
-    meta = json.loads((cell.folder / "export.json").read_text(encoding="utf-8"))
-    params = meta["external_params"] or {}
     lines = ["[[attacks]]", 'name = "external"', f"folder = {json.dumps(str(cell.folder))}",
-             f"source = {json.dumps(meta['attack'] + ' @ ' + (meta['source_revision'] or '?'))}"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in params.items()]
+             f"source = {json.dumps(cell.attack + ' @ ' + (cell.revision or '?'))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in (cell.params or {}).items()]
     return "\n".join(lines)

@@ -49,13 +49,14 @@ from musicbench.api import (
     check_snr_db,
     load_audio,
 )
+from musicbench.files import read_input_file
+from musicbench.interfaces.attack import BOUND_RTOL
 from musicbench_plugins._limits import MAX_L2_EPS, MAX_LINF_EPS
 
 MANIFEST = "manifest.csv"
+MAX_MANIFEST_BYTES = 64 * 2**20
 # what a submission folder may hold besides audio: its manifest and notes for people
 _NOT_AUDIO = {MANIFEST, "README.md", "README.txt", "export.json"}
-# the harness's own slack on a bound (float32 rounding of a projected perturbation)
-_RTOL = 1e-5
 # an integer PCM file rounds each sample to its grid: half a step of slack per sample, so a
 # perturbation written at exactly eps is not rejected for the rounding (8-bit files get none:
 # half their step is larger than a typical eps)
@@ -176,7 +177,7 @@ class External(Attack):
         """None when ``delta[T]`` is inside the bound (radius ``limit``), else the excess."""
         norm = self.params.norm
         size = float(delta.abs().max() if norm == "linf" else delta.norm())
-        slack = limit * _RTOL + 1e-7
+        slack = limit * BOUND_RTOL + 1e-7  # the harness's own rule (Attack.__call__)
         half = _PCM_HALF_STEP.get(_subtype(path), 0.0) if self.params.pcm_slack else 0.0
         slack += half if norm == "linf" else half * delta.numel() ** 0.5
         if size <= limit + slack:
@@ -222,7 +223,14 @@ def index_submission(root: Path) -> dict[str, Path]:
 
 
 def _from_manifest(root: Path, manifest: Path) -> dict[str, Path]:
-    text = manifest.read_text(encoding="utf-8-sig")
+    # the harness's reader of user-named input files: a FIFO, device or huge file is refused
+    raw = read_input_file(manifest, what="external submission manifest",
+                          max_bytes=MAX_MANIFEST_BYTES,
+                          holds="a manifest has one short line per clip")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"external: {manifest} is not UTF-8 text") from None
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows or [h.strip().lower() for h in rows[0][:2]] != ["clip_id", "path"]:
         raise ValueError(f"external: {manifest} must start with the header clip_id,path")
